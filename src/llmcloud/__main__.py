@@ -1,0 +1,3 @@
+from llmcloud.cli import main
+
+main()

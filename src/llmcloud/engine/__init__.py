@@ -1,0 +1,1 @@
+"""The model engine: Ollama- and OpenAI-compatible HTTP APIs over llama.cpp."""

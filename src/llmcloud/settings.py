@@ -1,0 +1,233 @@
+"""The table of every llmcloud setting.
+
+Each field of `Settings` is one setting: its name, type, default and help text.
+The same table gives the `LLMCLOUD_*` environment variables, the keys of the
+TOML config file, `llmcloud config show` and docs/configuration.md (a test
+compares that file with the table). Sources, strongest first: values passed in
+code, environment variables, the TOML file, the defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from llmcloud.units import parse_duration
+
+ENV_PREFIX = "LLMCLOUD_"
+CONFIG_ENV = "LLMCLOUD_CONFIG"
+
+
+class ConfigError(Exception):
+    """A setting has an invalid value, or the config file cannot be read."""
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "llmcloud"
+
+
+def default_config_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "llmcloud" / "llmcloud.toml"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_default=True,
+        frozen=True,
+    )
+
+    # General
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Folder that holds all state: database, secrets, certificates, models.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Lowest level of log records that are written."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log line format: `text` for people, `json` for log collectors."
+    )
+
+    # Engine server
+    engine_host: str = Field(
+        "127.0.0.1",
+        description="Address the engine listens on. Any address but loopback needs engine_token.",
+    )
+    engine_port: int = Field(11434, ge=1, le=65535, description="TCP port of the engine.")
+    engine_token: SecretStr | None = Field(
+        None,
+        description="Bearer token that clients of the engine API must send. Required when "
+        "engine_host is not a loopback address.",
+    )
+    engine_url: str = Field(
+        "http://127.0.0.1:11434",
+        description="Engine URL that the client commands (`llmcloud run`, `list`, `pull`, ...) use.",
+    )
+    engine_max_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Largest accepted JSON request body, in bytes; larger bodies get 413.",
+    )
+
+    # Engine scheduling
+    engine_keep_alive: str = Field(
+        "5m",
+        description="How long a model stays loaded after its last request when the request "
+        "names no keep_alive: seconds or a duration such as `5m`; negative keeps it loaded.",
+    )
+    engine_num_parallel: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Requests one loaded model decodes at once, in one batch (its slots).",
+    )
+    engine_max_queue: int = Field(
+        64,
+        ge=0,
+        description="Requests that may wait for a slot per model; past that the engine "
+        "answers 503 with Retry-After.",
+    )
+    engine_max_loaded_models: int = Field(
+        2, ge=1, description="Models kept loaded at once; the least recently used one unloads."
+    )
+    engine_num_ctx: int = Field(
+        2048,
+        ge=64,
+        description="Default context length in tokens per request when the request gives no "
+        "num_ctx.",
+    )
+    engine_max_num_ctx: int = Field(
+        32768, ge=64, description="Largest num_ctx that a request may ask for, in tokens."
+    )
+    engine_gpu_layers: int = Field(
+        0,
+        ge=-1,
+        description="Model layers offloaded to the GPU; -1 offloads all. Needs llama-cpp-python "
+        "built with GPU support.",
+    )
+    engine_threads: int | None = Field(
+        None, ge=1, description="CPU threads for decoding; unset means the number of cores."
+    )
+    engine_registry: str = Field(
+        "https://registry.ollama.ai",
+        description="Model registry that `llmcloud pull NAME` downloads from.",
+    )
+
+    @field_validator("engine_keep_alive")
+    @classmethod
+    def _check_duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file_path()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def keep_alive_seconds(self) -> float:
+        return parse_duration(self.engine_keep_alive)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+
+def _config_file_path() -> Path | None:
+    explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} from {CONFIG_ENV} not found")
+        return path
+    default = default_config_file()
+    return default if default.is_file() else None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning validation errors into one readable ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the config file: {exc}") from None
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"])
+        value = error.get("input")
+        shown = "***" if name in SECRET_SETTINGS else repr(value)
+        lines.append(
+            f"setting {name} (env {ENV_PREFIX}{name.upper()}) = {shown}: {error['msg']}"
+        )
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+SECRET_SETTINGS = frozenset(
+    name
+    for name, field in Settings.model_fields.items()
+    if "SecretStr" in str(field.annotation)
+)
+
+
+def describe_settings() -> list[dict[str, str]]:
+    """List every setting with its env var, type, default and help, for docs and `config show`."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = "see help"
+            if name == "data_dir":
+                default = "`$XDG_DATA_HOME/llmcloud` (`~/.local/share/llmcloud`)"
+        elif field.default is None:
+            default = "unset"
+        else:
+            default = f"`{field.default}`"
+        rows.append(
+            {
+                "name": name,
+                "env": f"{ENV_PREFIX}{name.upper()}",
+                "type": _type_name(field.annotation),
+                "default": default,
+                "help": field.description or "",
+            }
+        )
+    return rows
+
+
+def _type_name(annotation: Any) -> str:
+    text = str(annotation)
+    for old, new in (
+        ("typing.", ""),
+        ("pydantic.types.", ""),
+        ("pathlib.", ""),
+        ("<class '", ""),
+        ("'>", ""),
+    ):
+        text = text.replace(old, new)
+    return text
