@@ -1,0 +1,156 @@
+"""Request bodies of the generation APIs, validated before anything reaches llama.cpp.
+
+Field names, types and defaults follow Ollama's docs/api.md and OpenAI's API
+reference. Unknown fields are ignored, as both servers do, but every known
+field is type-checked and range-checked, so a bad value gets a 400 naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+KeepAlive = StrictStr | StrictInt | float | None
+FormatSpec = Literal["json", ""] | dict[str, Any] | None
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+class Options(_Body):
+    """Ollama's model options; llama.cpp-only knobs that Ollama also accepts are ignored."""
+
+    temperature: float | None = Field(None, ge=0, le=10)
+    top_k: StrictInt | None = Field(None, ge=0, le=1_000_000)
+    top_p: float | None = Field(None, ge=0, le=1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    typical_p: float | None = Field(None, ge=0, le=1)
+    seed: StrictInt | None = None
+    num_predict: StrictInt | None = Field(None, ge=-2, le=10_000_000)
+    num_ctx: StrictInt | None = Field(None, ge=1)
+    stop: list[StrictStr] | StrictStr | None = None
+    repeat_penalty: float | None = Field(None, gt=0, le=10)
+    repeat_last_n: StrictInt | None = Field(None, ge=-1, le=1_000_000)
+    presence_penalty: float | None = Field(None, ge=-10, le=10)
+    frequency_penalty: float | None = Field(None, ge=-10, le=10)
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: StrictStr
+    images: list[StrictStr] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class OllamaChatRequest(_Body):
+    model: StrictStr
+    messages: list[ChatMessage] = Field(default_factory=list)
+    stream: StrictBool = True
+    format: FormatSpec = None
+    options: Options | None = None
+    keep_alive: KeepAlive = None
+    tools: list[dict[str, Any]] | None = None
+    think: StrictBool | None = None
+
+
+class OllamaGenerateRequest(_Body):
+    model: StrictStr
+    prompt: StrictStr = ""
+    suffix: StrictStr | None = None
+    system: StrictStr | None = None
+    template: StrictStr | None = None
+    context: list[StrictInt] | None = None
+    stream: StrictBool = True
+    raw: StrictBool = False
+    format: FormatSpec = None
+    options: Options | None = None
+    keep_alive: KeepAlive = None
+    images: list[StrictStr] | None = None
+    think: StrictBool | None = None
+
+
+class OllamaEmbedRequest(_Body):
+    model: StrictStr
+    input: StrictStr | list[StrictStr] = Field(default_factory=list)
+    truncate: StrictBool = True
+    options: Options | None = None
+    keep_alive: KeepAlive = None
+    dimensions: StrictInt | None = Field(None, ge=1)
+
+
+class OllamaEmbeddingsRequest(_Body):
+    model: StrictStr
+    prompt: StrictStr = ""
+    options: Options | None = None
+    keep_alive: KeepAlive = None
+
+
+class OpenAITextPart(_Body):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class OpenAIMessage(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: StrictStr | list[OpenAITextPart] | None
+    name: StrictStr | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(_Body):
+    include_usage: StrictBool = False
+
+
+class JsonSchemaFormat(_Body):
+    name: StrictStr = "response"
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class _OpenAISampling(_Body):
+    model: StrictStr
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    seed: StrictInt | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    n: StrictInt = Field(1, ge=1, le=1)
+    user: StrictStr | None = None
+
+
+class OpenAIChatRequest(_OpenAISampling):
+    messages: list[OpenAIMessage] = Field(min_length=1)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+
+
+class OpenAICompletionRequest(_OpenAISampling):
+    prompt: StrictStr | list[StrictStr]
+    max_tokens: StrictInt | None = Field(16, ge=1)
+    echo: StrictBool = False
+    suffix: StrictStr | None = None
+
+
+class OpenAIEmbeddingRequest(_Body):
+    model: StrictStr
+    input: StrictStr | list[StrictStr]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: StrictInt | None = Field(None, ge=1)
+    user: StrictStr | None = None
