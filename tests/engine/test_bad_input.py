@@ -1,0 +1,225 @@
+"""Every kind of bad request gets a 4xx naming the problem, and the next request still works."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import BUNDLED_MODEL
+
+M = BUNDLED_MODEL
+USER = [{"role": "user", "content": "hi"}]
+
+# (case id, path, JSON body or raw bytes, expected status, text the error must contain)
+CASES: list[tuple[str, str, Any, int, str]] = [
+    ("messages_as_string", "/api/chat", {"model": M, "messages": "hi"}, 400, "messages"),
+    (
+        "content_as_object",
+        "/api/chat",
+        {"model": M, "messages": [{"role": "user", "content": {"text": "hi"}}]},
+        400,
+        "messages.0.content",
+    ),
+    (
+        "message_without_content",
+        "/api/chat",
+        {"model": M, "messages": [{"role": "user"}]},
+        400,
+        "messages.0.content",
+    ),
+    (
+        "unknown_role",
+        "/api/chat",
+        {"model": M, "messages": [{"role": "wizard", "content": "hi"}]},
+        400,
+        "messages.0.role",
+    ),
+    ("invalid_utf8", "/api/chat", b'{"model": "\xff\xfe", "messages": []}', 400, "UTF-8"),
+    ("empty_body", "/api/chat", b"", 400, "empty"),
+    ("invalid_json", "/api/generate", b'{"model": ', 400, "not valid JSON"),
+    ("body_not_object", "/api/generate", [1, 2], 400, "JSON object"),
+    ("unknown_model", "/api/chat", {"model": "llama9:70b", "messages": USER}, 404, "llama9"),
+    ("name_with_dotdot", "/api/chat", {"model": "a/../b", "messages": USER}, 400, "a/../b"),
+    (
+        "name_with_backslash",
+        "/api/generate",
+        {"model": "a\\b", "prompt": "x"},
+        400,
+        "invalid model name",
+    ),
+    (
+        "name_with_control_character",
+        "/api/generate",
+        {"model": "smollm2\u0001:135m", "prompt": "x"},
+        400,
+        "control characters",
+    ),
+    (
+        "name_absolute_path",
+        "/api/generate",
+        {"model": "/etc/passwd", "prompt": "x"},
+        400,
+        "invalid model name",
+    ),
+    (
+        "negative_num_ctx",
+        "/api/generate",
+        {"model": M, "prompt": "x", "options": {"num_ctx": -1}},
+        400,
+        "options.num_ctx",
+    ),
+    (
+        "absurd_num_ctx",
+        "/api/generate",
+        {"model": M, "prompt": "x", "options": {"num_ctx": 10**9}},
+        400,
+        "num_ctx",
+    ),
+    (
+        "temperature_as_word",
+        "/api/generate",
+        {"model": M, "prompt": "x", "options": {"temperature": "hot"}},
+        400,
+        "options.temperature",
+    ),
+    (
+        "negative_top_p",
+        "/api/generate",
+        {"model": M, "prompt": "x", "options": {"top_p": -0.5}},
+        400,
+        "options.top_p",
+    ),
+    (
+        "prompt_longer_than_context",
+        "/api/generate",
+        {"model": M, "prompt": "word " * 3000, "options": {"num_ctx": 512}},
+        400,
+        "context",
+    ),
+    (
+        "bad_keep_alive",
+        "/api/generate",
+        {"model": M, "prompt": "x", "keep_alive": "forever"},
+        400,
+        "keep_alive",
+    ),
+    (
+        "stream_as_string",
+        "/api/generate",
+        {"model": M, "prompt": "x", "stream": "yes"},
+        400,
+        "stream",
+    ),
+    (
+        "context_outside_vocabulary",
+        "/api/generate",
+        {"model": M, "prompt": "x", "context": [10**8]},
+        400,
+        "context",
+    ),
+    (
+        "images_unsupported",
+        "/api/generate",
+        {"model": M, "prompt": "x", "images": ["aGVsbG8="]},
+        400,
+        "images",
+    ),
+    ("embed_input_object", "/api/embed", {"model": M, "input": {"a": 1}}, 400, "input"),
+    (
+        "openai_empty_messages",
+        "/v1/chat/completions",
+        {"model": M, "messages": []},
+        400,
+        "messages",
+    ),
+    (
+        "openai_many_choices",
+        "/v1/chat/completions",
+        {"model": M, "messages": USER, "n": 3},
+        400,
+        "n",
+    ),
+    (
+        "openai_unknown_model",
+        "/v1/chat/completions",
+        {"model": "gpt-9", "messages": USER},
+        404,
+        "gpt-9",
+    ),
+    ("unknown_route", "/api/nothing", {"model": M}, 404, "/api/nothing"),
+]
+
+
+def _send(url: str, path: str, body: Any) -> httpx.Response:
+    if isinstance(body, bytes):
+        return httpx.post(
+            url + path, content=body, headers={"content-type": "application/json"}, timeout=30
+        )
+    return httpx.post(url + path, json=body, timeout=30)
+
+
+def _message(response: httpx.Response) -> str:
+    error = response.json()["error"]
+    return error["message"] if isinstance(error, dict) else error
+
+
+def _next_request_succeeds(url: str) -> None:
+    response = httpx.post(
+        url + "/api/generate",
+        json={"model": M, "prompt": "Hi", "stream": False, "options": {"num_predict": 1}},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    assert response.json()["done"] is True
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "expected"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_bad_request_is_rejected(
+    engine_url: str, path: str, body: Any, status: int, expected: str
+) -> None:
+    response = _send(engine_url, path, body)
+    assert response.status_code == status
+    assert expected in _message(response)
+    _next_request_succeeds(engine_url)
+
+
+def test_openai_error_has_openai_shape(engine_url: str) -> None:
+    response = _send(engine_url, "/v1/chat/completions", {"model": M, "messages": "hi"})
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == "messages"
+
+
+def test_oversized_body_gets_413(engine_url: str) -> None:
+    body = b'{"model": "x", "prompt": "' + b"a" * (9 * 1024 * 1024) + b'"}'
+    response = _send(engine_url, "/api/generate", body)
+    assert response.status_code == 413
+    assert "limit" in _message(response)
+    _next_request_succeeds(engine_url)
+
+
+def test_oversized_chunked_body_gets_413(engine_url: str) -> None:
+    def chunks() -> Any:
+        for _ in range(10):
+            yield b"a" * (1024 * 1024)
+
+    response = httpx.post(engine_url + "/api/generate", content=chunks(), timeout=30)
+    assert response.status_code == 413
+    _next_request_succeeds(engine_url)
+
+
+def test_invalid_schema_format_is_rejected(engine_url: str) -> None:
+    response = _send(
+        engine_url,
+        "/api/generate",
+        {"model": M, "prompt": "x", "format": {"type": "object", "properties": 5}},
+    )
+    assert response.status_code == 400
+    assert "format" in _message(response)
+    _next_request_succeeds(engine_url)
