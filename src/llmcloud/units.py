@@ -39,14 +39,16 @@ def parse_duration(value: str | int | float) -> float:
         pass
 
     sign = 1.0
-    if text[:1] in "+-":
+    if text and text[0] in "+-":
         sign = -1.0 if text[0] == "-" else 1.0
         text = text[1:]
     if not text or _DURATION_PART.sub("", text) != "":
         raise ValueError(
             f"invalid duration {value!r}; expected seconds or a string like '30s', '5m' or '1h30m'"
         )
-    total = sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART.findall(text))
+    total = sum(
+        float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART.findall(text)
+    )
     return sign * total
 
 

@@ -1,0 +1,101 @@
+"""The settings table: sources, errors, secrets, and the generated documentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from llmcloud.cli import app
+from llmcloud.cli.config import render_configuration_doc
+from llmcloud.settings import CONFIG_ENV, ConfigError, Settings, load_settings
+
+DOC = Path(__file__).parent.parent / "docs" / "configuration.md"
+
+
+def test_configuration_doc_matches_table() -> None:
+    assert DOC.read_text() == render_configuration_doc(), (
+        "docs/configuration.md is out of date; run `llmcloud config docs > docs/configuration.md`"
+    )
+
+
+@pytest.mark.parametrize("name", list(Settings.model_fields))
+def test_every_setting_is_documented(name: str) -> None:
+    field = Settings.model_fields[name]
+    assert field.description, f"setting {name} has no help text"
+    assert f"`LLMCLOUD_{name.upper()}`" in DOC.read_text()
+
+
+def test_environment_overrides_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMCLOUD_ENGINE_PORT", "12000")
+    assert load_settings().engine_port == 12000
+
+
+def test_toml_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "llmcloud.toml"
+    config.write_text('engine_keep_alive = "10m"\nengine_num_parallel = 3\n')
+    monkeypatch.setenv(CONFIG_ENV, str(config))
+    settings = load_settings()
+    assert settings.engine_keep_alive == "10m"
+    assert settings.keep_alive_seconds == 600
+    assert settings.engine_num_parallel == 3
+
+
+def test_environment_wins_over_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "llmcloud.toml"
+    config.write_text("engine_num_parallel = 3\n")
+    monkeypatch.setenv(CONFIG_ENV, str(config))
+    monkeypatch.setenv("LLMCLOUD_ENGINE_NUM_PARALLEL", "5")
+    assert load_settings().engine_num_parallel == 5
+
+
+def test_invalid_value_names_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMCLOUD_ENGINE_PORT", "abc")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "LLMCLOUD_ENGINE_PORT" in str(caught.value)
+    assert "'abc'" in str(caught.value)
+
+
+def test_unknown_toml_key_is_rejected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "llmcloud.toml"
+    config.write_text("engine_prot = 1\n")
+    monkeypatch.setenv(CONFIG_ENV, str(config))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "engine_prot" in str(caught.value)
+
+
+def test_missing_config_file_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "absent.toml"))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "absent.toml" in str(caught.value)
+
+
+def test_invalid_keep_alive_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMCLOUD_ENGINE_KEEP_ALIVE", "soon")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "engine_keep_alive" in str(caught.value)
+
+
+def test_config_show_hides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMCLOUD_ENGINE_TOKEN", "very-secret-token")
+    result = CliRunner().invoke(app, ["config", "show"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "very-secret-token" not in result.output
+    assert "engine_token" in result.output
+
+
+def test_secret_setting_not_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMCLOUD_ENGINE_TOKEN", "very-secret-token")
+    assert "very-secret-token" not in repr(load_settings())
+
+
+def test_config_show_reports_invalid_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMCLOUD_ENGINE_NUM_PARALLEL", "0")
+    result = CliRunner().invoke(app, ["config", "show"])
+    assert result.exit_code == 2
+    assert "engine_num_parallel" in result.output
