@@ -126,6 +126,30 @@ class Settings(BaseSettings):
         description="Model registry that `llmcloud pull NAME` downloads from.",
     )
 
+    # Web app and accounts
+    database_url: SecretStr | None = Field(
+        None,
+        description="SQLAlchemy URL of the database, for example "
+        "`postgresql://USER:PASSWORD@HOST:5432/llmcloud`. Unset means SQLite in "
+        "`<data_dir>/llmcloud.db`.",
+    )
+    signup_mode: Literal["open", "approval", "closed"] = Field(
+        "approval",
+        description="Who may sign up: `open` makes new accounts users at once, `approval` "
+        "makes them pending until an admin approves them, `closed` rejects sign-ups, so that "
+        "only admins create accounts. In every mode the first account becomes an admin.",
+    )
+    session_idle_timeout_seconds: int = Field(
+        14 * 24 * 3600,
+        ge=60,
+        description="Seconds after its last request that a login session expires.",
+    )
+    session_max_age_seconds: int = Field(
+        30 * 24 * 3600,
+        ge=60,
+        description="Seconds after log-in that a session expires however active it is.",
+    )
+
     @field_validator("engine_keep_alive")
     @classmethod
     def _check_duration(cls, value: str) -> str:

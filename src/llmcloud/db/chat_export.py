@@ -1,0 +1,209 @@
+"""Export of chats to JSON and import back.
+
+One format serves a single chat and all of an account's chats:
+
+    {"format": "llmcloud-chats", "version": 1, "exported_at": "...",
+     "chats": [{"id": "...", "title": "...", "model": "...", "system_prompt": null,
+                "created_at": "...", "updated_at": "...",
+                "messages": [{"role": "user", "content": "...", "status": "complete", ...}]}]}
+
+An import creates new chats with new ids for the importing account and
+ignores the ids in the file, so it cannot overwrite or reach another
+account's data. The whole file is validated before anything is written, and
+all chats are written in one transaction. A bad file gets an InvalidInput
+that names the field, and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from llmcloud.db.chats import (
+    CHAT_ID_BYTES,
+    MAX_CONTENT_LENGTH,
+    MAX_MODEL_NAME_LENGTH,
+    MAX_SYSTEM_PROMPT_LENGTH,
+    MAX_TITLE_LENGTH,
+    get_chat,
+    list_messages,
+)
+from llmcloud.db.database import Database
+from llmcloud.db.errors import InvalidInput, quote_value
+from llmcloud.db.models import Chat, Message, MessageRole, MessageStatus, utcnow
+
+FORMAT_NAME = "llmcloud-chats"
+FORMAT_VERSION = 1
+MAX_IMPORT_CHATS = 10_000
+MAX_IMPORT_MESSAGES_PER_CHAT = 10_000
+MAX_ERRORS_SHOWN = 5
+
+
+class ExportedMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: MessageRole
+    content: str = Field(max_length=MAX_CONTENT_LENGTH)
+    model: str | None = Field(None, max_length=MAX_MODEL_NAME_LENGTH)
+    created_at: AwareDatetime | None = None
+    status: MessageStatus = MessageStatus.COMPLETE
+    prompt_tokens: int | None = Field(None, ge=0)
+    completion_tokens: int | None = Field(None, ge=0)
+    error: str | None = Field(None, max_length=MAX_CONTENT_LENGTH)
+
+
+class ExportedChat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    title: str = Field(min_length=1, max_length=MAX_TITLE_LENGTH)
+    model: str | None = Field(None, max_length=MAX_MODEL_NAME_LENGTH)
+    system_prompt: str | None = Field(None, max_length=MAX_SYSTEM_PROMPT_LENGTH)
+    created_at: AwareDatetime | None = None
+    updated_at: AwareDatetime | None = None
+    messages: list[ExportedMessage] = Field(
+        default_factory=list, max_length=MAX_IMPORT_MESSAGES_PER_CHAT
+    )
+
+
+class ChatArchive(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    format: Literal["llmcloud-chats"]
+    version: Literal[1]
+    exported_at: AwareDatetime | None = None
+    chats: list[ExportedChat] = Field(max_length=MAX_IMPORT_CHATS)
+
+
+def export_chat(db: Database, user_id: int, chat_id: str) -> dict[str, Any]:
+    """Return one of the account's chats as a JSON-ready dict. Raises NotFound."""
+    chat = get_chat(db, user_id, chat_id)
+    return _archive([_exported(chat, list_messages(db, user_id, chat_id))])
+
+
+def export_chats(db: Database, user_id: int) -> dict[str, Any]:
+    """Return all of the account's chats, most recently updated first."""
+    with db.session() as session:
+        chats = session.scalars(
+            sa.select(Chat).where(Chat.user_id == user_id).order_by(Chat.updated_at.desc())
+        ).all()
+        messages = session.scalars(
+            sa.select(Message)
+            .join(Chat, Chat.id == Message.chat_id)
+            .where(Chat.user_id == user_id)
+            .order_by(Message.id)
+        ).all()
+    by_chat: dict[str, list[Message]] = {}
+    for message in messages:
+        by_chat.setdefault(message.chat_id, []).append(message)
+    return _archive([_exported(chat, by_chat.get(chat.id, [])) for chat in chats])
+
+
+def import_chats(db: Database, user_id: int, data: str | bytes | dict[str, Any]) -> list[Chat]:
+    """Store the chats of an export as new chats of the account and return them.
+
+    `data` is the JSON text or the parsed object. Raises InvalidInput, naming
+    the field, for anything that is not a valid export; then nothing is stored.
+    """
+    archive = parse_archive(data)
+    now = utcnow()
+    created: list[Chat] = []
+    with db.transaction() as session:
+        for exported in archive.chats:
+            chat = Chat(
+                id=secrets.token_urlsafe(CHAT_ID_BYTES),
+                user_id=user_id,
+                title=" ".join(exported.title.split()) or "Imported chat",
+                model=exported.model or None,
+                system_prompt=exported.system_prompt or None,
+                created_at=exported.created_at or now,
+                updated_at=exported.updated_at or exported.created_at or now,
+            )
+            session.add(chat)
+            session.add_all(_message_rows(chat, exported.messages))
+            created.append(chat)
+    return created
+
+
+def parse_archive(data: str | bytes | dict[str, Any]) -> ChatArchive:
+    """Validate an export, raising InvalidInput that names the first bad fields."""
+    if isinstance(data, str | bytes):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(
+                f"import file is not valid JSON: {exc.msg} at line {exc.lineno} column "
+                f"{exc.colno}; expected a file made by the chat export"
+            ) from None
+        except UnicodeDecodeError:
+            raise InvalidInput("import file is not UTF-8 text; expected a JSON export") from None
+    try:
+        return ChatArchive.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(_describe(exc)) from None
+
+
+def _message_rows(chat: Chat, messages: Sequence[ExportedMessage]) -> list[Message]:
+    return [
+        Message(
+            chat_id=chat.id,
+            role=message.role,
+            content=message.content,
+            model=message.model,
+            status=message.status,
+            prompt_tokens=message.prompt_tokens,
+            completion_tokens=message.completion_tokens,
+            error=message.error,
+            created_at=message.created_at or chat.updated_at,
+        )
+        for message in messages
+    ]
+
+
+def _exported(chat: Chat, messages: Sequence[Message]) -> ExportedChat:
+    return ExportedChat(
+        id=chat.id,
+        title=chat.title,
+        model=chat.model,
+        system_prompt=chat.system_prompt,
+        created_at=chat.created_at,
+        updated_at=chat.updated_at,
+        messages=[
+            ExportedMessage(
+                role=message.role,
+                content=message.content,
+                model=message.model,
+                created_at=message.created_at,
+                status=message.status,
+                prompt_tokens=message.prompt_tokens,
+                completion_tokens=message.completion_tokens,
+                error=message.error,
+            )
+            for message in messages
+        ],
+    )
+
+
+def _archive(chats: list[ExportedChat]) -> dict[str, Any]:
+    archive = ChatArchive(
+        format=FORMAT_NAME, version=FORMAT_VERSION, exported_at=utcnow(), chats=chats
+    )
+    return archive.model_dump(mode="json")
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors()[:MAX_ERRORS_SHOWN]:
+        location = ".".join(str(part) for part in error["loc"]) or "top level"
+        value = error.get("input")
+        got = f" (got {quote_value(str(value))})" if isinstance(value, str | int | float) else ""
+        problems.append(f"{location}: {error['msg']}{got}")
+    more = exc.error_count() - MAX_ERRORS_SHOWN
+    if more > 0:
+        problems.append(f"and {more} more problems")
+    return "invalid chat import file: " + "; ".join(problems)
