@@ -51,11 +51,3 @@ def parse_duration(value: str | int | float) -> float:
     )
     return sign * total
 
-
-def format_bytes(size: float) -> str:
-    """Format a byte count with a binary unit, as `ollama list` shows sizes."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(size) < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"

@@ -41,7 +41,7 @@ def render_configuration_doc() -> str:
         "# Configuration",
         "",
         "Every setting can be given as an environment variable or as a key of the TOML",
-        f"config file. The file is `$XDG_CONFIG_HOME/llmcloud/llmcloud.toml`",
+        "config file. The file is `$XDG_CONFIG_HOME/llmcloud/llmcloud.toml`",
         f"(`~/.config/llmcloud/llmcloud.toml`), or the path in `{CONFIG_ENV}`.",
         "Environment variables win over the file. `llmcloud config show` prints the",
         "effective values, with secrets hidden.",

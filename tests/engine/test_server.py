@@ -1,0 +1,52 @@
+"""Start-up checks of `llmcloud engine`: they fail before the server listens."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from llmcloud.cli import app
+from llmcloud.engine.server import StartupError, bind_socket, check_startup, is_loopback
+from tests.conftest import engine_settings
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.5", "::1", "[::1]", "localhost"])
+def test_loopback_hosts_are_recognised(host: str) -> None:
+    assert is_loopback(host)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.5", "::", "example.org"])
+def test_other_hosts_are_not_loopback(host: str) -> None:
+    assert not is_loopback(host)
+
+
+def test_public_host_without_token_is_refused(tmp_path: Path) -> None:
+    settings = engine_settings(tmp_path, engine_host="0.0.0.0")
+    with pytest.raises(StartupError, match="LLMCLOUD_ENGINE_TOKEN"):
+        check_startup(settings)
+
+
+def test_public_host_with_token_is_allowed(tmp_path: Path) -> None:
+    check_startup(engine_settings(tmp_path, engine_host="0.0.0.0", engine_token="t0ken"))
+
+
+def test_cli_refuses_public_host_without_token(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["engine", "--host", "0.0.0.0"],
+        env={"LLMCLOUD_DATA_DIR": str(tmp_path), "LLMCLOUD_ENGINE_TOKEN": ""},
+    )
+    assert result.exit_code == 2
+    assert "needs a Bearer token" in result.output
+
+
+def test_port_in_use_is_reported() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(StartupError, match=f"port {port}"):
+            bind_socket("127.0.0.1", port)
