@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+from typing import TYPE_CHECKING
 
 import ollama
 import pytest
 
 from tests.conftest import BUNDLED_MODEL
+
+if TYPE_CHECKING:
+    from tests.engine.registry_fixture import RegistryServer
+
+pytest_plugins = ["tests.engine.registry_fixture"]
 
 QUICK = {"temperature": 0, "num_predict": 12, "seed": 1}
 
@@ -171,3 +177,18 @@ def test_embed_returns_unit_vectors(client: ollama.Client) -> None:
 def test_embeddings_legacy_endpoint(client: ollama.Client) -> None:
     response = client.embeddings(model=BUNDLED_MODEL, prompt="some text")
     assert len(response.embedding) > 100
+
+
+def test_pull_from_local_registry(client: ollama.Client, registry_server: RegistryServer) -> None:
+    registry_server.add_bundled_model("pulled:1")
+    name = f"{registry_server.host}/library/pulled:1"
+
+    progress = list(client.pull(name, insecure=True, stream=True))
+
+    assert progress[0].status == "pulling manifest"
+    assert progress[-1].status == "success"
+    assert any(p.total and p.completed == p.total for p in progress)
+    answer = client.generate(model=name, prompt="Hi", options={"num_predict": 2})
+    assert answer.done is True
+    client.delete(name)
+    assert name not in [model.model for model in client.list().models]
