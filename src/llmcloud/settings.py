@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -149,6 +150,47 @@ class Settings(BaseSettings):
         ge=60,
         description="Seconds after log-in that a session expires however active it is.",
     )
+    web_host: str = Field(
+        "127.0.0.1",
+        description="Address the web app listens on. Put it behind a TLS proxy, or use "
+        "llmcloud's own TLS, before listening on anything but loopback.",
+    )
+    web_port: int = Field(8080, ge=1, le=65535, description="TCP port of the web app.")
+    public_url: str | None = Field(
+        None,
+        description="URL at which users reach the web app, such as `https://chat.example.org`. "
+        "Forms and WebSockets must come from its origin, and an https URL makes the session "
+        "cookie Secure. Unset means the origin that each request's Host header names.",
+    )
+    web_default_model: str = Field(
+        "smollm2:135m",
+        description="Model that new chats preselect in the model picker when a backend lists it; "
+        "otherwise the first listed model is preselected.",
+    )
+    web_max_prompt_length: int = Field(
+        32_000,
+        ge=1,
+        le=1_000_000,
+        description="Longest prompt that the chat page accepts, in characters.",
+    )
+    web_max_import_bytes: int = Field(
+        20 * 1024 * 1024,
+        ge=1024,
+        description="Largest chat export file that may be imported, in bytes.",
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        url = urlsplit(value.strip())
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(
+                f"invalid public_url {value!r}; expected an http:// or https:// URL with a host, "
+                "such as https://chat.example.org"
+            )
+        return value.strip().rstrip("/")
 
     @field_validator("engine_keep_alive")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from llmcloud import __version__
-from llmcloud.cli import config, engine, models
+from llmcloud.cli import config, engine, models, web
 
 app = typer.Typer(
     name="llmcloud",
@@ -17,6 +17,7 @@ app = typer.Typer(
 app.add_typer(config.app, name="config")
 engine.register(app)
 models.register(app)
+web.register(app)
 
 
 def _print_version(value: bool) -> None:

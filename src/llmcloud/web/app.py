@@ -1,0 +1,104 @@
+"""The web app's ASGI application: the chat pages, accounts pages and health checks.
+
+`create_app()` builds it. At start-up it opens the database and migrates it
+to the newest schema, and starts a gateway to the model backends, unless the
+caller passes its own (tests pass both). Routers live in their own modules
+and are listed in ROUTERS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from argon2 import PasswordHasher
+from fastapi import APIRouter, FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from llmcloud import __version__
+from llmcloud.auth.passwords import DEFAULT_HASHER
+from llmcloud.auth.secret_key import load_or_create_secret_key
+from llmcloud.auth.sessions import SessionPolicy
+from llmcloud.db import Database, database_url_from_settings, open_database
+from llmcloud.gateway import Gateway
+from llmcloud.settings import Settings
+from llmcloud.web import auth_pages, chat_pages, chat_ws, health
+from llmcloud.web.deps import WebState
+from llmcloud.web.errors import add_error_handlers
+from llmcloud.web.middleware import AccessLogMiddleware, SecurityHeadersMiddleware
+from llmcloud.web.security import CookieSigner
+from llmcloud.web.templating import STATIC_DIR
+
+log = logging.getLogger("llmcloud.web")
+
+# Every router of the web app. The admin pages, the API-key pages and the
+# OpenAI-compatible /v1 API are added here as they arrive.
+ROUTERS: list[APIRouter] = [
+    health.router,
+    auth_pages.router,
+    chat_pages.router,
+    chat_ws.router,
+]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    gateway: Gateway | None = None,
+    database: Database | None = None,
+    hasher: PasswordHasher | None = None,
+) -> FastAPI:
+    """Build the web app.
+
+    A `gateway` or `database` passed in belongs to the caller, who starts and
+    closes it; the app opens and closes the ones it creates itself. `hasher`
+    replaces the argon2 parameters, which tests make cheap.
+    """
+    key = load_or_create_secret_key(settings.data_dir)
+    state = WebState(
+        settings=settings,
+        signer=CookieSigner(key),
+        policy=SessionPolicy.from_settings(settings),
+        hasher=hasher or DEFAULT_HASHER,
+        database=database,
+        gateway=gateway,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            if database is None:
+                state.database = await asyncio.to_thread(_open_database, settings)
+                stack.callback(state.database.dispose)
+            if gateway is None:
+                state.gateway = Gateway.from_settings(settings)
+                await state.gateway.start()
+                stack.push_async_callback(state.gateway.close)
+            log.info("web app started (llmcloud %s)", __version__)
+            yield
+        log.info("web app stopped")
+
+    app = FastAPI(
+        title="llmcloud",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.web = state
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(AccessLogMiddleware)
+    add_error_handlers(app)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    for router in ROUTERS:
+        app.include_router(router)
+    return app
+
+
+def _open_database(settings: Settings) -> Database:
+    database = open_database(database_url_from_settings(settings))
+    database.upgrade()
+    return database

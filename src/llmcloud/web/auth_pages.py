@@ -1,0 +1,178 @@
+"""Log-in, sign-up, log-out and the waiting-for-approval page."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from llmcloud.auth.account_stats import count_accounts
+from llmcloud.auth.accounts import authenticate, find_account, get_account, sign_up
+from llmcloud.auth.errors import (
+    AccountPending,
+    InvalidCredentials,
+    NotFound,
+    ServiceError,
+    SignupClosed,
+)
+from llmcloud.auth.sessions import create_session, delete_session
+from llmcloud.db.models import Role, User
+from llmcloud.web.deps import CsrfChecked, SameOriginChecked, State, optional_session
+from llmcloud.web.security import (
+    PENDING_COOKIE,
+    SESSION_COOKIE,
+    pending_user_id,
+    session_token,
+    set_pending_cookie,
+    set_session_cookie,
+)
+from llmcloud.web.templating import render
+
+log = logging.getLogger("llmcloud.web")
+
+router = APIRouter()
+
+HOME = "/chats"
+
+
+@router.get("/")
+def home(request: Request, state: State) -> Response:
+    if optional_session(request) is not None:
+        return RedirectResponse(HOME, 303)
+    if count_accounts(state.db) == 0:
+        return RedirectResponse("/signup", 303)
+    return RedirectResponse("/login", 303)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, next: str = HOME) -> Response:
+    if optional_session(request) is not None:
+        return RedirectResponse(safe_next(next), 303)
+    return render(request, "login.html", {"next": safe_next(next), "username": ""})
+
+
+@router.post("/login", dependencies=[SameOriginChecked])
+def log_in(
+    request: Request,
+    state: State,
+    username: str = Form(""),
+    password: str = Form(""),
+    next: str = Form(HOME),
+) -> Response:
+    context = {"next": safe_next(next), "username": username}
+    try:
+        user = authenticate(state.db, username, password, hasher=state.hasher)
+    except AccountPending:
+        pending = find_account(state.db, username)
+        return _pending_response(request, state, pending)
+    except ServiceError as exc:
+        status = 401 if isinstance(exc, InvalidCredentials) else exc.status_code
+        return render(request, "login.html", {**context, "error": exc.message}, status_code=status)
+    return _logged_in(request, state, user, safe_next(next))
+
+
+@router.get("/signup", response_class=HTMLResponse)
+def signup_page(request: Request, state: State) -> Response:
+    return render(request, "signup.html", _signup_context(state, username="", email=""))
+
+
+@router.post("/signup", dependencies=[SameOriginChecked])
+def sign_up_submit(
+    request: Request,
+    state: State,
+    username: str = Form(""),
+    password: str = Form(""),
+    password_confirm: str = Form(""),
+    email: str = Form(""),
+) -> Response:
+    context = _signup_context(state, username=username, email=email)
+    if password != password_confirm:
+        error = "the two passwords differ; type the same password twice"
+        return render(request, "signup.html", {**context, "error": error}, status_code=422)
+    try:
+        user = sign_up(
+            state.db,
+            username,
+            password,
+            signup_mode=state.settings.signup_mode,
+            email=email or None,
+            hasher=state.hasher,
+        )
+    except ServiceError as exc:
+        closed = isinstance(exc, SignupClosed)
+        context = {**context, "error": exc.message, "closed": closed or context["closed"]}
+        return render(request, "signup.html", context, status_code=exc.status_code)
+    if user.role == Role.PENDING:
+        return _pending_response(request, state, user)
+    return _logged_in(request, state, user, HOME)
+
+
+@router.post("/logout", dependencies=[CsrfChecked])
+def log_out(request: Request, state: State) -> Response:
+    token = session_token(request, state.signer)
+    if token is not None:
+        delete_session(state.db, token)
+    log.info("account %s logged out", request.state.session.user.id)
+    response = RedirectResponse("/login", 303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@router.get("/pending", response_class=HTMLResponse)
+def pending_page(request: Request, state: State) -> Response:
+    user = _pending_account(request, state)
+    return render(request, "pending.html", {"pending_user": user})
+
+
+@router.get("/pending/status", response_class=HTMLResponse)
+def pending_status(request: Request, state: State) -> Response:
+    """The status block of the waiting page, which the page reloads every few seconds."""
+    user = _pending_account(request, state)
+    return render(request, "_pending_status.html", {"pending_user": user})
+
+
+def safe_next(target: str) -> str:
+    """Return `target` when it is a path on this site, else the chat list."""
+    if target.startswith("/") and not target.startswith(("//", "/\\")) and len(target) < 2000:
+        return target
+    return HOME
+
+
+def _logged_in(request: Request, state: State, user: User, target: str) -> Response:
+    new = create_session(
+        state.db, user.id, policy=state.policy, user_agent=request.headers.get("user-agent")
+    )
+    response = RedirectResponse(target, 303)
+    set_session_cookie(response, request, state.settings, state.signer, new.token)
+    response.delete_cookie(PENDING_COOKIE, path="/")
+    return response
+
+
+def _pending_response(request: Request, state: State, user: User | None) -> Response:
+    response = RedirectResponse("/pending", 303)
+    if user is not None:
+        set_pending_cookie(response, request, state.settings, state.signer, user.id)
+    return response
+
+
+def _pending_account(request: Request, state: State) -> User | None:
+    user_id = pending_user_id(request, state.signer)
+    if user_id is None:
+        return None
+    try:
+        return get_account(state.db, user_id)
+    except NotFound:
+        return None
+
+
+def _signup_context(state: State, *, username: str, email: str) -> dict[str, object]:
+    first = count_accounts(state.db) == 0
+    mode = state.settings.signup_mode
+    return {
+        "username": username,
+        "email": email,
+        "first_account": first,
+        "closed": mode == "closed" and not first,
+        "needs_approval": mode == "approval" and not first,
+    }

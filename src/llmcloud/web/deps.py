@@ -1,0 +1,135 @@
+"""Request dependencies of the web app: its shared state, the logged-in user, roles, CSRF.
+
+Routes declare what they need through the annotated types at the end of
+this module:
+
+    @router.get("/chats")
+    def chats(request: Request, active: CurrentUser) -> Response: ...
+
+    @router.post("/chats/{chat_id}/delete", dependencies=[CsrfChecked])
+    def delete(request: Request, active: CurrentUser, chat_id: str) -> Response: ...
+
+`CurrentUser` raises SessionExpired, AccountPending or AccountDeactivated,
+which the error handlers turn into a redirect to the login page or an error
+page. `AdminUser` also raises Forbidden for anyone but an admin.
+`CsrfChecked` checks the Origin or Referer header and the session's CSRF
+token; `SameOriginChecked` checks only the header, for the log-in and
+sign-up forms, which have no session yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from argon2 import PasswordHasher
+from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
+
+from llmcloud.auth.errors import AccountDeactivated, AccountPending, Forbidden, SessionExpired
+from llmcloud.auth.sessions import ActiveSession, SessionPolicy, check_csrf, lookup_session
+from llmcloud.db.database import Database
+from llmcloud.db.models import Role
+from llmcloud.gateway import Gateway
+from llmcloud.settings import Settings
+from llmcloud.web.security import (
+    CSRF_FIELD,
+    CSRF_HEADER,
+    CookieSigner,
+    check_same_origin,
+    session_token,
+)
+
+
+@dataclass
+class WebState:
+    """What every request of one app shares; stored as `app.state.web`."""
+
+    settings: Settings
+    signer: CookieSigner
+    policy: SessionPolicy
+    hasher: PasswordHasher
+    database: Database | None = None
+    gateway: Gateway | None = None
+
+    @property
+    def db(self) -> Database:
+        if self.database is None:
+            raise RuntimeError("the web app's database is not open; the app has not started")
+        return self.database
+
+    @property
+    def models(self) -> Gateway:
+        if self.gateway is None:
+            raise RuntimeError("the web app's gateway is not set; the app has not started")
+        return self.gateway
+
+
+def web_state(connection: HTTPConnection) -> WebState:
+    state: WebState = connection.app.state.web
+    return state
+
+
+def current_session(connection: HTTPConnection) -> ActiveSession:
+    """Return the session of the request's cookie, caching it on the request.
+
+    Raises SessionExpired for a missing, forged or expired cookie, and
+    AccountPending or AccountDeactivated when the account may no longer log in.
+    """
+    cached: ActiveSession | None = getattr(connection.state, "session", None)
+    if cached is not None:
+        return cached
+    state = web_state(connection)
+    token = session_token(connection, state.signer)
+    active = lookup_session(state.db, token, policy=state.policy)
+    connection.state.session = active
+    return active
+
+
+def optional_session(connection: HTTPConnection) -> ActiveSession | None:
+    """Return the request's session, or None for a visitor who is not logged in."""
+    try:
+        return current_session(connection)
+    except (SessionExpired, AccountPending, AccountDeactivated):
+        return None
+
+
+def require_user(request: Request) -> ActiveSession:
+    return current_session(request)
+
+
+def require_admin(request: Request) -> ActiveSession:
+    active = current_session(request)
+    if active.user.role != Role.ADMIN:
+        raise Forbidden("this page is for admins only")
+    return active
+
+
+async def require_csrf(request: Request) -> ActiveSession:
+    """Check a state-changing request from a session: its origin and its CSRF token."""
+    check_same_origin(request, web_state(request).settings)
+    active = current_session(request)
+    check_csrf(active, await _submitted_csrf_token(request))
+    return active
+
+
+def require_same_origin(request: Request) -> None:
+    check_same_origin(request, web_state(request).settings)
+
+
+async def _submitted_csrf_token(request: Request) -> str | None:
+    header = request.headers.get(CSRF_HEADER)
+    if header:
+        return header
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        value: Any = (await request.form()).get(CSRF_FIELD)
+        return value if isinstance(value, str) else None
+    return None
+
+
+CurrentUser = Annotated[ActiveSession, Depends(require_user)]
+AdminUser = Annotated[ActiveSession, Depends(require_admin)]
+CsrfChecked = Depends(require_csrf)
+SameOriginChecked = Depends(require_same_origin)
+State = Annotated[WebState, Depends(web_state)]

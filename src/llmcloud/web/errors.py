@@ -1,0 +1,116 @@
+"""Turning errors into responses: a page for browsers, text for htmx, JSON for API clients.
+
+Domain errors carry their HTTP status (`llmcloud.db.errors.ServiceError`,
+`llmcloud.gateway.GatewayError`). A page request without a valid session is
+redirected to the log-in page, and one from a pending account to the
+waiting page. Every other error keeps its status and shows its message.
+Validation errors name the fields. Anything unexpected is logged with its
+traceback and answered with a 500 that shows no internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException
+
+from llmcloud.auth.errors import AccountPending, ServiceError, Unauthorized
+from llmcloud.gateway import GatewayError, ServiceUnavailable
+from llmcloud.web.templating import render
+
+log = logging.getLogger("llmcloud.web")
+
+JSON_PREFIXES = ("/api/", "/v1/")
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+def error_response(
+    request: Request, status_code: int, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    """Return the error message as the client reads it: JSON, plain text for htmx, or a page."""
+    if wants_json(request):
+        return JSONResponse({"error": message}, status_code, headers=headers)
+    if request.headers.get("hx-request"):
+        return PlainTextResponse(message, status_code, headers=headers)
+    response = render(
+        request,
+        "error.html",
+        {"status_code": status_code, "message": message},
+        status_code=status_code,
+    )
+    response.headers.update(headers or {})
+    return response
+
+
+def wants_json(request: Request) -> bool:
+    if request.url.path.startswith(JSON_PREFIXES):
+        return True
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    if _is_page_request(request):
+        if isinstance(exc, AccountPending):
+            return RedirectResponse("/pending", 303)
+        if isinstance(exc, Unauthorized):
+            return RedirectResponse(f"/login?next={quote(_return_path(request))}", 303)
+    if exc.status_code >= 500:
+        log.warning("%s %s failed: %s", request.method, request.url.path, exc.message)
+    return error_response(request, exc.status_code, exc.message)
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    headers = None
+    if isinstance(exc, ServiceUnavailable):
+        headers = {"Retry-After": str(exc.retry_after)}
+    return error_response(request, exc.status_code, exc.message, headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    problems = []
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"][1:]) or "request"
+        problems.append(f"{location}: {error['msg']}")
+    return error_response(request, 422, "invalid request: " + "; ".join(problems))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"page {request.url.path} not found"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    return error_response(request, exc.status_code, message, dict(exc.headers or {}))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.error("%s %s raised", request.method, request.url.path, exc_info=exc)
+    return error_response(request, 500, "internal error; the server log has the details")
+
+
+def _is_page_request(request: Request) -> bool:
+    return not wants_json(request) and not request.headers.get("hx-request")
+
+
+def _return_path(request: Request) -> str:
+    """The page to return to after logging in: the current one for GET, else the chat list."""
+    if request.method == "GET":
+        return request.url.path
+    return "/chats"

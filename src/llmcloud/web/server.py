@@ -1,0 +1,52 @@
+"""Start-up of the web app's server: listen on web_host:web_port and run uvicorn."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+
+import uvicorn
+
+from llmcloud.settings import Settings
+from llmcloud.web.app import create_app
+
+log = logging.getLogger("llmcloud.web")
+
+
+class StartupError(Exception):
+    """A reason the web app cannot start, worded for the operator."""
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(
+                f"port {port} on {host} is already in use; stop the other program or pick "
+                "another port with --port (setting web_port)"
+            ) from None
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: Settings) -> None:
+    """Run the web app until interrupted."""
+    sock = bind_socket(settings.web_host, settings.web_port)
+    host, port = sock.getsockname()[:2]
+    log.info("web app listening on http://%s:%s (data dir %s)", host, port, settings.data_dir)
+    config = uvicorn.Config(
+        create_app(settings),
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        ws_max_size=4 * settings.web_max_prompt_length + 64 * 1024,
+    )
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,174 @@
+"""Sign-up, log-in, log-out, the waiting page and the session cookie."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi.testclient import TestClient
+
+from llmcloud.auth.accounts import approve, find_account
+from llmcloud.web.deps import WebState
+from tests.web.conftest import PASSWORD, csrf_token, log_in, sign_up
+
+
+def state_of(client: TestClient) -> WebState:
+    state: WebState = client.app.state.web  # type: ignore[attr-defined]
+    return state
+
+
+def test_home_redirects_to_signup_without_accounts(client: TestClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/signup"
+
+
+def test_first_signup_becomes_admin_and_logs_in(client: TestClient) -> None:
+    response = sign_up(client, "alice")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/chats"
+    assert find_account(state_of(client).db, "alice").role == "admin"  # type: ignore[union-attr]
+    assert client.get("/chats").status_code == 200
+
+
+def test_session_cookie_flags(client: TestClient) -> None:
+    cookie = sign_up(client, "alice").headers["set-cookie"]
+    assert "llmcloud_session=" in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=lax" in cookie
+    assert "Secure" not in cookie
+
+
+def test_session_cookie_secure_under_https_public_url(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client(public_url="https://chat.example.org")
+    client.headers["Origin"] = "https://chat.example.org"
+    cookie = sign_up(client, "alice").headers["set-cookie"]
+    assert "Secure" in cookie
+
+
+def test_second_signup_waits_for_approval(
+    admin: TestClient, make_client: Callable[..., TestClient]
+) -> None:
+    second = make_client()
+    response = sign_up(second, "bob")
+    assert response.headers["location"] == "/pending"
+    page = second.get("/pending")
+    assert "is waiting for an admin" in page.text
+    assert second.get("/chats").headers["location"].startswith("/login")
+
+
+def test_pending_page_shows_approval(
+    admin: TestClient, make_client: Callable[..., TestClient]
+) -> None:
+    second = make_client()
+    sign_up(second, "bob")
+    db = state_of(admin).db
+    approve(db, find_account(db, "bob").id)  # type: ignore[union-attr]
+    assert "is approved" in second.get("/pending/status").text
+    assert log_in(second, "bob").headers["location"] == "/chats"
+
+
+def test_login_of_pending_account_shows_waiting_page(
+    admin: TestClient, make_client: Callable[..., TestClient]
+) -> None:
+    sign_up(make_client(), "bob")
+    third = make_client()
+    response = log_in(third, "bob")
+    assert response.headers["location"] == "/pending"
+    assert "bob" in third.get("/pending").text
+
+
+def test_login_rejects_wrong_password(
+    admin: TestClient, make_client: Callable[..., TestClient]
+) -> None:
+    other = make_client()
+    response = log_in(other, "admin", "wrong password")
+    assert response.status_code == 401
+    assert "invalid username or password" in response.text
+
+
+def test_signup_rejects_bad_username(client: TestClient) -> None:
+    response = sign_up(client, "a b")
+    assert response.status_code == 422
+    assert "contains" in response.text
+
+
+def test_signup_rejects_different_passwords(client: TestClient) -> None:
+    data = {"username": "alice", "password": PASSWORD, "password_confirm": PASSWORD + "x"}
+    response = client.post("/signup", data=data)
+    assert response.status_code == 422
+    assert "passwords differ" in response.text
+
+
+def test_signup_rejects_taken_username(
+    admin: TestClient, make_client: Callable[..., TestClient]
+) -> None:
+    response = sign_up(make_client(), "ADMIN")
+    assert response.status_code == 409
+
+
+def test_signup_closed_rejects_second_account(make_client: Callable[..., TestClient]) -> None:
+    first = make_client(signup_mode="closed")
+    sign_up(first, "alice")
+    response = sign_up(make_client(), "bob")
+    assert response.status_code == 403
+    assert "sign-up is closed" in response.text
+
+
+def test_signup_open_makes_users(make_client: Callable[..., TestClient]) -> None:
+    first = make_client(signup_mode="open")
+    sign_up(first, "alice")
+    second = make_client()
+    assert sign_up(second, "bob").headers["location"] == "/chats"
+
+
+def test_logout_deletes_session(admin: TestClient) -> None:
+    cookie = admin.cookies.get("llmcloud_session")
+    response = admin.post("/logout", data={"csrf_token": csrf_token(admin)})
+    assert response.status_code == 303
+    admin.cookies.clear()
+    admin.cookies.set("llmcloud_session", cookie or "")
+    assert admin.get("/chats").headers["location"].startswith("/login")
+
+
+def test_logout_rejects_missing_csrf_token(admin: TestClient) -> None:
+    response = admin.post("/logout", data={})
+    assert response.status_code == 403
+    assert admin.get("/chats").status_code == 200
+
+
+def test_post_from_other_origin_rejected(admin: TestClient) -> None:
+    token = csrf_token(admin)
+    response = admin.post(
+        "/logout", data={"csrf_token": token}, headers={"Origin": "http://evil.example"}
+    )
+    assert response.status_code == 403
+    assert "evil.example" in response.text
+
+
+def test_forged_cookie_is_not_a_session(admin: TestClient) -> None:
+    cookie = admin.cookies.get("llmcloud_session") or ""
+    token = cookie.rsplit(".", 1)[0]
+    admin.cookies.clear()
+    admin.cookies.set("llmcloud_session", token + ".forged")
+    assert admin.get("/chats").status_code == 303
+
+
+def test_restart_keeps_session(admin: TestClient, tmp_path: object) -> None:
+    from llmcloud.web import create_app
+    from tests.web.conftest import CHEAP_HASHER, ORIGIN
+
+    settings = state_of(admin).settings
+    restarted = create_app(settings, hasher=CHEAP_HASHER)
+    with TestClient(restarted, headers={"Origin": ORIGIN}, follow_redirects=False) as again:
+        again.cookies.update(admin.cookies)
+        assert again.get("/chats").status_code == 200
+
+
+def test_login_next_rejects_other_site(
+    admin: TestClient, make_client: Callable[..., TestClient]
+) -> None:
+    other = make_client()
+    data = {"username": "admin", "password": PASSWORD, "next": "//evil.example/x"}
+    assert other.post("/login", data=data).headers["location"] == "/chats"
