@@ -22,6 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from llmcloud.gateway.config import BackendList, KeepAlive
 from llmcloud.units import parse_duration
 
 ENV_PREFIX = "LLMCLOUD_"
@@ -177,6 +178,51 @@ class Settings(BaseSettings):
         20 * 1024 * 1024,
         ge=1024,
         description="Largest chat export file that may be imported, in bytes.",
+    )
+
+    # Gateway
+    gateway_backends: BackendList = Field(
+        None,
+        description="Model backends that the web app's gateway routes chats to: a TOML array "
+        "of tables `[[gateway_backends]]`, or a JSON list in the environment. Each has `name`, "
+        "`kind` (`ollama` for llmcloud engines and Ollama, `openai` for OpenAI-compatible "
+        "servers such as vLLM), `base_url`, and optionally `api_key` (sent as a Bearer token), "
+        "`weight` (share of the load, default 1), `max_parallel` (requests sent to it at once, "
+        "default 4), `enabled` (default true) and `ca_bundle` (PEM file to verify its TLS "
+        "certificate). Unset means one llmcloud engine at engine_url, with engine_token as its "
+        "key and engine_num_parallel as its max_parallel.",
+    )
+    gateway_keep_alive: KeepAlive = Field(
+        "5m",
+        description="keep_alive that the gateway sends with every chat to Ollama-API backends: "
+        "how long the backend keeps the model loaded after the request; seconds or a duration "
+        "such as `5m`; negative keeps it loaded.",
+    )
+    gateway_health_interval: float = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="Seconds between two health checks of a backend (GET /api/tags or "
+        "/v1/models). A backend that fails one leaves rotation; one that passes returns.",
+    )
+    gateway_max_queue_per_model: int = Field(
+        32,
+        ge=0,
+        description="Chat requests per model that may wait in the gateway for a free backend; "
+        "past that the gateway answers 503 with Retry-After at once.",
+    )
+    gateway_connect_timeout: float = Field(
+        3.0,
+        gt=0,
+        description="Seconds to wait for a TCP and TLS connection to a backend before failing "
+        "over to another.",
+    )
+    gateway_first_token_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds to wait for a backend's first token, model loading included, "
+        "before failing over to another; also the longest pause between two tokens before the "
+        "answer counts as failed.",
     )
 
     @field_validator("public_url")

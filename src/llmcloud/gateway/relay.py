@@ -1,0 +1,271 @@
+"""One chat from queue to last token: admission, failover before the first token, relay.
+
+The relay keeps no buffer: each line read from the backend (httpx's
+aiter_lines) is parsed and handed on as one event before the next is read.
+Failover is possible until the first token arrives, because until then the
+user has seen nothing; after it, a backend failure ends the chat with
+Failed(partial=True).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from llmcloud.gateway.backend import BackendClient, BackendFailure, describe_http_error
+from llmcloud.gateway.dispatch import Dispatcher, Ticket
+from llmcloud.gateway.events import ChatEvent, Done, Durations, Failed, Queued, Started, Token
+from llmcloud.gateway.protocols import StreamParser, StreamResult, UpstreamError
+from llmcloud.gateway.request import ChatRequest, build_chat_request
+
+logger = logging.getLogger("llmcloud.gateway")
+
+# Maximum wait for the end of a response after its last line, so that the connection can be
+# reused; past it the connection is closed instead.
+_DRAIN_SECONDS = 0.5
+
+
+@dataclass(slots=True)
+class Upstream:
+    """A backend's response whose first token (or end) has arrived."""
+
+    backend: BackendClient
+    response: httpx.Response
+    lines: AsyncIterator[str]
+    parser: StreamParser
+    first_text: str | None
+    sent_ns: int
+    first_token_ns: int
+
+
+@dataclass(slots=True)
+class _Chat:
+    """The state of one chat, shared by its steps."""
+
+    request: ChatRequest
+    ticket: Ticket
+    """The current claim on a slot; failover replaces it."""
+    arrived_ns: int
+    upstream: Upstream | None = None
+
+
+class ChatRelay:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        *,
+        keep_alive: str | int | float,
+        first_token_timeout: float,
+        check_model: Callable[[str], None],
+        release: Callable[[BackendClient], None],
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.keep_alive = keep_alive
+        self.first_token_timeout = first_token_timeout
+        self.check_model = check_model
+        self.release = release
+
+    async def chat(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any] | None,
+        system: str | None,
+    ) -> AsyncGenerator[ChatEvent, None]:
+        request = build_chat_request(model, messages, options, system)
+        self.check_model(request.model)
+        chat = _Chat(request, self.dispatcher.submit(request.model), time.perf_counter_ns())
+        try:
+            async with aclosing(self._connect(chat)) as early_events:
+                async for event in early_events:
+                    yield event
+            upstream = chat.upstream
+            if upstream is None:
+                return
+
+            # The per-token path: one parsed line, one event, nothing else.
+            try:
+                yield Started(upstream.backend.name)
+                if upstream.first_text:
+                    yield Token(upstream.first_text)
+                parser = upstream.parser
+                final: Done | Failed
+                try:
+                    if parser.result is None:
+                        async for line in upstream.lines:
+                            text = parser.feed(line)
+                            if text:
+                                yield Token(text)
+                            if parser.result is not None:
+                                break
+                    result = parser.finish()
+                except (httpx.HTTPError, UpstreamError) as exc:
+                    final = _failed_midway(upstream.backend, describe_http_error(exc))
+                else:
+                    final = await _finish_answer(upstream, result, chat.arrived_ns)
+            finally:
+                await upstream.response.aclose()
+            # The slot is free before the last event, so a consumer that stops there keeps no slot.
+            self._finish(chat.ticket)
+            yield final
+        finally:
+            self._finish(chat.ticket)
+
+    async def _connect(self, chat: _Chat) -> AsyncGenerator[Queued | Failed, None]:
+        """Wait for a slot and open a backend's stream, failing over until a first token comes.
+
+        Sets `chat.upstream` on success; otherwise the last event is a Failed.
+        """
+        failures: dict[str, BackendFailure] = {}
+        while True:
+            async with aclosing(self._queue_positions(chat.ticket)) as positions:
+                async for position in positions:
+                    yield Queued(position)
+            backend = chat.ticket.backend
+            if backend is None:
+                yield _failed_everywhere(chat.request.model, failures)
+                return
+
+            try:
+                chat.upstream = await self._open(backend, chat.request)
+                return
+            except BackendFailure as failure:
+                self._finish(chat.ticket)
+                failures[backend.name] = failure
+                if not failure.retry:
+                    yield Failed(failure.message, partial=False, status_code=failure.status_code)
+                    return
+                logger.warning(
+                    "chat on backend %s failed before the first token, failing over: %s",
+                    backend.name,
+                    failure.message,
+                )
+                exclude = frozenset(failures)
+                chat.ticket = self.dispatcher.submit(
+                    chat.request.model, exclude, retry_of=chat.ticket
+                )
+
+    async def _queue_positions(self, ticket: Ticket) -> AsyncGenerator[int, None]:
+        """Yield the ticket's queue position each time it changes, until it is settled."""
+        reported = 0
+        while True:
+            ticket.changed.clear()
+            if ticket.settled:
+                return
+            if ticket.position != reported:
+                reported = ticket.position
+                yield reported
+            else:
+                await ticket.changed.wait()
+
+    async def _open(self, backend: BackendClient, request: ChatRequest) -> Upstream:
+        """Send the request and read up to its first token, within first_token_timeout."""
+        body = backend.protocol.chat_body(request, self.keep_alive)
+        parser = backend.protocol.parser()
+        sent_ns = time.perf_counter_ns()
+        response: httpx.Response | None = None
+        try:
+            async with asyncio.timeout(self.first_token_timeout):
+                response = await backend.open_chat(body)
+                lines = response.aiter_lines()
+                async for line in lines:
+                    text = parser.feed(line)
+                    if text or parser.result is not None:
+                        first_ns = time.perf_counter_ns()
+                        return Upstream(backend, response, lines, parser, text, sent_ns, first_ns)
+                if parser.finish() is not None:
+                    first_ns = time.perf_counter_ns()
+                    return Upstream(backend, response, lines, parser, None, sent_ns, first_ns)
+                error = "the stream ended before the first token"
+        except TimeoutError:
+            error = f"no first token within {self.first_token_timeout:g} s"
+        except (httpx.HTTPError, UpstreamError) as exc:
+            error = describe_http_error(exc)
+        except BaseException:
+            if response is not None:
+                await response.aclose()
+            raise
+
+        if response is not None:
+            await response.aclose()
+        backend.record_failure(error)
+        raise BackendFailure(error, retry=True)
+
+    def _finish(self, ticket: Ticket) -> None:
+        """Free the ticket's slot, or take it out of its queue; safe to call more than once."""
+        if ticket.finished:
+            return
+        ticket.finished = True
+        if ticket.backend is not None:
+            self.release(ticket.backend)
+        else:
+            self.dispatcher.leave(ticket)
+
+
+async def _finish_answer(
+    upstream: Upstream, result: StreamResult | None, arrived_ns: int
+) -> Done | Failed:
+    if result is None:
+        return _failed_midway(upstream.backend, "the stream ended before the answer was complete")
+    done = _done(result, upstream, arrived_ns)
+    await _drain(upstream.lines)
+    upstream.backend.record_success()
+    return done
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read the end of a response after its last line, so that its connection can be reused."""
+    try:
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            async for _ in lines:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        pass
+
+
+def _done(result: StreamResult, upstream: Upstream, arrived_ns: int) -> Done:
+    durations = Durations(
+        queued_ns=upstream.sent_ns - arrived_ns,
+        total_ns=time.perf_counter_ns() - upstream.sent_ns,
+        first_token_ns=upstream.first_token_ns - upstream.sent_ns,
+        load_ns=result.load_ns,
+        prompt_eval_ns=result.prompt_eval_ns,
+        eval_ns=result.eval_ns,
+    )
+    return Done(result.done_reason, result.prompt_tokens, result.completion_tokens, durations)
+
+
+def _failed_midway(backend: BackendClient, error: str) -> Failed:
+    backend.record_failure(error)
+    logger.warning("chat on backend %s failed after the first token: %s", backend.name, error)
+    return Failed(f"backend {backend.name} failed during the answer: {error}", partial=True)
+
+
+def _failed_everywhere(model: str, failures: Mapping[str, BackendFailure]) -> Failed:
+    if not failures:
+        return Failed(
+            f"every backend that serves model '{model}' left rotation while the request "
+            "waited; retry later",
+            partial=False,
+            status_code=503,
+        )
+    details = "; ".join(f"{name}: {failure.message}" for name, failure in failures.items())
+    statuses = {failure.status_code for failure in failures.values()}
+    if statuses == {404}:
+        status = 404
+    elif 503 in statuses:
+        status = 503
+    else:
+        status = 502
+    return Failed(
+        f"no backend could answer for model '{model}' ({details})",
+        partial=False,
+        status_code=status,
+    )

@@ -1,0 +1,303 @@
+"""Chats through fake backends: the relayed events, failover before the first token, failures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from llmcloud.gateway import (
+    Done,
+    Failed,
+    InvalidChatRequest,
+    NoBackendAvailable,
+    Started,
+    Token,
+    UnknownModel,
+)
+from tests.gateway.conftest import (
+    HELLO,
+    answer_text,
+    closed_port_url,
+    collect,
+    ollama_backend,
+    openai_backend,
+    running_gateway,
+)
+from tests.gateway.fake_backend import DEFAULT_TOKENS, FakeBackend
+
+pytestmark = pytest.mark.anyio
+
+Fakes = Callable[..., FakeBackend]
+
+
+async def test_chat_relays_openai_stream(fakes: Fakes) -> None:
+    fake = fakes()
+    async with running_gateway(openai_backend("vllm", fake)) as gateway:
+        events = await collect(gateway.chat("fake-model", HELLO))
+
+    assert events[0] == Started("vllm")
+    assert [e for e in events if isinstance(e, Token)] == [Token(t) for t in DEFAULT_TOKENS]
+    done = events[-1]
+    assert isinstance(done, Done)
+    assert done.done_reason == "stop"
+    assert done.prompt_tokens == 7
+    assert done.completion_tokens == len(DEFAULT_TOKENS)
+    assert done.durations.total_ns >= done.durations.first_token_ns > 0
+    assert done.durations.load_ns is None
+
+
+async def test_chat_relays_ollama_stream(fakes: Fakes) -> None:
+    fake = fakes()
+    async with running_gateway(ollama_backend("ollama", fake.url)) as gateway:
+        events = await collect(gateway.chat("fake-model", HELLO))
+
+    assert events[0] == Started("ollama")
+    assert answer_text(events) == "".join(DEFAULT_TOKENS)
+    done = events[-1]
+    assert isinstance(done, Done)
+    assert done.completion_tokens == len(DEFAULT_TOKENS)
+    assert done.durations.load_ns == 1_000_000
+    assert done.durations.eval_ns == 2_000_000
+
+
+async def test_chat_sends_bearer_key(fakes: Fakes) -> None:
+    fake = fakes()
+    backend = openai_backend("vllm", fake, api_key="sk-test-key")
+    async with running_gateway(backend) as gateway:
+        await collect(gateway.chat("fake-model", HELLO))
+
+    health_check, chat = fake.requests[0], fake.chat_requests()[-1]
+    assert health_check.headers["authorization"] == "Bearer sk-test-key"
+    assert chat.headers["authorization"] == "Bearer sk-test-key"
+
+
+async def test_chat_sends_no_key_when_none_is_set(fakes: Fakes) -> None:
+    fake = fakes()
+    async with running_gateway(openai_backend("vllm", fake)) as gateway:
+        await collect(gateway.chat("fake-model", HELLO))
+
+    assert "authorization" not in fake.chat_requests()[-1].headers
+
+
+@pytest.mark.parametrize(("keep_alive", "sent"), [("10m", "10m"), ("-1", -1), ("90", 90)])
+async def test_chat_sends_keep_alive_to_ollama(
+    fakes: Fakes, keep_alive: str, sent: str | int
+) -> None:
+    fake = fakes()
+    async with running_gateway(ollama_backend("ollama", fake.url), keep_alive=keep_alive) as gw:
+        await collect(gw.chat("fake-model", HELLO))
+
+    body = fake.chat_requests()[-1].body
+    assert body["keep_alive"] == sent
+    assert body["stream"] is True
+
+
+async def test_chat_sends_openai_body(fakes: Fakes) -> None:
+    fake = fakes()
+    options = {"temperature": 0.5, "num_predict": 20, "top_k": 5, "stop": ["END"]}
+    async with running_gateway(openai_backend("vllm", fake)) as gateway:
+        await collect(gateway.chat("fake-model", HELLO, options=options, system="Be brief."))
+
+    body = fake.chat_requests()[-1].body
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert body["max_tokens"] == 20
+    assert body["temperature"] == 0.5
+    assert body["stop"] == ["END"]
+    assert "top_k" not in body
+    assert "keep_alive" not in body
+
+
+async def test_failover_when_backend_went_down(fakes: Fakes) -> None:
+    first, second = fakes(), fakes()
+    backends = [openai_backend("first", first), openai_backend("second", second)]
+    # Health checks are too rare to notice the stop, so the request itself finds it.
+    async with running_gateway(*backends, health_interval=60) as gateway:
+        first.stop()
+        events = await collect(gateway.chat("fake-model", HELLO))
+        states = {backend.name: backend for backend in gateway.status().backends}
+
+    assert events[0] == Started("second")
+    assert isinstance(events[-1], Done)
+    assert states["first"].healthy is False
+    assert "ConnectError" in (states["first"].last_error or "")
+
+
+async def test_failover_on_server_error(fakes: Fakes) -> None:
+    first, second = fakes(), fakes()
+    first.chat_status = 500
+    async with running_gateway(
+        openai_backend("first", first), openai_backend("second", second)
+    ) as gw:
+        events = await collect(gw.chat("fake-model", HELLO))
+        states = {backend.name: backend for backend in gw.status().backends}
+
+    assert events[0] == Started("second")
+    assert isinstance(events[-1], Done)
+    assert states["first"].consecutive_failures == 1
+    assert "HTTP 500" in (states["first"].last_error or "")
+
+
+async def test_failover_when_first_token_stalls(fakes: Fakes) -> None:
+    first, second = fakes(), fakes()
+    first.stall_before_first_token = True
+    backends = [openai_backend("first", first), openai_backend("second", second)]
+    async with running_gateway(*backends, first_token_timeout=0.5) as gateway:
+        events = await collect(gateway.chat("fake-model", HELLO))
+
+    assert events[0] == Started("second")
+    assert isinstance(events[-1], Done)
+    assert first.client_left.wait(5)
+
+
+async def test_failover_when_stream_dies_before_first_token(fakes: Fakes) -> None:
+    first, second = fakes(), fakes()
+    first.die_after = 0
+    async with running_gateway(
+        ollama_backend("first", first.url), openai_backend("second", second)
+    ) as gw:
+        events = await collect(gw.chat("fake-model", HELLO))
+
+    assert events[0] == Started("second")
+    assert answer_text(events) == "".join(DEFAULT_TOKENS)
+
+
+async def test_backend_dying_mid_stream_fails_partial(fakes: Fakes) -> None:
+    fake = fakes()
+    fake.die_after = 2
+    async with running_gateway(openai_backend("vllm", fake)) as gateway:
+        events = await collect(gateway.chat("fake-model", HELLO))
+
+    assert events[:3] == [Started("vllm"), Token("Hello"), Token(",")]
+    failed = events[-1]
+    assert isinstance(failed, Failed)
+    assert failed.partial is True
+    assert "vllm" in failed.message
+    assert len(events) == 4
+
+
+async def test_backend_stalling_mid_stream_fails_partial(fakes: Fakes) -> None:
+    fake = fakes()
+    fake.stall_after = 1
+    async with running_gateway(openai_backend("vllm", fake), first_token_timeout=0.5) as gateway:
+        events = await collect(gateway.chat("fake-model", HELLO))
+
+    assert events[:2] == [Started("vllm"), Token("Hello")]
+    failed = events[-1]
+    assert isinstance(failed, Failed)
+    assert failed.partial is True
+    assert "ReadTimeout" in failed.message
+
+
+async def test_client_error_is_not_failed_over(fakes: Fakes) -> None:
+    first, second = fakes(), fakes()
+    first.chat_status = 400
+    async with running_gateway(
+        openai_backend("first", first), openai_backend("second", second)
+    ) as gw:
+        events = await collect(gw.chat("fake-model", HELLO))
+
+    assert len(events) == 1
+    failed = events[0]
+    assert isinstance(failed, Failed)
+    assert failed.partial is False
+    assert failed.status_code == 400
+    assert "the fake backend failed" in failed.message
+    assert second.chat_requests() == []
+
+
+async def test_every_backend_failing_fails_without_partial(fakes: Fakes) -> None:
+    first, second = fakes(), fakes()
+    first.chat_status = second.chat_status = 500
+    async with running_gateway(
+        openai_backend("first", first), openai_backend("second", second)
+    ) as gw:
+        events = await collect(gw.chat("fake-model", HELLO))
+
+    assert len(events) == 1
+    failed = events[0]
+    assert isinstance(failed, Failed)
+    assert failed.partial is False
+    assert failed.status_code == 502
+    assert "first: HTTP 500" in failed.message
+    assert "second: HTTP 500" in failed.message
+
+
+async def test_unknown_model_raises_404_naming_known_models(fakes: Fakes) -> None:
+    fake = fakes(("alpha:1b", "beta:7b"))
+    async with running_gateway(openai_backend("vllm", fake)) as gateway:
+        with pytest.raises(UnknownModel) as caught:
+            await anext(gateway.chat("gamma", HELLO))
+
+    assert caught.value.status_code == 404
+    assert "'gamma'" in caught.value.message
+    assert "alpha:1b, beta:7b" in caught.value.message
+    assert fake.chat_requests() == []
+
+
+async def test_model_without_tag_matches_latest_on_ollama(fakes: Fakes) -> None:
+    fake = fakes(("tiny:latest",))
+    async with running_gateway(ollama_backend("ollama", fake.url)) as gateway:
+        events = await collect(gateway.chat("tiny", HELLO))
+
+    assert isinstance(events[-1], Done)
+
+
+async def test_model_of_unhealthy_backend_raises_503(fakes: Fakes) -> None:
+    fake = fakes()
+    async with running_gateway(openai_backend("vllm", fake), health_interval=60) as gateway:
+        fake.stop()
+        await collect(gateway.chat("fake-model", HELLO))
+        with pytest.raises(NoBackendAvailable) as caught:
+            await anext(gateway.chat("fake-model", HELLO))
+
+    assert caught.value.status_code == 503
+    assert caught.value.retry_after >= 1
+    assert "vllm" in caught.value.message
+
+
+async def test_unreachable_backend_raises_503_not_404() -> None:
+    backend = ollama_backend("engine", closed_port_url())
+    async with running_gateway(backend) as gateway:
+        with pytest.raises(NoBackendAvailable) as caught:
+            await anext(gateway.chat("anything", HELLO))
+
+    assert "has not returned a model list" in caught.value.message
+    assert "ConnectError" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("messages", "options", "expected"),
+    [
+        ([], None, "messages is empty"),
+        ([{"role": "robot", "content": "Hi"}], None, "messages.0.role = 'robot'"),
+        ([{"role": "user"}], None, "messages.0.content: Field required"),
+        (HELLO, {"temprature": 1}, "options.temprature: unknown field"),
+        (HELLO, {"temperature": "hot"}, "options.temperature = 'hot'"),
+        (HELLO, {"num_predict": -5}, "options.num_predict = -5"),
+    ],
+)
+async def test_invalid_chat_raises_400(
+    fakes: Fakes, messages: list[dict[str, str]], options: dict[str, object] | None, expected: str
+) -> None:
+    fake = fakes()
+    async with running_gateway(openai_backend("vllm", fake)) as gateway:
+        with pytest.raises(InvalidChatRequest) as caught:
+            await anext(gateway.chat("fake-model", messages, options=options))
+
+    assert caught.value.status_code == 400
+    assert expected in caught.value.message
+    assert fake.chat_requests() == []
+
+
+async def test_invalid_chat_never_echoes_message_content(fakes: Fakes) -> None:
+    fake = fakes()
+    messages = [{"role": "user", "content": 12345}, {"content": "secret prompt"}]
+    async with running_gateway(openai_backend("vllm", fake)) as gateway:
+        with pytest.raises(InvalidChatRequest) as caught:
+            await anext(gateway.chat("fake-model", messages))
+
+    assert "12345" not in caught.value.message
+    assert "secret prompt" not in caught.value.message
