@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from llmcloud import __version__
-from llmcloud.cli import config, engine, models, web
+from llmcloud.cli import config, engine, models, up, web
 
 app = typer.Typer(
     name="llmcloud",
@@ -18,6 +18,7 @@ app.add_typer(config.app, name="config")
 engine.register(app)
 models.register(app)
 web.register(app)
+up.register(app)
 
 
 def _print_version(value: bool) -> None:

@@ -1,7 +1,294 @@
-"""The chat WebSocket under /ws/chats/{chat_id}."""
+"""The chat WebSocket, `/ws/chats/{chat_id}`: prompts in, answer tokens out.
+
+A reverse proxy needs only the standard upgrade headers for it. The
+handshake must come from the app's own origin (checked before the socket is
+accepted, so another site learns nothing) and carry a session cookie. Then
+both sides exchange JSON text messages. From the browser:
+
+    {"type": "send", "content": "...", "model": "..."}
+    {"type": "regenerate", "model": "..."}     model optional
+    {"type": "stop"}
+
+From the server, while an answer is generated:
+
+    {"type": "queued", "position": 2}          waiting for a free backend
+    {"type": "started"}
+    {"type": "token", "text": "..."}           one per token, sent as it arrives
+    {"type": "done", "status": "complete" | "interrupted", "message_id", "html", ...}
+    {"type": "error", "message": "...", "partial": bool, ...}
+    {"type": "title", "title": "..."}          the chat was named after its first prompt
+
+`html` is the whole answer rendered as sanitised Markdown, which replaces
+the streamed text. A malformed message gets an `error` and the socket
+stays open. The session is checked again with every prompt, so a logged-out
+or deactivated account gets an error and the socket closes with code 4401
+(4403 for a pending account, 4404 for a chat that is not the account's).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import json
+import logging
+from typing import Any, Literal
+
+from fastapi import APIRouter, WebSocket
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.websockets import WebSocketDisconnect
+
+from llmcloud.auth.errors import CsrfFailed, ServiceError
+from llmcloud.db import chats
+from llmcloud.db.models import MessageRole
+from llmcloud.web.chat_stream import DISCONNECTED, AnswerStream, stopped_message
+from llmcloud.web.deps import WebState, current_session, web_state
+from llmcloud.web.security import check_same_origin
+
+log = logging.getLogger("llmcloud.web")
 
 router = APIRouter()
+
+TITLE_LENGTH = 60
+POLICY_VIOLATION = 1008
+
+
+class SendPrompt(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["send"]
+    content: str
+    model: str
+
+
+class Regenerate(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["regenerate"]
+    model: str | None = None
+
+
+class InvalidClientMessage(Exception):
+    """A message from the browser that does not follow the protocol."""
+
+
+@router.websocket("/ws/chats/{chat_id}")
+async def chat_socket(websocket: WebSocket, chat_id: str) -> None:
+    state = web_state(websocket)
+    try:
+        if not check_same_origin(websocket, state.settings):
+            raise CsrfFailed("WebSocket handshake without an Origin header")
+    except CsrfFailed as exc:
+        log.info("chat WebSocket rejected: %s", exc.message)
+        await websocket.close(code=POLICY_VIOLATION)
+        return
+
+    await websocket.accept()
+    conversation = ChatConversation(websocket, state, chat_id)
+    if await conversation.authorize():
+        await conversation.run()
+
+
+class ChatConversation:
+    """One open chat socket: reads the browser's messages and runs one answer at a time."""
+
+    def __init__(self, websocket: WebSocket, state: WebState, chat_id: str) -> None:
+        self.websocket = websocket
+        self.state = state
+        self.chat_id = chat_id
+        self.user_id = 0
+        self.stream: AnswerStream | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def authorize(self) -> bool:
+        """Check the session and that the chat is the account's; on failure send why and close."""
+        try:
+            active = await asyncio.to_thread(current_session, self.websocket)
+            self.user_id = active.user.id
+            await asyncio.to_thread(chats.get_chat, self.state.db, self.user_id, self.chat_id)
+        except ServiceError as exc:
+            await self.send({"type": "error", "message": exc.message, "partial": False})
+            await self.websocket.close(code=4000 + exc.status_code)
+            return False
+        return True
+
+    async def run(self) -> None:
+        try:
+            while True:
+                text = await self._receive_text()
+                if text is None:
+                    continue
+                await self._dispatch(text)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            await self._cancel(DISCONNECTED)
+
+    async def send(self, payload: dict[str, Any]) -> None:
+        await self.websocket.send_text(json.dumps(payload, ensure_ascii=False))
+
+    async def _receive_text(self) -> str | None:
+        """Return the next text message, or None after answering a binary one with an error."""
+        message = await self.websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        if message.get("text") is None:
+            await self._error("binary messages are not supported; send JSON text")
+            return None
+        text: str = message["text"]
+        return text
+
+    async def _dispatch(self, text: str) -> None:
+        try:
+            data = parse_client_message(text, self.state.settings.web_max_prompt_length)
+            kind = data["type"]
+            if kind == "stop":
+                await self._stop()
+            elif kind == "send":
+                await self._send_prompt(SendPrompt.model_validate(data))
+            else:
+                await self._regenerate(Regenerate.model_validate(data))
+        except ValidationError as exc:
+            await self._error(describe_validation_error(exc))
+        except InvalidClientMessage as exc:
+            await self._error(str(exc))
+        except ServiceError as exc:
+            await self._error(exc.message)
+            if exc.status_code in (401, 403):
+                await self.websocket.close(code=4000 + exc.status_code)
+                raise WebSocketDisconnect(4000 + exc.status_code) from None
+
+    async def _send_prompt(self, prompt: SendPrompt) -> None:
+        self._check_idle()
+        content = check_prompt(prompt.content, self.state.settings.web_max_prompt_length)
+        model = chats.validate_model_name(prompt.model.strip())
+        if not model:
+            raise InvalidClientMessage("field model is empty; pick a model in the model picker")
+        await asyncio.to_thread(self._check_session)
+
+        chat = await asyncio.to_thread(chats.get_chat, self.state.db, self.user_id, self.chat_id)
+        await asyncio.to_thread(
+            chats.add_message, self.state.db, self.user_id, self.chat_id, MessageRole.USER, content
+        )
+        if chat.model != model:
+            await asyncio.to_thread(
+                chats.set_chat_model, self.state.db, self.user_id, self.chat_id, model
+            )
+        if chat.title == chats.DEFAULT_TITLE:
+            await self._name_chat(content)
+        self._start(model)
+
+    async def _regenerate(self, request: Regenerate) -> None:
+        self._check_idle()
+        await asyncio.to_thread(self._check_session)
+        chat = await asyncio.to_thread(chats.get_chat, self.state.db, self.user_id, self.chat_id)
+        model = (request.model or "").strip() or chat.model
+        if not model:
+            raise InvalidClientMessage("no model to regenerate with; pick one in the model picker")
+        chats.validate_model_name(model)
+
+        messages = await asyncio.to_thread(
+            chats.list_messages, self.state.db, self.user_id, self.chat_id
+        )
+        if not messages:
+            raise InvalidClientMessage("the chat has no message to answer yet; send a prompt")
+        if messages[-1].role == MessageRole.ASSISTANT:
+            await asyncio.to_thread(
+                chats.remove_last_answer, self.state.db, self.user_id, self.chat_id
+            )
+        self._start(model)
+
+    async def _stop(self) -> None:
+        """Stop the answer in progress; a stop without one is ignored, as it may cross a `done`."""
+        stream = self.stream
+        if self.task is None or self.task.done() or stream is None:
+            return
+        await self._cancel(stream.cancel_reason)
+        await self.send(stopped_message(stream.answer))
+
+    def _start(self, model: str) -> None:
+        self.stream = AnswerStream(
+            self.state.db, self.state.models, self.user_id, self.chat_id, model, self.send
+        )
+        self.task = asyncio.create_task(self.stream.run(), name=f"chat-answer-{self.chat_id}")
+
+    async def _cancel(self, reason: str) -> None:
+        task, stream = self.task, self.stream
+        if task is None or task.done():
+            return
+        if stream is not None:
+            stream.cancel_reason = reason
+        task.cancel()
+        await asyncio.wait([task])
+
+    def _check_idle(self) -> None:
+        if self.task is not None and not self.task.done():
+            raise InvalidClientMessage(
+                "an answer is still being generated; wait for it or stop it first"
+            )
+
+    def _check_session(self) -> None:
+        self.websocket.state.session = None
+        current_session(self.websocket)
+
+    async def _name_chat(self, content: str) -> None:
+        title = shorten_title(content)
+        await asyncio.to_thread(chats.rename_chat, self.state.db, self.user_id, self.chat_id, title)
+        await self.send({"type": "title", "title": title})
+
+    async def _error(self, message: str) -> None:
+        await self.send({"type": "error", "message": message, "partial": False})
+
+
+def parse_client_message(text: str, max_prompt_length: int) -> dict[str, Any]:
+    """Return a browser message as a dict with a known `type`, or raise InvalidClientMessage."""
+    # JSON escapes can take 6 characters per character of the prompt (\\uXXXX).
+    limit = 6 * max_prompt_length + 4096
+    if len(text) > limit:
+        raise InvalidClientMessage(
+            f"message has {len(text)} characters; expected at most {limit}. "
+            f"Prompts may have at most {max_prompt_length} characters"
+        )
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidClientMessage(
+            f"message is not valid JSON ({exc.msg} at column {exc.colno}); expected an object "
+            'such as {"type": "send", "content": "Hello", "model": "smollm2:135m"}'
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidClientMessage(
+            f"message is a JSON {type(data).__name__}; expected an object with a type field"
+        )
+    kind = data.get("type")
+    if kind not in ("send", "stop", "regenerate"):
+        shown = json.dumps(kind)[:40]
+        raise InvalidClientMessage(
+            f"message type {shown} is unknown; expected send, stop or regenerate"
+        )
+    return data
+
+
+def check_prompt(content: str, max_length: int) -> str:
+    if not content.strip():
+        raise InvalidClientMessage("prompt is empty; type a message before sending")
+    if len(content) > max_length:
+        raise InvalidClientMessage(
+            f"prompt has {len(content)} characters; expected at most {max_length} "
+            "(setting web_max_prompt_length). Shorten it or split it into several messages"
+        )
+    return content
+
+
+def shorten_title(content: str) -> str:
+    """Return the first line of a prompt, cut to TITLE_LENGTH characters, as a chat title."""
+    first_line = " ".join(content.strip().splitlines()[0].split())
+    if len(first_line) <= TITLE_LENGTH:
+        return first_line
+    return first_line[: TITLE_LENGTH - 1].rstrip() + "…"
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "message"
+        problems.append(f"field {field}: {error['msg']}")
+    return "invalid message: " + "; ".join(problems)

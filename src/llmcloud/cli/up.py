@@ -1,0 +1,248 @@
+"""`llmcloud up`: run the engine and the web app together on one machine.
+
+A small supervisor starts `llmcloud engine` and then `llmcloud web` as
+child processes with the same settings, the web app's gateway pointing at
+the local engine. It waits for each one's /healthz before starting the
+next, prints the URL, and on SIGINT or SIGTERM stops them in reverse order:
+SIGTERM, then SIGKILL for a child still running after the stop timeout.
+When a child exits on its own, the others are stopped and `up` exits with
+status 1, naming the part that died. The children run in their own process
+group, so a Ctrl-C in the terminal reaches only the supervisor, which then
+stops them in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+import httpx
+import typer
+from sqlalchemy.exc import SQLAlchemyError
+
+from llmcloud.auth.account_stats import count_accounts
+from llmcloud.cli.common import fail, settings_or_exit
+from llmcloud.db import database_url_from_settings, open_database
+from llmcloud.settings import ConfigError, Settings
+
+log = logging.getLogger("llmcloud.cli")
+
+STARTUP_TIMEOUT_SECONDS = 300.0
+STOP_TIMEOUT_SECONDS = 15.0
+POLL_SECONDS = 0.2
+
+
+def register(app: typer.Typer) -> None:
+    app.command("up")(up)
+
+
+def up(
+    port: int | None = typer.Option(None, help="TCP port of the web app (setting web_port)."),
+    engine_port: int | None = typer.Option(
+        None, help="TCP port of the engine (setting engine_port)."
+    ),
+) -> None:
+    """Start the engine and the web app with the bundled model; Ctrl-C stops both."""
+    settings = settings_or_exit(web_port=port, engine_port=engine_port)
+    supervisor = Supervisor(parts_for(settings))
+    code = supervisor.run(on_ready=lambda: print_welcome(settings))
+    if supervisor.failure:
+        fail(supervisor.failure, code=code)
+    raise typer.Exit(code)
+
+
+@dataclass
+class Part:
+    """One child process: its name for messages, its command, extra environment and health URL."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    health_url: str
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+
+def parts_for(settings: Settings) -> list[Part]:
+    """Return the engine and the web app, in start order, sharing the data dir."""
+    engine_base = f"http://{_client_host(settings.engine_host)}:{settings.engine_port}"
+    web_base = f"http://{_client_host(settings.web_host)}:{settings.web_port}"
+    common = {"LLMCLOUD_DATA_DIR": str(settings.data_dir)}
+    command = [sys.executable, "-m", "llmcloud"]
+    engine = Part(
+        name="engine",
+        argv=[*command, "engine"],
+        env={
+            **common,
+            "LLMCLOUD_ENGINE_HOST": settings.engine_host,
+            "LLMCLOUD_ENGINE_PORT": str(settings.engine_port),
+        },
+        health_url=f"{engine_base}/healthz",
+    )
+    web = Part(
+        name="web app",
+        argv=[*command, "web"],
+        env={
+            **common,
+            "LLMCLOUD_WEB_HOST": settings.web_host,
+            "LLMCLOUD_WEB_PORT": str(settings.web_port),
+            "LLMCLOUD_ENGINE_URL": engine_base,
+        },
+        health_url=f"{web_base}/healthz",
+    )
+    return [engine, web]
+
+
+def web_url(settings: Settings) -> str:
+    return settings.public_url or f"http://{_client_host(settings.web_host)}:{settings.web_port}"
+
+
+def print_welcome(settings: Settings) -> None:
+    typer.echo(f"llmcloud is running at {web_url(settings)}")
+    if _has_accounts(settings):
+        typer.echo("Open it and log in.")
+    else:
+        typer.echo("Open it and create the first account; it becomes the admin.")
+    typer.echo("Press Ctrl-C to stop.")
+
+
+def _has_accounts(settings: Settings) -> bool:
+    """Return whether any account exists; False when the database cannot be read."""
+    try:
+        database = open_database(database_url_from_settings(settings))
+    except ConfigError:
+        return False
+    try:
+        return count_accounts(database) > 0
+    except SQLAlchemyError as exc:
+        log.warning("cannot count the accounts (%s); assuming there are none", exc)
+        return False
+    finally:
+        database.dispose()
+
+
+class Supervisor:
+    """Starts parts in order, waits for their health checks, and stops them in reverse order."""
+
+    def __init__(
+        self,
+        parts: list[Part],
+        *,
+        startup_timeout: float = STARTUP_TIMEOUT_SECONDS,
+        stop_timeout: float = STOP_TIMEOUT_SECONDS,
+    ) -> None:
+        self.parts = parts
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self.stop_requested = threading.Event()
+        self.failure: str | None = None
+
+    def run(self, on_ready: Callable[[], None] | None = None) -> int:
+        """Run until a signal or a child's exit; return the exit status for `up`."""
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in _STOP_SIGNALS}
+        try:
+            if self._start_all():
+                if on_ready is not None:
+                    on_ready()
+                self._watch()
+        finally:
+            self._stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 1 if self.failure else 0
+
+    def _request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested.set()
+
+    def _start_all(self) -> bool:
+        for part in self.parts:
+            if self.stop_requested.is_set():
+                return False
+            self._start(part)
+            if not self._wait_healthy(part):
+                return False
+        return True
+
+    def _start(self, part: Part) -> None:
+        log.info("starting the %s: %s", part.name, " ".join(part.argv[1:]))
+        part.process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            part.argv, env={**os.environ, **part.env}, start_new_session=True
+        )
+
+    def _wait_healthy(self, part: Part) -> bool:
+        deadline = time.monotonic() + self.startup_timeout
+        with httpx.Client(timeout=2.0) as client:
+            while not self.stop_requested.is_set():
+                if self._died(part):
+                    return False
+                if _is_healthy(client, part.health_url):
+                    log.info("the %s is up (%s)", part.name, part.health_url)
+                    return True
+                if time.monotonic() > deadline:
+                    self.failure = (
+                        f"the {part.name} did not answer {part.health_url} within "
+                        f"{self.startup_timeout:.0f} s; see its log above"
+                    )
+                    return False
+                self.stop_requested.wait(POLL_SECONDS)
+        return False
+
+    def _watch(self) -> None:
+        while not self.stop_requested.wait(POLL_SECONDS):
+            if any(self._died(part) for part in self.parts):
+                return
+
+    def _died(self, part: Part) -> bool:
+        """Return whether the part's process has exited, recording the failure if so."""
+        code = part.process.poll() if part.process else None
+        if code is None:
+            return False
+        self.failure = (
+            f"the {part.name} exited unexpectedly with status {code}, so llmcloud stopped; "
+            "its log above says why"
+        )
+        return True
+
+    def _stop_all(self) -> None:
+        for part in reversed(self.parts):
+            process = part.process
+            if process is None or process.poll() is not None:
+                continue
+            log.info("stopping the %s", part.name)
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "the %s did not stop within %.0f s; killing it", part.name, self.stop_timeout
+                )
+                process.kill()
+                process.wait()
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _is_healthy(client: httpx.Client, url: str) -> bool:
+    try:
+        return client.get(url).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _client_host(host: str) -> str:
+    """Return an address that reaches a server listening on `host` from this machine."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host in ("::", "[::]"):
+        return "[::1]"
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    return host
