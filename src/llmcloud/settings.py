@@ -179,6 +179,12 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest chat export file that may be imported, in bytes.",
     )
+    web_max_answer_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Longest answer, in tokens, that the chat page asks a model for (sent as "
+        "Ollama's num_predict, OpenAI's max_tokens). Unset leaves the limit to the backend.",
+    )
 
     # Gateway
     gateway_backends: BackendList = Field(

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import sqlalchemy as sa
+from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
-from llmcloud.auth.accounts import approve, find_account
-from llmcloud.web.deps import WebState
-from tests.web.conftest import PASSWORD, csrf_token, log_in, sign_up
+from llmcloud.auth.accounts import approve, deactivate, find_account, set_role
+from llmcloud.db.models import UserSession, utcnow
+from llmcloud.web import create_app
+from llmcloud.web.deps import AdminUser, WebState
+from tests.web.conftest import CHEAP_HASHER, ORIGIN, PASSWORD, csrf_token, log_in, sign_up
 
 
 def state_of(client: TestClient) -> WebState:
@@ -155,10 +159,7 @@ def test_forged_cookie_is_not_a_session(admin: TestClient) -> None:
     assert admin.get("/chats").status_code == 303
 
 
-def test_restart_keeps_session(admin: TestClient, tmp_path: object) -> None:
-    from llmcloud.web import create_app
-    from tests.web.conftest import CHEAP_HASHER, ORIGIN
-
+def test_restart_keeps_session(admin: TestClient) -> None:
     settings = state_of(admin).settings
     restarted = create_app(settings, hasher=CHEAP_HASHER)
     with TestClient(restarted, headers={"Origin": ORIGIN}, follow_redirects=False) as again:
@@ -172,3 +173,58 @@ def test_login_next_rejects_other_site(
     other = make_client()
     data = {"username": "admin", "password": PASSWORD, "next": "//evil.example/x"}
     assert other.post("/login", data=data).headers["location"] == "/chats"
+
+
+def test_expired_session_redirects_to_login(admin: TestClient) -> None:
+    with state_of(admin).db.transaction() as session:
+        session.execute(sa.update(UserSession).values(expires_at=utcnow()))
+    response = admin.get("/chats")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/login?next=/chats"
+
+
+def test_htmx_request_without_session_gets_401(client: TestClient) -> None:
+    response = client.get("/chats", headers={"HX-Request": "true"})
+    assert response.status_code == 401
+    assert response.text == "session expired or logged out; log in again"
+
+
+def test_json_request_without_session_gets_401(client: TestClient) -> None:
+    response = client.get("/chats", headers={"Accept": "application/json"})
+    assert response.status_code == 401
+    assert response.json() == {"error": "session expired or logged out; log in again"}
+
+
+def test_deactivated_account_logged_out_and_rejected(
+    admin: TestClient, make_client: Callable[..., TestClient]
+) -> None:
+    db = state_of(admin).db
+    second = make_client()
+    sign_up(second, "bob")
+    bob = find_account(db, "bob")
+    assert bob is not None
+    set_role(db, bob.id, "user")
+    log_in(second, "bob")
+    assert second.get("/chats").status_code == 200
+    deactivate(db, bob.id)
+    assert second.get("/chats").headers["location"] == "/login?next=/chats"
+    response = log_in(second, "bob")
+    assert response.status_code == 403
+    assert "deactivated" in response.text
+
+
+def test_admin_page_dependency_rejects_users(
+    admin: TestClient, make_client: Callable[..., TestClient]
+) -> None:
+    router = APIRouter()
+
+    @router.get("/admin-probe")
+    def probe(active: AdminUser) -> dict[str, str]:
+        return {"user": active.user.username}
+
+    admin.app.include_router(router)  # type: ignore[attr-defined]
+    state_of(admin).settings = state_of(admin).settings.model_copy(update={"signup_mode": "open"})
+    user = make_client()
+    sign_up(user, "bob")
+    assert admin.get("/admin-probe").json() == {"user": "admin"}
+    assert user.get("/admin-probe").status_code == 403

@@ -42,6 +42,8 @@ HOSTILE_TOKENS = [
     "done",
 ]
 ANSWER_SECONDS = 120_000
+# Enough tokens to see an answer stream in pieces, few enough to keep the test short.
+MAX_ANSWER_TOKENS = 48
 
 pytestmark = [
     pytest.mark.model,
@@ -77,6 +79,7 @@ def web_url(engine_url: str, hostile_backend: FakeBackend, data_dir: Path) -> It
         gateway_backends=backends,
         gateway_first_token_timeout=60.0,
         web_default_model=BUNDLED_MODEL,
+        web_max_answer_tokens=MAX_ANSWER_TOKENS,
     )
     server = RunningServer(create_app(settings, hasher=CHEAP_HASHER)).start()
     yield server.url
@@ -204,3 +207,51 @@ def test_script_in_answer_does_not_run(admin_page: Page) -> None:
     expect(page.locator(".message.assistant .content")).to_contain_text(["<script>"])
     assert page.evaluate("window.pwned") is None
     assert page.locator(".message.assistant a[href^='javascript']").count() == 0
+
+
+def tab_to(page: Page, name: str, limit: int = 30) -> None:
+    """Press Tab until the element with this id or text has the focus."""
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        focused = page.evaluate(
+            "() => [document.activeElement.id, (document.activeElement.innerText || '').trim()]"
+        )
+        if name in focused:
+            return
+    pytest.fail(f"{name!r} cannot be reached with the Tab key")
+
+
+def test_keyboard_only_login_and_chat(browser: Browser, web_url: str, admin_page: Page) -> None:
+    context = browser.new_context(base_url=web_url)
+    page = context.new_page()
+    page.goto("/login")
+    page.keyboard.type("alice")
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(f"{web_url}/chats")
+
+    tab_to(page, "New chat")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="New chat")).to_be_visible()
+    tab_to(page, "model")
+    page.keyboard.press("ArrowUp")
+    expect(page.get_by_label("Model")).to_have_value(FAKE_MODEL)
+    tab_to(page, "prompt")
+    page.keyboard.type("Show me some HTML.")
+    page.keyboard.press("Enter")
+    assert last_answer(page).endswith("done")
+    context.close()
+
+
+def test_chat_page_fits_phone_screen(browser: Browser, web_url: str, admin_page: Page) -> None:
+    context = browser.new_context(base_url=web_url, viewport={"width": 360, "height": 740})
+    page = context.new_page()
+    page.goto("/login")
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("link", name="Name three colours.").first.click()
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    context.close()

@@ -229,3 +229,12 @@ def test_pages_send_security_headers(client: TestClient) -> None:
     headers = client.get("/login").headers
     assert "script-src 'self'" in headers["content-security-policy"]
     assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_body_over_limit_rejected_before_parsing(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(web_max_import_bytes=1024)
+    sign_up(client, "admin")
+    files = {"file": ("big.json", b" " * 200_000, "application/json")}
+    response = client.post("/chats/import", files=files, data={"csrf_token": csrf_token(client)})
+    assert response.status_code == 413
+    assert "larger than" in response.text

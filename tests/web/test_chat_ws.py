@@ -326,3 +326,14 @@ def test_waiting_prompt_told_queue_position(
         fake_backend.stall_after = None
         assert receive_until(second, "done")[-1]["status"] == "complete"
     assert queued["position"] == 1
+
+
+def test_max_answer_tokens_sent_as_max_tokens(
+    make_client: Callable[..., TestClient], fake_backend: FakeBackend
+) -> None:
+    client = make_client(web_max_answer_tokens=7)
+    sign_up(client, "admin")
+    with connect(client, new_chat(client)) as socket:
+        send_prompt(socket, "Hello")
+        receive_until(socket, "done")
+    assert fake_backend.chat_requests()[-1].body["max_tokens"] == 7

@@ -27,7 +27,11 @@ from llmcloud.settings import Settings
 from llmcloud.web import auth_pages, chat_pages, chat_ws, health
 from llmcloud.web.deps import WebState
 from llmcloud.web.errors import add_error_handlers
-from llmcloud.web.middleware import AccessLogMiddleware, SecurityHeadersMiddleware
+from llmcloud.web.middleware import (
+    AccessLogMiddleware,
+    BodySizeLimitMiddleware,
+    SecurityHeadersMiddleware,
+)
 from llmcloud.web.security import CookieSigner
 from llmcloud.web.templating import STATIC_DIR
 
@@ -90,12 +94,18 @@ def create_app(
     )
     app.state.web = state
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes(settings))
     app.add_middleware(AccessLogMiddleware)
     add_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+def max_body_bytes(settings: Settings) -> int:
+    """Return the largest request body: an import file plus room for the multipart framing."""
+    return settings.web_max_import_bytes + 64 * 1024
 
 
 def _open_database(settings: Settings) -> Database:

@@ -82,12 +82,15 @@ class AnswerStream:
         chat_id: str,
         model: str,
         send: SendJson,
+        *,
+        max_tokens: int | None = None,
     ) -> None:
         self.db = db
         self.gateway = gateway
         self.user_id = user_id
         self.chat_id = chat_id
         self.send = send
+        self.options = {"num_predict": max_tokens} if max_tokens is not None else None
         self.answer = Answer(model=model, parts=[])
         self.cancel_reason = STOPPED
         """The error saved with the partial answer when the task is cancelled."""
@@ -110,7 +113,9 @@ class AnswerStream:
     async def _generate(self) -> None:
         chat = await asyncio.to_thread(chats.get_chat, self.db, self.user_id, self.chat_id)
         messages = await asyncio.to_thread(chats.list_messages, self.db, self.user_id, self.chat_id)
-        events = self.gateway.chat(self.answer.model, history(messages), system=chat.system_prompt)
+        events = self.gateway.chat(
+            self.answer.model, history(messages), options=self.options, system=chat.system_prompt
+        )
         try:
             async with aclosing(events):
                 async for event in events:

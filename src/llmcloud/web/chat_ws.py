@@ -206,7 +206,13 @@ class ChatConversation:
 
     def _start(self, model: str) -> None:
         self.stream = AnswerStream(
-            self.state.db, self.state.models, self.user_id, self.chat_id, model, self.send
+            self.state.db,
+            self.state.models,
+            self.user_id,
+            self.chat_id,
+            model,
+            self.send,
+            max_tokens=self.state.settings.web_max_answer_tokens,
         )
         self.task = asyncio.create_task(self.stream.run(), name=f"chat-answer-{self.chat_id}")
 
