@@ -8,6 +8,7 @@ test and the tests marked `model` use the real engine instead.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,6 +39,15 @@ def web_settings(data_dir: Path, backend_url: str, **overrides: Any) -> Settings
     }
     values.update(overrides)
     return Settings(**values)
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the developer's own config file and LLMCLOUD_* variables out of the tests."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    for name in list(os.environ):
+        if name.startswith("LLMCLOUD_") and name != "LLMCLOUD_TEST_POSTGRES_URL":
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture

@@ -255,3 +255,24 @@ def test_chat_page_fits_phone_screen(browser: Browser, web_url: str, admin_page:
     expect(page.get_by_role("button", name="Send")).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth") <= 360
     context.close()
+
+
+def test_stop_button_keeps_partial_answer(admin_page: Page, hostile_backend: FakeBackend) -> None:
+    page = admin_page
+    hostile_backend.tokens = [f"word{index} " for index in range(200)]
+    hostile_backend.token_interval = 0.05
+    try:
+        start_chat(page, FAKE_MODEL)
+        page.get_by_label("Message").fill("Talk for a while.")
+        page.get_by_role("button", name="Send").click()
+        expect(page.locator(".message.assistant")).to_contain_text("word2")
+        page.get_by_role("button", name="Stop").click()
+        expect(page.get_by_text("Interrupted: stopped by the user")).to_be_visible()
+    finally:
+        hostile_backend.tokens = list(HOSTILE_TOKENS)
+        hostile_backend.token_interval = 0.0
+
+    page.reload()
+    expect(page.get_by_text("Interrupted: stopped by the user")).to_be_visible()
+    expect(page.locator(".message.assistant .content")).to_contain_text(["word0 word1 word2"])
+    expect(page.get_by_role("button", name="Regenerate")).to_be_enabled()

@@ -127,7 +127,7 @@ def pending_page(request: Request, state: State) -> Response:
 
 @router.get("/pending/status", response_class=HTMLResponse)
 def pending_status(request: Request, state: State) -> Response:
-    """The status block of the waiting page, which the page reloads every few seconds."""
+    """Render the status block of the waiting page, which the page reloads every few seconds."""
     user = _pending_account(request, state)
     return render(request, "_pending_status.html", {"pending_user": user})
 

@@ -216,7 +216,7 @@ class AnswerStream:
 
 
 def stopped_message(answer: Answer) -> dict[str, Any]:
-    """Return the `done` message that tells the browser what was kept of a stopped answer."""
+    """Return the `done` message that describes what was kept of a stopped answer."""
     saved = answer.saved
     return {
         "type": "done",

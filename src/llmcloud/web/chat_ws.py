@@ -99,7 +99,7 @@ class ChatConversation:
         self.task: asyncio.Task[None] | None = None
 
     async def authorize(self) -> bool:
-        """Check the session and that the chat is the account's; on failure send why and close."""
+        """Check the session and that the chat is the account's; else send the reason and close."""
         try:
             active = await asyncio.to_thread(current_session, self.websocket)
             self.user_id = active.user.id

@@ -13,7 +13,7 @@ this module:
 which the error handlers turn into a redirect to the login page or an error
 page. `AdminUser` also raises Forbidden for anyone but an admin.
 `CsrfChecked` checks the Origin or Referer header and the session's CSRF
-token; `SameOriginChecked` checks only the header, for the log-in and
+token. `SameOriginChecked` checks only the header, for the log-in and
 sign-up forms, which have no session yet.
 """
 
@@ -43,7 +43,7 @@ from llmcloud.web.security import (
 
 @dataclass
 class WebState:
-    """What every request of one app shares; stored as `app.state.web`."""
+    """State shared by the requests of one app, stored as `app.state.web`."""
 
     settings: Settings
     signer: CookieSigner

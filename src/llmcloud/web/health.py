@@ -1,4 +1,4 @@
-"""`/healthz` (the process answers) and `/readyz` (it can serve chats)."""
+"""`/healthz` (the process is alive) and `/readyz` (it can serve chats)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ async def healthz() -> JSONResponse:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Return 200 when the database and a backend answer, else 503 naming what failed."""
+    """Return 200 when the database and a backend are reachable, else 503 naming what failed."""
     state = web_state(request)
     failed: dict[str, str] = {}
 

@@ -45,7 +45,7 @@ class SecurityHeadersMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """Answers 413 to a request whose body is larger than `max_bytes`.
+    """Returns 413 for a request whose body is larger than `max_bytes`.
 
     Starlette stores uploaded files on disk without a limit, so the limit is
     enforced here, before any route reads the body. A declared Content-Length

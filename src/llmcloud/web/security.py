@@ -2,8 +2,8 @@
 
 The session cookie carries the random token from `llmcloud.auth.sessions`
 plus an HMAC-SHA256 signature made with the session key in
-`<data_dir>/secrets/session_key`. The database knows the token only by its
-hash, so the signature adds a second check: a cookie is used only when this
+`<data_dir>/secrets/session_key`. The database stores only the token's
+hash, and the signature adds a second check: a cookie is used only when this
 instance signed it. Because the key persists in the data dir, a restart keeps
 every cookie valid. The cookie is HttpOnly and SameSite=Lax, and Secure when
 the request arrived over HTTPS or `public_url` is an https URL.

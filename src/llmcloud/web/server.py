@@ -7,8 +7,11 @@ import logging
 import socket
 
 import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
 
-from llmcloud.settings import Settings
+from llmcloud.auth.secret_key import SecretKeyError
+from llmcloud.db import Database, database_url_from_settings, open_database
+from llmcloud.settings import ConfigError, Settings
 from llmcloud.web.app import create_app
 
 log = logging.getLogger("llmcloud.web")
@@ -39,14 +42,41 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def serve(settings: Settings) -> None:
     """Run the web app until interrupted."""
+    database = open_and_migrate(settings)
+    try:
+        app = create_app(settings, database=database)
+    except (OSError, SecretKeyError) as exc:
+        database.dispose()
+        raise StartupError(f"cannot read or create the session key: {exc}") from None
+
     sock = bind_socket(settings.web_host, settings.web_port)
     host, port = sock.getsockname()[:2]
     log.info("web app listening on http://%s:%s (data dir %s)", host, port, settings.data_dir)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
         ws_max_size=4 * settings.web_max_prompt_length + 64 * 1024,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        database.dispose()
+
+
+def open_and_migrate(settings: Settings) -> Database:
+    """Open the database and migrate it to the newest schema, or raise StartupError."""
+    try:
+        database = open_database(database_url_from_settings(settings))
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        database.upgrade()
+    except SQLAlchemyError as exc:
+        database.dispose()
+        first_line = str(exc).strip().splitlines()[0]
+        raise StartupError(
+            f"cannot open or migrate the database {database.safe_url}: {first_line}"
+        ) from None
+    return database
