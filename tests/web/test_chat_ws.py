@@ -16,7 +16,7 @@ from llmcloud.db import chats
 from llmcloud.db.models import MessageStatus
 from llmcloud.web.deps import WebState
 from tests.gateway.fake_backend import FakeBackend
-from tests.web.conftest import FAKE_MODEL, ORIGIN, new_chat, sign_up
+from tests.web.conftest import FAKE_MODEL, ORIGIN, csrf_token, new_chat, sign_up
 
 
 def state_of(client: TestClient) -> WebState:
@@ -337,3 +337,20 @@ def test_max_answer_tokens_sent_as_max_tokens(
         send_prompt(socket, "Hello")
         receive_until(socket, "done")
     assert fake_backend.chat_requests()[-1].body["max_tokens"] == 7
+
+
+def test_chat_deleted_during_answer_keeps_socket_usable(
+    admin: TestClient, fake_backend: FakeBackend
+) -> None:
+    fake_backend.tokens = [f"word{index} " for index in range(50)]
+    fake_backend.token_interval = 0.05
+    chat_id = new_chat(admin)
+    with connect(admin, chat_id) as socket:
+        send_prompt(socket, "Talk")
+        receive_until(socket, "token")
+        admin.post(f"/chats/{chat_id}/delete", data={"csrf_token": csrf_token(admin)})
+        socket.send_text('{"type": "stop"}')
+        assert receive_until(socket, "done")[-1]["message_id"] is None
+        send_prompt(socket, "Hello again")
+        error = receive_until(socket, "error")[-1]
+    assert error["message"] == f"chat {chat_id!r} not found"

@@ -20,6 +20,7 @@ from typing import Any
 
 from llmcloud.db import chats
 from llmcloud.db.database import Database
+from llmcloud.db.errors import NotFound
 from llmcloud.db.models import Message, MessageRole, MessageStatus
 from llmcloud.gateway import (
     Done,
@@ -201,17 +202,20 @@ class AnswerStream:
         # the task is being cancelled. It is one short insert.
         if self.answer.saved is not None:
             return self.answer.saved
-        self.answer.saved = chats.add_message(
-            self.db,
-            self.user_id,
-            self.chat_id,
-            MessageRole.ASSISTANT,
-            self.answer.text,
-            model=self.answer.model,
-            status=status,
-            error=error,
-            **counts,
-        )
+        try:
+            self.answer.saved = chats.add_message(
+                self.db,
+                self.user_id,
+                self.chat_id,
+                MessageRole.ASSISTANT,
+                self.answer.text,
+                model=self.answer.model,
+                status=status,
+                error=error,
+                **counts,
+            )
+        except NotFound:
+            log.info("chat %s was deleted during the answer; the answer is not saved", self.chat_id)
         return self.answer.saved
 
 
