@@ -10,6 +10,7 @@ code, environment variables, the TOML file, the defaults.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -76,7 +78,7 @@ class Settings(BaseSettings):
     )
     engine_url: str = Field(
         "http://127.0.0.1:11434",
-        description="Engine URL that the client commands (`llmcloud run`, `list`, `pull`, ...) use.",
+        description="Engine URL that the client commands (`llmcloud run`, `list`, `pull`) use.",
     )
     engine_max_body_bytes: int = Field(
         8 * 1024 * 1024,
@@ -244,6 +246,12 @@ class Settings(BaseSettings):
             )
         return value.strip().rstrip("/")
 
+    @field_validator("engine_token", "database_url", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: object) -> object:
+        # LLMCLOUD_ENGINE_TOKEN= (set but empty) must not count as a token.
+        return None if value == "" else value
+
     @field_validator("engine_keep_alive")
     @classmethod
     def _check_duration(cls, value: str) -> str:
@@ -291,6 +299,9 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(exc)) from None
+    except SettingsError as exc:
+        # Raised for a value that must be JSON in the environment, such as a list of backends.
+        raise ConfigError(f"invalid settings: {exc}; complex values must be valid JSON") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the config file: {exc}") from None
 
@@ -298,19 +309,19 @@ def load_settings(**overrides: Any) -> Settings:
 def _describe_validation_error(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
-        name = ".".join(str(part) for part in error["loc"])
-        value = error.get("input")
-        shown = "***" if name in SECRET_SETTINGS else repr(value)
-        lines.append(
-            f"setting {name} (env {ENV_PREFIX}{name.upper()}) = {shown}: {error['msg']}"
+        setting = str(error["loc"][0]) if error["loc"] else "?"
+        path = setting + "".join(
+            f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"][1:]
         )
+        secret = setting in SECRET_SETTINGS or any("key" in str(part) for part in error["loc"])
+        shown = "***" if secret else repr(error.get("input"))
+        env = f"{ENV_PREFIX}{setting.upper()}"
+        lines.append(f"setting {path} (env {env}) = {shown}: {error['msg']}")
     return "invalid settings:\n  " + "\n  ".join(lines)
 
 
 SECRET_SETTINGS = frozenset(
-    name
-    for name, field in Settings.model_fields.items()
-    if "SecretStr" in str(field.annotation)
+    name for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation)
 )
 
 
@@ -340,12 +351,6 @@ def describe_settings() -> list[dict[str, str]]:
 
 def _type_name(annotation: Any) -> str:
     text = str(annotation)
-    for old, new in (
-        ("typing.", ""),
-        ("pydantic.types.", ""),
-        ("pathlib.", ""),
-        ("<class '", ""),
-        ("'>", ""),
-    ):
-        text = text.replace(old, new)
-    return text
+    text = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", text)
+    text = re.sub(r"\b(?:[a-z_]+\.)+([A-Za-z_]\w*)", r"\1", text)
+    return text.replace("NoneType", "None")
