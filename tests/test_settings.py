@@ -99,3 +99,15 @@ def test_config_show_reports_invalid_setting(monkeypatch: pytest.MonkeyPatch) ->
     result = CliRunner().invoke(app, ["config", "show"])
     assert result.exit_code == 2
     assert "engine_num_parallel" in result.output
+
+
+def test_empty_token_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMCLOUD_ENGINE_TOKEN", "")
+    assert load_settings().engine_token is None
+
+
+def test_backend_list_error_names_item(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMCLOUD_GATEWAY_BACKENDS", '[{"name": "a"}]')
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "gateway_backends[0].base_url" in str(caught.value)
