@@ -33,6 +33,10 @@ OLLAMA_API_VERSION = "0.12.0"
 
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz"})
 
+# Requests that monitoring and the gateway's health checks repeat every few seconds; they are
+# logged at DEBUG when they succeed, so that the access log shows what users do.
+PROBE_PATHS = OPEN_PATHS | {"/api/tags", "/api/version", "/v1/models"}
+
 
 def create_app(settings: Settings, store: ModelStore | None = None) -> FastAPI:
     store = store or ModelStore(settings.models_dir)
@@ -179,7 +183,9 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send_and_record)
         finally:
             client = scope.get("client") or ("-", 0)
-            access_logger.info(
+            probe = scope["path"] in PROBE_PATHS and 0 < status["code"] < 400
+            access_logger.log(
+                logging.DEBUG if probe else logging.INFO,
                 '%s "%s %s" %s %.1fms',
                 client[0],
                 scope["method"],
