@@ -50,4 +50,3 @@ def parse_duration(value: str | int | float) -> float:
         float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART.findall(text)
     )
     return sign * total
-
