@@ -313,8 +313,15 @@ def _describe_validation_error(exc: ValidationError) -> str:
         path = setting + "".join(
             f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"][1:]
         )
+        value = error.get("input")
         secret = setting in SECRET_SETTINGS or any("key" in str(part) for part in error["loc"])
-        shown = "***" if secret else repr(error.get("input"))
+        if secret:
+            shown = "***"
+        elif isinstance(value, dict | list):
+            # A whole table may contain an API key, so only scalar values are shown.
+            shown = f"({type(value).__name__})"
+        else:
+            shown = repr(value)
         env = f"{ENV_PREFIX}{setting.upper()}"
         lines.append(f"setting {path} (env {env}) = {shown}: {error['msg']}")
     return "invalid settings:\n  " + "\n  ".join(lines)

@@ -132,7 +132,7 @@ def test_settings_error_hides_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings()
 
-    assert "gateway_backends.0.name" in str(caught.value)
+    assert "gateway_backends[0].name" in str(caught.value)
     assert "sk-very-secret" not in str(caught.value)
 
 
