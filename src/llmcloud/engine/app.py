@@ -33,8 +33,8 @@ OLLAMA_API_VERSION = "0.12.0"
 
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz"})
 
-# Requests that monitoring and the gateway's health checks repeat every few seconds; they are
-# logged at DEBUG when they succeed, so that the access log shows what users do.
+# Monitoring and the gateway's health checks repeat these requests every few seconds. Successful
+# ones are logged at DEBUG, so that the access log at INFO shows what users do.
 PROBE_PATHS = OPEN_PATHS | {"/api/tags", "/api/version", "/v1/models"}
 
 
