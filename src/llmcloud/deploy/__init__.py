@@ -1,0 +1,1 @@
+"""Deployment: systemd units, shared secret keys across web instances, upgrades."""
