@@ -233,80 +233,6 @@ class Settings(BaseSettings):
         "answer counts as failed.",
     )
 
-    # SOCKS proxy
-    socks_host: str = Field(
-        "127.0.0.1",
-        description="Address the SOCKS5 proxy (`llmcloud socks`) listens on: loopback for use "
-        "through an SSH tunnel, or an address on the private network.",
-    )
-    socks_port: int = Field(1080, ge=1, le=65535, description="TCP port of the SOCKS5 proxy.")
-    socks_allow: list[str] = Field(
-        default_factory=list,
-        description="Destinations the SOCKS proxy may connect to, each `HOST` or `HOST:PORTS`: "
-        "an address or CIDR network (`10.0.0.0/8`, IPv6 in brackets when ports follow: "
-        "`[fd00::/8]:443`) or a host name pattern (`grafana.internal`, `*.internal`); PORTS is "
-        "`*`, `443`, `8000-8999` or a comma-separated list. Empty allows nothing. Names are "
-        "resolved by the proxy, and a name that no pattern matches is judged by its address. "
-        "Link-local and cloud metadata addresses are denied unless a network entry lists them. "
-        "The PAC file at /proxy.pac sends exactly these networks and names through the proxy.",
-    )
-    socks_roles: list[str] = Field(
-        default_factory=lambda: ["admin"],
-        description="Account roles whose users may log in to the SOCKS proxy.",
-    )
-    socks_allow_no_auth: bool = Field(
-        False,
-        description="Let SOCKS clients connect without a login. Honoured only while socks_host "
-        "is a loopback address; otherwise every client must log in.",
-    )
-    socks_max_connections: int = Field(
-        2000,
-        ge=1,
-        description="Open SOCKS connections, handshakes included, past which new ones are "
-        "closed at once.",
-    )
-    socks_max_tunnels_per_user: int = Field(
-        1000, ge=1, description="Open SOCKS tunnels per user; past that a request gets reply 01."
-    )
-    socks_handshake_timeout: float = Field(
-        10.0,
-        gt=0,
-        description="Seconds a SOCKS client has from connecting until its request is complete, "
-        "login included.",
-    )
-    socks_connect_timeout: float = Field(
-        10.0, gt=0, description="Seconds the SOCKS proxy waits for a destination to accept."
-    )
-    socks_idle_timeout: float = Field(
-        600.0,
-        gt=0,
-        description="Seconds without a byte in either direction after which a SOCKS tunnel "
-        "is closed.",
-    )
-    socks_max_login_failures: int = Field(
-        5,
-        ge=1,
-        description="Failed SOCKS logins per client address within socks_login_failure_window, "
-        "past which that address's logins are rejected without a password check.",
-    )
-    socks_login_failure_window: float = Field(
-        300.0, gt=0, description="Seconds over which failed SOCKS logins are counted."
-    )
-    socks_pac_proxy: str | None = Field(
-        None,
-        description="Proxy address, `HOST:PORT`, that /proxy.pac tells browsers to use. Unset "
-        "means `127.0.0.1:<socks_port>`, the local end of an SSH tunnel.",
-    )
-
-    @field_validator("socks_allow")
-    @classmethod
-    def _check_socks_allow(cls, value: list[str]) -> list[str]:
-        from llmcloud.socks.acl import parse_rule
-
-        for entry in value:
-            parse_rule(entry)
-        return value
-
     @field_validator("public_url")
     @classmethod
     def _check_public_url(cls, value: str | None) -> str | None:
@@ -354,6 +280,28 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    # Deployment
+    session_secret_key: SecretStr | None = Field(
+        None,
+        description="Key that signs session cookies, as 64 hex digits (32 bytes), for example "
+        "from `openssl rand -hex 32`. Every web instance on one database must have the same "
+        "key, and one whose key differs from the database's record refuses to start. Unset "
+        "means the key file `<data_dir>/secrets/session_key`, created on first start.",
+    )
+
+    @field_validator("session_secret_key", mode="before")
+    @classmethod
+    def _check_session_secret_key(cls, value: object) -> object:
+        if value is None or value == "":
+            return None
+        text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", text.strip()):
+            raise ValueError(
+                f"invalid key of {len(text.strip())} characters; expected 64 hex digits, "
+                "such as the output of `openssl rand -hex 32`"
+            )
+        return text.strip().lower()
 
 
 def _config_file_path() -> Path | None:

@@ -19,9 +19,9 @@ from fastapi.staticfiles import StaticFiles
 
 from llmcloud import __version__
 from llmcloud.auth.passwords import DEFAULT_HASHER
-from llmcloud.auth.secret_key import load_or_create_secret_key
 from llmcloud.auth.sessions import SessionPolicy
 from llmcloud.db import Database, database_url_from_settings, open_database
+from llmcloud.deploy.shared_keys import session_key
 from llmcloud.gateway import Gateway
 from llmcloud.settings import Settings
 from llmcloud.web import auth_pages, chat_pages, chat_ws, health
@@ -60,7 +60,7 @@ def create_app(
     closes it; the app opens and closes the ones it creates itself. `hasher`
     replaces the argon2 parameters, which tests make cheap.
     """
-    key = load_or_create_secret_key(settings.data_dir)
+    key = session_key(settings)
     state = WebState(
         settings=settings,
         signer=CookieSigner(key),

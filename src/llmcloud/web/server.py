@@ -11,6 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from llmcloud.auth.secret_key import SecretKeyError
 from llmcloud.db import Database, database_url_from_settings, open_database
+from llmcloud.deploy.shared_keys import SharedKeyMismatchError, check_session_key
 from llmcloud.settings import ConfigError, Settings
 from llmcloud.web.app import create_app
 
@@ -44,10 +45,14 @@ def serve(settings: Settings) -> None:
     """Run the web app until interrupted."""
     database = open_and_migrate(settings)
     try:
+        check_session_key(database, settings)
         app = create_app(settings, database=database)
     except (OSError, SecretKeyError) as exc:
         database.dispose()
         raise StartupError(f"cannot read or create the session key: {exc}") from None
+    except SharedKeyMismatchError as exc:
+        database.dispose()
+        raise StartupError(str(exc)) from None
 
     sock = bind_socket(settings.web_host, settings.web_port)
     host, port = sock.getsockname()[:2]

@@ -32,7 +32,11 @@ class NavLink:
 
 # The navigation bar of logged-in users, in order. Pages for admins and the API-key
 # pages add their links here.
-NAV_LINKS: list[NavLink] = [NavLink("Chats", "/chats")]
+NAV_LINKS: list[NavLink] = [
+    NavLink("Chats", "/chats"),
+    NavLink("API keys", "/api-keys"),
+    NavLink("Admin", "/admin", admin_only=True),
+]
 
 templates = Jinja2Templates(directory=TEMPLATES_DIR)
 templates.env.globals["version"] = __version__

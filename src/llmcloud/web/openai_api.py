@@ -1,0 +1,285 @@
+"""OpenAI's chat completions and models API under /v1, for scripts and tools with an API key.
+
+Clients authenticate with `Authorization: Bearer llmc_...`, a key from the
+API keys page (`llmcloud.auth.api_keys`). A missing, unknown or revoked key
+gets 401, and a key of a pending or deactivated account gets 403. Session
+cookies count for nothing here, so these routes need no CSRF check. Chats
+go through the same gateway as the chat pages, with its queues and its
+limit of waiting requests per model, and every message other than an
+answer is held to the chat page's prompt limit (`web_max_prompt_length`).
+
+Requests are validated as OpenAI's API does, and every error has its body
+shape, `{"error": {"message", "type", "param", "code"}}`. Errors of the web
+app's other routes have a different shape, so this router's routes catch
+their own errors (`OpenAIRoute`), and a catch-all route handles unknown
+paths under /v1. Streaming and the response bodies are in
+`llmcloud.web.openai_reply`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from llmcloud.auth import api_keys
+from llmcloud.auth.errors import AccountDeactivated, AccountPending, ServiceError
+from llmcloud.db.models import User
+from llmcloud.gateway import GatewayError, UnknownModel
+from llmcloud.web.deps import WebState, web_state
+from llmcloud.web.openai_reply import CompletionResponse, error_response, gateway_error_response
+
+log = logging.getLogger("llmcloud.web")
+
+# NOTE: a fixed limit, the same as the engine's default engine_max_body_bytes; the web app
+# has no setting of its own for it.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+ENDPOINTS = {"/v1/chat/completions": "POST", "/v1/models": "GET"}
+
+
+class InvalidRequest(ServiceError):
+    """A request body that OpenAI's API would reject; `param` names the field."""
+
+    status_code = 400
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+
+
+class _Body(BaseModel):
+    # Unknown fields are ignored, as the engine's /v1 does, so that clients that send newer
+    # fields still work; every known field is type- and range-checked.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: StrictStr | list[TextPart] | None = None
+    name: StrictStr | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(_Body):
+    include_usage: StrictBool = False
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+
+
+class ChatCompletionRequest(_Body):
+    """The fields of OpenAI's chat completions request that the gateway can honour."""
+
+    model: StrictStr
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    seed: StrictInt | None = None
+    stop: StrictStr | list[StrictStr] | None = Field(None, max_length=4)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    n: StrictInt = Field(1, ge=1, le=1)
+    user: StrictStr | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    logprobs: StrictBool | None = None
+
+
+class OpenAIRoute(APIRoute):
+    """A route whose errors come back in OpenAI's error shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ServiceError as exc:
+                log.info("%s %s rejected: %s", request.method, request.url.path, exc.message)
+                return _service_error(exc)
+            except GatewayError as exc:
+                log.info("%s %s rejected: %s", request.method, request.url.path, exc.message)
+                return gateway_error_response(exc)
+
+        return handle
+
+
+router = APIRouter(prefix="/v1", route_class=OpenAIRoute)
+
+
+@router.get("/models")
+async def list_models(request: Request) -> Response:
+    state = web_state(request)
+    await authenticate(request, state)
+    models = await state.models.models()
+    return JSONResponse({"object": "list", "data": [model_object(m.name) for m in models]})
+
+
+@router.get("/models/{model:path}")
+async def get_model(request: Request, model: str) -> Response:
+    state = web_state(request)
+    await authenticate(request, state)
+    names = [info.name for info in await state.models.models()]
+    if model not in names:
+        raise UnknownModel(model, names)
+    return JSONResponse(model_object(model))
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    state = web_state(request)
+    user = await authenticate(request, state)
+    body = parse_chat_request(await read_body(request))
+    check_unsupported(body)
+    messages = gateway_messages(body, state.settings.web_max_prompt_length)
+    events = state.models.chat(body.model, messages, options=gateway_options(body))
+    log.debug("account %s: chat completion on model %s", user.id, body.model)
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    return CompletionResponse(events, body.model, stream=body.stream, include_usage=include_usage)
+
+
+@router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+async def unknown_endpoint(request: Request, path: str) -> Response:
+    allowed = ENDPOINTS.get(request.url.path.rstrip("/"))
+    if allowed is not None:
+        message = f"method {request.method} is not allowed on {request.url.path}; use {allowed}"
+        return error_response(405, message, headers={"Allow": allowed})
+    served = ", ".join(f"{method} {path}" for path, method in ENDPOINTS.items())
+    message = f"unknown endpoint {request.method} {request.url.path}; this API serves {served}"
+    return error_response(404, message, code="unknown_url")
+
+
+async def authenticate(request: Request, state: WebState) -> User:
+    """Return the account of the request's API key; raises Unauthorized or Forbidden."""
+    header = request.headers.get("authorization")
+    return await run_in_threadpool(api_keys.authenticate_bearer, state.db, header)
+
+
+async def read_body(request: Request) -> dict[str, Any]:
+    """Read the request body as a JSON object, within MAX_BODY_BYTES."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(
+            f"request body of {declared} bytes is over the limit of {MAX_BODY_BYTES} bytes"
+        )
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"request body is over the limit of {MAX_BODY_BYTES} bytes")
+    if not body.strip():
+        raise InvalidRequest("request body is empty; expected a JSON object")
+
+    try:
+        data = json.loads(bytes(body).decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"request body must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def parse_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        problems = []
+        for error in errors[:5]:
+            field = ".".join(str(part) for part in error["loc"])
+            problems.append(f"{field}: {error['msg']}")
+        first = ".".join(str(part) for part in errors[0]["loc"]) if errors else None
+        raise InvalidRequest("invalid request: " + "; ".join(problems), param=first) from None
+
+
+def check_unsupported(body: ChatCompletionRequest) -> None:
+    """Reject the fields that the gateway cannot honour, rather than ignoring them."""
+    if body.tools:
+        raise InvalidRequest(
+            "tools are not supported by this API; send the request without tools", param="tools"
+        )
+    if body.response_format is not None and body.response_format.type != "text":
+        raise InvalidRequest(
+            f"response_format type {body.response_format.type!r} is not supported by this API; "
+            "only 'text' is",
+            param="response_format",
+        )
+    if body.logprobs:
+        raise InvalidRequest("logprobs are not supported by this API", param="logprobs")
+
+
+def gateway_messages(body: ChatCompletionRequest, max_length: int) -> list[dict[str, str]]:
+    """Return the messages as the gateway takes them; "developer" becomes "system"."""
+    messages = []
+    for index, message in enumerate(body.messages):
+        text = message.text()
+        if message.role != "assistant" and len(text) > max_length:
+            raise InvalidRequest(
+                f"messages.{index}.content has {len(text)} characters; the limit is {max_length} "
+                "(setting web_max_prompt_length). Shorten the message",
+                param=f"messages.{index}.content",
+            )
+        role = "system" if message.role == "developer" else message.role
+        messages.append({"role": role, "content": text})
+    return messages
+
+
+def gateway_options(body: ChatCompletionRequest) -> dict[str, Any]:
+    """Map OpenAI's sampling fields to the Ollama options that the gateway takes."""
+    options: dict[str, Any] = {}
+    for name in ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty"):
+        value = getattr(body, name)
+        if value is not None:
+            options[name] = value
+    limit = body.max_completion_tokens or body.max_tokens
+    if limit is not None:
+        options["num_predict"] = limit
+    return options
+
+
+def model_object(name: str) -> dict[str, Any]:
+    # The gateway does not know when a model was made, so `created` is 0.
+    return {"id": name, "object": "model", "created": 0, "owned_by": "llmcloud"}
+
+
+def _service_error(exc: ServiceError) -> JSONResponse:
+    param = exc.param if isinstance(exc, InvalidRequest) else None
+    code: str | None = None
+    headers: dict[str, str] | None = None
+    if exc.status_code == 401:
+        code = "invalid_api_key"
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(exc, AccountPending):
+        code = "account_pending"
+    elif isinstance(exc, AccountDeactivated):
+        code = "account_deactivated"
+    return error_response(exc.status_code, exc.message, param=param, code=code, headers=headers)

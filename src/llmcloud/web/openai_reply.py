@@ -1,0 +1,260 @@
+"""Responses of the /v1 API: one chat completion, streamed or whole, and OpenAI's error bodies.
+
+`CompletionResponse` reads the gateway's events while it sends the response. Until the
+first token arrives, nothing is sent, so that a chat the gateway rejects or
+that fails on every backend gets a plain HTTP error with its status (404,
+503 with Retry-After, 502). With `"stream": true` the answer then goes out
+as server-sent events, one `data:` event per token, each sent as soon as
+the gateway hands it over. The stream ends with a chunk that carries
+`finish_reason`, a usage chunk when `stream_options.include_usage` is set,
+and `data: [DONE]`. A backend failure after the first token arrives as one
+`data: {"error": {...}}` event before `[DONE]`, as the engine's /v1 sends it.
+When the client disconnects, the gateway's stream is closed, which stops
+the backend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from typing import Any
+
+import anyio
+from fastapi.responses import JSONResponse
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from llmcloud.gateway import (
+    ChatEvent,
+    Done,
+    Failed,
+    GatewayError,
+    Queued,
+    ServiceUnavailable,
+    Started,
+    Token,
+)
+
+log = logging.getLogger("llmcloud.web")
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    # nginx buffers proxied responses, which would hold tokens back, unless this header is set.
+    (b"x-accel-buffering", b"no"),
+]
+DONE_EVENT = b"data: [DONE]\n\n"
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_body(
+    status: int, message: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    kind = ERROR_TYPES.get(status, "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = error_body(status, message, param=param, code=code)
+    return JSONResponse(body, status, headers=headers)
+
+
+def gateway_error_response(exc: GatewayError) -> JSONResponse:
+    """Return a gateway error with its status, and Retry-After when the client should retry."""
+    headers = None
+    if isinstance(exc, ServiceUnavailable):
+        headers = {"Retry-After": str(exc.retry_after)}
+    code = "model_not_found" if exc.status_code == 404 else None
+    return error_response(exc.status_code, exc.message, code=code, headers=headers)
+
+
+class CompletionResponse(Response):
+    """One chat completion from the gateway's events, as SSE or as one JSON object."""
+
+    def __init__(
+        self,
+        events: AsyncGenerator[ChatEvent, None],
+        model: str,
+        *,
+        stream: bool,
+        include_usage: bool,
+    ) -> None:
+        super().__init__()
+        self.events = events
+        self.model = model
+        self.stream = stream
+        self.include_usage = include_usage
+        self.id = "chatcmpl-" + secrets.token_hex(12)
+        self.created = int(time.time())
+        head = json.dumps(self._chunk({"content": ""}, None), separators=(",", ":"))
+        # Each token event is these two halves around the JSON string of the token, which
+        # skips building and dumping a dict per token.
+        before, after = head.split('"content":""', 1)
+        self._token_head = b"data: " + (before + '"content":').encode()
+        self._token_tail = (after + "\n\n").encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with aclosing(self.events), anyio.create_task_group() as group:
+            group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
+            await self._respond(scope, receive, send)
+            group.cancel_scope.cancel()
+
+    async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            first = await self._first_event()
+        except GatewayError as exc:
+            log.info("chat completion on model %s rejected: %s", self.model, exc.message)
+            await gateway_error_response(exc)(scope, receive, send)
+            return
+        if isinstance(first, Failed):
+            response = error_response(first.status_code, first.message)
+            await response(scope, receive, send)
+        elif self.stream:
+            await self._send_stream(send, first)
+        else:
+            await self._send_whole(scope, receive, send, first)
+
+    async def _first_event(self) -> Started | Token | Done | Failed:
+        """Wait through the queue for the first event that is not Queued."""
+        async for event in self.events:
+            if not isinstance(event, Queued):
+                return event
+        return Failed("the gateway ended the chat without an answer", partial=False)
+
+    async def _send_stream(self, send: Send, first: Started | Token | Done) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        # The role chunk goes out together with the first token, in one write.
+        opening = self._event(self._chunk({"role": "assistant", "content": ""}, None))
+        final: Done | Failed | None = None
+        async with aclosing(_chain(first, self.events)) as events:
+            async for event in events:
+                if isinstance(event, Token):
+                    await send(_body(opening + self._token_event(event.text)))
+                    opening = b""
+                elif isinstance(event, Done | Failed):
+                    final = event
+                    break
+
+        ending = [opening]
+        if isinstance(final, Done):
+            ending.append(self._event(self._chunk({}, finish_reason(final))))
+            if self.include_usage:
+                ending.append(self._event(self._completion_object([], usage(final))))
+        else:
+            ending.append(self._event(error_body(502, _failure_message(final))))
+        ending.append(DONE_EVENT)
+        await send(_body(b"".join(ending), more=False))
+
+    async def _send_whole(
+        self, scope: Scope, receive: Receive, send: Send, first: Started | Token | Done
+    ) -> None:
+        parts: list[str] = []
+        final: Done | Failed | None = None
+        async with aclosing(_chain(first, self.events)) as events:
+            async for event in events:
+                if isinstance(event, Token):
+                    parts.append(event.text)
+                elif isinstance(event, Done | Failed):
+                    final = event
+                    break
+
+        response: Response
+        if isinstance(final, Done):
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(parts)},
+                "finish_reason": finish_reason(final),
+                "logprobs": None,
+            }
+            response = JSONResponse(self._completion_object([choice], usage(final)))
+        else:
+            status = final.status_code if final else 502
+            response = error_response(status, _failure_message(final))
+        await response(scope, receive, send)
+
+    def _token_event(self, text: str) -> bytes:
+        return self._token_head + json.dumps(text, ensure_ascii=False).encode() + self._token_tail
+
+    def _chunk(self, delta: dict[str, Any], reason: str | None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+        return self._completion_object([choice], None, chunk=True)
+
+    def _completion_object(
+        self, choices: list[dict[str, Any]], counts: dict[str, int] | None, *, chunk: bool = False
+    ) -> dict[str, Any]:
+        streamed = chunk or self.stream
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk" if streamed else "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": choices,
+        }
+        if counts is not None or not streamed:
+            body["usage"] = counts
+        return body
+
+    @staticmethod
+    def _event(data: dict[str, Any]) -> bytes:
+        return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
+
+
+def finish_reason(done: Done) -> str:
+    return "length" if done.done_reason == "length" else "stop"
+
+
+def usage(done: Done) -> dict[str, int] | None:
+    """Return OpenAI's usage counts, or None when the backend reported no token counts."""
+    if done.prompt_tokens is None or done.completion_tokens is None:
+        return None
+    return {
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.completion_tokens,
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+    }
+
+
+def _failure_message(failed: Failed | None) -> str:
+    if failed is None:
+        return "the gateway ended the chat before the answer was complete"
+    return failed.message
+
+
+async def _chain(
+    first: ChatEvent, rest: AsyncGenerator[ChatEvent, None]
+) -> AsyncGenerator[ChatEvent, None]:
+    yield first
+    async for event in rest:
+        yield event
+
+
+def _body(data: bytes, *, more: bool = True) -> dict[str, Any]:
+    return {"type": "http.response.body", "body": data, "more_body": more}
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()

@@ -1,0 +1,383 @@
+"""The web app's OpenAI-compatible /v1 API, through the official `openai` client and raw HTTP.
+
+The app runs under uvicorn on a loopback port, so that streaming, client
+disconnects and timing behave as in production. Its gateway routes to the
+fake backend, except in the test marked `model`, which uses the engine with
+the bundled model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from llmcloud.auth import accounts, api_keys
+from llmcloud.db.models import Role, User
+from llmcloud.web import create_app
+from llmcloud.web.deps import WebState
+from tests.conftest import BUNDLED_MODEL, RunningServer
+from tests.gateway.fake_backend import FakeBackend
+from tests.web.conftest import CHEAP_HASHER, FAKE_MODEL, web_settings
+
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+@dataclass
+class Web:
+    server: RunningServer
+    state: WebState
+    admin: User
+
+    @property
+    def api_url(self) -> str:
+        return self.server.url + "/v1"
+
+    def account(self, username: str, role: Role = Role.USER) -> User:
+        return accounts.create_account(self.state.db, username, None, role=role)
+
+    def key(self, user: User) -> str:
+        return api_keys.create_api_key(self.state.db, user.id, "test").key
+
+    def client(self, key: str, **options: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.api_url, api_key=key, max_retries=0, **options)
+
+    def post(self, key: str | None, body: Any, timeout: float = 10) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.post(
+            self.api_url + "/chat/completions", json=body, headers=headers, timeout=timeout
+        )
+
+
+def start_web(data_dir: Path, backend_url: str, **overrides: Any) -> Web:
+    settings = web_settings(data_dir, backend_url, **overrides)
+    app = create_app(settings, hasher=CHEAP_HASHER)
+    server = RunningServer(app).start()
+    state: WebState = app.state.web
+    admin = accounts.create_account(state.db, "admin", None, role=Role.ADMIN)
+    return Web(server, state, admin)
+
+
+@pytest.fixture
+def web(tmp_path: Path, fake_backend: FakeBackend) -> Iterator[Web]:
+    web = start_web(tmp_path / "data", fake_backend.url)
+    yield web
+    web.server.stop()
+
+
+@pytest.fixture
+def key(web: Web) -> str:
+    return web.key(web.account("alice"))
+
+
+def test_models_lists_backend_models(web: Web, key: str) -> None:
+    models = web.client(key).models.list()
+    assert [model.id for model in models.data] == [FAKE_MODEL]
+
+
+def test_model_retrieve_unknown_is_404(web: Web, key: str) -> None:
+    with pytest.raises(openai.NotFoundError) as raised:
+        web.client(key).models.retrieve("no-such-model")
+    assert "no-such-model" in raised.value.message
+
+
+def test_chat_completion_returns_answer_and_usage(web: Web, key: str) -> None:
+    completion = web.client(key).chat.completions.create(model=FAKE_MODEL, messages=HELLO)
+    choice = completion.choices[0]
+    assert choice.message.content == "Hello, world!"
+    assert choice.message.role == "assistant"
+    assert choice.finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == 7
+    assert completion.usage.completion_tokens == 4
+    assert completion.usage.total_tokens == 11
+
+
+def test_chat_completion_stream_relays_tokens(web: Web, key: str) -> None:
+    stream = web.client(key).chat.completions.create(
+        model=FAKE_MODEL, messages=HELLO, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    texts = [chunk.choices[0].delta.content for chunk in chunks if chunk.choices]
+    assert [text for text in texts if text] == ["Hello", ",", " world", "!"]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices]
+    assert finishes[-1] == "stop"
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 4
+
+
+def test_stream_ends_with_done_event(web: Web, key: str) -> None:
+    response = web.post(key, {"model": FAKE_MODEL, "messages": HELLO, "stream": True})
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.text.endswith("data: [DONE]\n\n")
+
+
+def test_sampling_options_reach_backend(web: Web, key: str, fake_backend: FakeBackend) -> None:
+    web.client(key).chat.completions.create(
+        model=FAKE_MODEL,
+        messages=[{"role": "developer", "content": "Be brief."}, *HELLO],
+        temperature=0.5,
+        max_tokens=12,
+        stop=["\n"],
+    )
+    sent = fake_backend.chat_requests()[-1].body
+    assert sent["temperature"] == 0.5
+    assert sent["max_tokens"] == 12
+    assert sent["stop"] == ["\n"]
+    assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
+
+
+def test_tokens_are_not_buffered(web: Web, key: str, fake_backend: FakeBackend) -> None:
+    fake_backend.token_interval = 0.3
+    body = {"model": FAKE_MODEL, "messages": HELLO, "stream": True}
+    arrivals = []
+    with httpx.stream(
+        "POST",
+        web.api_url + "/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    ) as response:
+        for line in response.iter_lines():
+            if '"content":"' in line and '"content":""' not in line:
+                arrivals.append(time.monotonic())
+    assert len(arrivals) == 4
+    assert arrivals[-1] - arrivals[0] > 0.6
+
+
+def test_client_disconnect_stops_backend(web: Web, key: str, fake_backend: FakeBackend) -> None:
+    fake_backend.token_interval = 0.2
+    fake_backend.tokens = ["word "] * 100
+    stream = web.client(key).chat.completions.create(model=FAKE_MODEL, messages=HELLO, stream=True)
+    for _ in zip(range(3), stream, strict=False):
+        pass
+    stream.close()
+    assert fake_backend.client_left.wait(5)
+    assert fake_backend.tokens_sent < 50
+
+
+def test_revoked_key_gets_401(web: Web) -> None:
+    alice = web.account("alice")
+    created = api_keys.create_api_key(web.state.db, alice.id, "laptop")
+    client = web.client(created.key)
+    assert client.models.list().data
+    api_keys.revoke_api_key(web.state.db, alice.id, created.record.id)
+    with pytest.raises(openai.AuthenticationError) as raised:
+        client.chat.completions.create(model=FAKE_MODEL, messages=HELLO)
+    assert raised.value.status_code == 401
+    assert "revoked" in raised.value.message
+
+
+def test_unknown_key_gets_401(web: Web) -> None:
+    with pytest.raises(openai.AuthenticationError) as raised:
+        web.client("llmc_" + "x" * 43).models.list()
+    assert raised.value.code == "invalid_api_key"
+
+
+def test_missing_key_gets_401_with_error_shape(web: Web) -> None:
+    response = web.post(None, {"model": FAKE_MODEL, "messages": HELLO})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "authentication_error"
+    assert "Authorization: Bearer" in error["message"]
+
+
+def test_session_cookie_is_not_an_api_key(web: Web) -> None:
+    response = httpx.get(web.api_url + "/models", cookies={"llmcloud_session": "anything"})
+    assert response.status_code == 401
+
+
+def test_pending_account_key_gets_403(web: Web) -> None:
+    bob = web.account("bob")
+    key = web.key(bob)
+    accounts.set_role(web.state.db, bob.id, Role.PENDING)
+    with pytest.raises(openai.PermissionDeniedError) as raised:
+        web.client(key).chat.completions.create(model=FAKE_MODEL, messages=HELLO)
+    assert raised.value.code == "account_pending"
+
+
+def test_deactivated_account_key_gets_403_until_reactivated(web: Web) -> None:
+    bob = web.account("bob")
+    client = web.client(web.key(bob))
+    accounts.deactivate(web.state.db, bob.id)
+    with pytest.raises(openai.PermissionDeniedError) as raised:
+        client.models.list()
+    assert raised.value.code == "account_deactivated"
+    accounts.reactivate(web.state.db, bob.id)
+    assert client.models.list().data
+
+
+def test_unknown_model_gets_404(web: Web, key: str) -> None:
+    with pytest.raises(openai.NotFoundError) as raised:
+        web.client(key).chat.completions.create(model="llama9", messages=HELLO, stream=True)
+    assert raised.value.code == "model_not_found"
+    assert FAKE_MODEL in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": FAKE_MODEL, "messages": []}, "messages"),
+        ({"model": FAKE_MODEL}, "messages"),
+        ({"messages": HELLO}, "model"),
+        ({"model": FAKE_MODEL, "messages": HELLO, "temperature": 3}, "temperature"),
+        ({"model": FAKE_MODEL, "messages": HELLO, "max_tokens": 0}, "max_tokens"),
+        ({"model": FAKE_MODEL, "messages": HELLO, "n": 2}, "n"),
+        ({"model": FAKE_MODEL, "messages": HELLO, "stream": "yes"}, "stream"),
+        ({"model": FAKE_MODEL, "messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
+        ({"model": FAKE_MODEL, "messages": HELLO, "tools": [{"type": "function"}]}, "tools"),
+        (
+            {"model": FAKE_MODEL, "messages": HELLO, "response_format": {"type": "json_object"}},
+            "response_format",
+        ),
+    ],
+)
+def test_invalid_body_gets_400_naming_field(
+    web: Web, key: str, body: dict[str, Any], param: str
+) -> None:
+    response = web.post(key, body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "empty"),
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b"\xff\xfe", "not valid UTF-8"),
+    ],
+)
+def test_malformed_body_gets_400(web: Web, key: str, content: bytes, expected: str) -> None:
+    response = httpx.post(
+        web.api_url + "/chat/completions",
+        content=content,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert expected in response.json()["error"]["message"]
+
+
+def test_body_over_limit_gets_413(web: Web, key: str) -> None:
+    huge = "x" * (9 * 1024 * 1024)
+    response = web.post(key, {"model": FAKE_MODEL, "messages": [{"role": "user", "content": huge}]})
+    assert response.status_code == 413
+    assert "limit" in response.json()["error"]["message"]
+
+
+def test_prompt_over_web_limit_gets_400(tmp_path: Path, fake_backend: FakeBackend) -> None:
+    web = start_web(tmp_path / "data", fake_backend.url, web_max_prompt_length=10)
+    try:
+        key = web.key(web.account("alice"))
+        long_prompt = [{"role": "user", "content": "x" * 11}]
+        response = web.post(key, {"model": FAKE_MODEL, "messages": long_prompt})
+    finally:
+        web.server.stop()
+    assert response.status_code == 400
+    assert "web_max_prompt_length" in response.json()["error"]["message"]
+    assert fake_backend.chat_requests() == []
+
+
+def test_unknown_path_gets_404_error_shape(web: Web, key: str) -> None:
+    response = httpx.post(web.api_url + "/embeddings", headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 404
+    assert "/v1/chat/completions" in response.json()["error"]["message"]
+
+
+def test_wrong_method_gets_405(web: Web, key: str) -> None:
+    response = httpx.get(web.api_url + "/chat/completions")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+
+
+def test_backend_error_before_first_token_gets_502(
+    web: Web, key: str, fake_backend: FakeBackend
+) -> None:
+    fake_backend.chat_status = 500
+    response = web.post(key, {"model": FAKE_MODEL, "messages": HELLO, "stream": True})
+    assert response.status_code == 502
+    assert "fake" in response.json()["error"]["message"]
+
+
+def test_backend_dying_midstream_sends_error_event(
+    web: Web, key: str, fake_backend: FakeBackend
+) -> None:
+    fake_backend.die_after = 2
+    stream = web.client(key).chat.completions.create(model=FAKE_MODEL, messages=HELLO, stream=True)
+    texts: list[str] = []
+
+    def read_all() -> None:
+        for chunk in stream:
+            texts.append(chunk.choices[0].delta.content or "")
+
+    with pytest.raises(openai.APIError) as raised:
+        read_all()
+    assert "".join(texts) == "Hello,"
+    assert "failed during the answer" in raised.value.message
+
+
+def test_full_queue_gets_503_with_retry_after(tmp_path: Path, fake_backend: FakeBackend) -> None:
+    backends = [{"name": "fake", "kind": "openai", "base_url": fake_backend.url, "max_parallel": 1}]
+    web = start_web(
+        tmp_path / "data",
+        fake_backend.url,
+        gateway_backends=backends,
+        gateway_max_queue_per_model=0,
+    )
+    fake_backend.stall_before_first_token = True
+    key = web.key(web.account("alice"))
+    body = {"model": FAKE_MODEL, "messages": HELLO, "stream": True}
+    first = threading.Thread(target=_post_quietly, args=(web, key, body))
+    try:
+        first.start()
+        deadline = time.monotonic() + 5
+        while fake_backend.streams_open == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        response = web.post(key, body)
+    finally:
+        web.server.stop()
+        first.join()
+    assert response.status_code == 503
+    assert response.headers["retry-after"]
+
+
+def _post_quietly(web: Web, key: str, body: Any) -> None:
+    """Send a request that the test abandons: it times out after a second."""
+    with contextlib.suppress(httpx.TimeoutException):
+        web.post(key, body, timeout=1)
+
+
+@pytest.mark.model
+def test_openai_client_chats_with_real_model(tmp_path: Path, engine_url: str) -> None:
+    backends = [{"name": "engine", "kind": "ollama", "base_url": engine_url}]
+    web = start_web(tmp_path / "data", engine_url, gateway_backends=backends)
+    try:
+        client = web.client(web.key(web.account("alice")))
+        stream = client.chat.completions.create(
+            model=BUNDLED_MODEL,
+            messages=[{"role": "user", "content": "Say hello."}],
+            max_tokens=8,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+    finally:
+        web.server.stop()
+    texts = [chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices]
+    assert "".join(texts).strip()
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens <= 8
