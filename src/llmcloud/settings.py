@@ -24,6 +24,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from llmcloud.auth.provider_config import OidcProviderList
 from llmcloud.gateway.config import BackendList, KeepAlive
 from llmcloud.units import parse_duration
 
@@ -233,6 +234,344 @@ class Settings(BaseSettings):
         "answer counts as failed.",
     )
 
+    # TLS
+    tls_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate chain (leaf first) that the web app serves over HTTPS. "
+        "Set together with tls_key_file. Unset, with tls_acme_domains also unset, means plain "
+        "HTTP, except under `llmcloud up`, which then issues one for localhost from the "
+        "internal CA.",
+    )
+    tls_key_file: Path | None = Field(
+        None, description="Unencrypted PEM private key of tls_cert_file."
+    )
+    tls_acme_domains: list[str] = Field(
+        [],
+        description="Domain names for a certificate from an ACME CA, such as Let's Encrypt. "
+        "The web app answers the HTTP-01 challenge, stores the certificate under "
+        "`<data_dir>/certs/acme/`, serves it and renews it. A TOML array, or a JSON list in "
+        "the environment.",
+    )
+    tls_acme_directory: str = Field(
+        "https://acme-v02.api.letsencrypt.org/directory",
+        description="Directory URL of the ACME CA (RFC 8555).",
+    )
+    tls_acme_email: str | None = Field(
+        None, description="Contact email registered with the ACME account, for expiry notices."
+    )
+    tls_acme_ca_bundle: Path | None = Field(
+        None,
+        description="PEM file of the CA that signed the ACME server's own HTTPS certificate, "
+        "for a private or test ACME CA. Unset uses the system's trust store.",
+    )
+    tls_http_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Plain-HTTP port that only redirects to HTTPS and answers ACME HTTP-01 "
+        "challenges (80 in production). Unset opens no such port.",
+    )
+    tls_cert_lifetime_days: int = Field(
+        90,
+        ge=1,
+        le=825,
+        description="Lifetime of certificates that the internal CA issues, in days.",
+    )
+    tls_ca_lifetime_days: int = Field(
+        3650, ge=30, description="Lifetime of the internal CA's own certificate, in days."
+    )
+    tls_reload_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="Seconds between two checks of the certificate files for a change; a "
+        "changed, valid pair is served to new connections without a restart.",
+    )
+    tls_renew_check_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds between two checks whether the ACME certificate is due for "
+        "renewal. A certificate is renewed when a third of its lifetime is left, or earlier "
+        "inside the renewal window that the CA offers (ARI, RFC 9773).",
+    )
+    tls_engine_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate chain that the engine serves over HTTPS; set together "
+        "with tls_engine_key_file. Backends then use https:// URLs, with a ca_bundle for the "
+        "internal CA.",
+    )
+    tls_engine_key_file: Path | None = Field(
+        None, description="Unencrypted PEM private key of tls_engine_cert_file."
+    )
+
+    # Login providers
+    auth_github_client_id: str | None = Field(
+        None,
+        description="Client ID of the GitHub OAuth app; set with auth_github_client_secret to "
+        "show a GitHub log-in button. Register the redirect URI that `llmcloud auth providers` "
+        "prints.",
+    )
+    auth_github_client_secret: SecretStr | None = Field(
+        None, description="Client secret of the GitHub OAuth app."
+    )
+    auth_github_display_name: str = Field("GitHub", description="Label of the GitHub button.")
+    auth_github_url: str = Field(
+        "https://github.com",
+        description="Base URL of GitHub's web pages (authorize and access_token); change it "
+        "only for GitHub Enterprise Server.",
+    )
+    auth_github_api_url: str = Field(
+        "https://api.github.com",
+        description="Base URL of GitHub's REST API; for GitHub Enterprise Server "
+        "`https://HOST/api/v3`.",
+    )
+    auth_github_allowed_orgs: list[str] = Field(
+        default_factory=list,
+        description="GitHub organisations whose members may log in, checked at every login "
+        "(asks for the `read:org` scope). Empty allows every GitHub user who passes the email "
+        "allow lists.",
+    )
+    auth_github_allowed_teams: list[str] = Field(
+        default_factory=list,
+        description="GitHub teams, written `org/team-slug`, whose members may log in, checked "
+        "at every login (asks for `read:org`). A member of an allowed organisation or team "
+        "passes.",
+    )
+    auth_oidc_providers: OidcProviderList = Field(
+        None,
+        description="OpenID Connect providers: a TOML array of tables `[[auth_oidc_providers]]`, "
+        "or a JSON list in the environment. Each has `name` (used in URLs), `issuer` (issuer "
+        "URL or discovery URL), `client_id`, and optionally `client_secret`, `display_name`, "
+        "`scopes` (default openid, email, profile), `groups_claim` (default `groups`), "
+        "`admin_groups` and `user_groups` (groups that give those roles at every login).",
+    )
+    auth_allowed_email_domains: list[str] = Field(
+        default_factory=list,
+        description="Email domains whose verified addresses may log in through a provider. "
+        "Empty allows any domain unless auth_allowed_emails is set.",
+    )
+    auth_allowed_emails: list[str] = Field(
+        default_factory=list,
+        description="Single verified email addresses that may log in through a provider, beside "
+        "the allowed domains.",
+    )
+    auth_provider_signup: bool = Field(
+        True,
+        description="Whether an identity unknown to llmcloud creates an account; false shows "
+        "such users a page saying that sign-up through providers is off.",
+    )
+    auth_new_identity_role: Literal["pending", "user"] = Field(
+        "pending",
+        description="Role of accounts created by a provider log-in; `pending` waits for an "
+        "admin's approval.",
+    )
+    auth_password_login: bool = Field(
+        True, description="Whether the log-in page shows the username and password form."
+    )
+    auth_provider_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=120,
+        description="Seconds to wait for each request to a login provider before showing a "
+        "502 error page.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto headers are believed. The same headers from any other client are "
+        "ignored.",
+    )
+
+    # Backups
+    backup_targets: list[str] = Field(
+        default_factory=list,
+        description="Where backups are stored, several for 3-2-1: absolute folder paths (local "
+        "or a mounted NFS share), `s3://BUCKET/PREFIX`, or `restic:REPOSITORY`. Empty means "
+        "`<data_dir>/backups`, which is on the same disk and so is not separate. A TOML array, "
+        "or a JSON list in the environment.",
+    )
+    backup_identity_file: Path | None = Field(
+        None,
+        description="age identity (private key) that encrypts and decrypts backups. Unset means "
+        "`<data_dir>/secrets/backup.age`, created on the first backup. Keep a copy off this "
+        "machine: backups cannot be restored without it.",
+    )
+    backup_recipients: list[str] = Field(
+        default_factory=list,
+        description="Extra age public keys (`age1...`) that can also decrypt every backup, such "
+        "as an offline key.",
+    )
+    backup_s3_endpoint_url: str | None = Field(
+        None,
+        description="Endpoint of an S3-compatible store (MinIO, Ceph); unset uses AWS. "
+        "Credentials come from the usual AWS variables or files.",
+    )
+    backup_s3_region: str | None = Field(None, description="Region of the S3 bucket.")
+    backup_restic_password: SecretStr | None = Field(
+        None, description="Password of the restic repository of a `restic:` target."
+    )
+    backup_compression_level: int = Field(
+        3, ge=1, le=19, description="zstd compression level of backup archives."
+    )
+    backup_lock_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a backup waits for a database lock held by a long write before it "
+        "fails.",
+    )
+    backup_keep_last: int = Field(24, ge=1, description="Number of newest backups to keep.")
+    backup_keep_daily: int = Field(
+        7, ge=0, description="Number of days for which the newest backup of the day is kept."
+    )
+    backup_keep_weekly: int = Field(
+        4, ge=0, description="Number of weeks for which the newest backup of the week is kept."
+    )
+    backup_keep_monthly: int = Field(
+        6, ge=0, description="Number of months for which the newest backup of the month is kept."
+    )
+    backup_schedule: str = Field(
+        "0 * * * *",
+        description="Cron expression (minute hour day month weekday, UTC) of the backups that "
+        "`web` and `up` take; empty turns them off.",
+    )
+    backup_verify_schedule: str = Field(
+        "30 3 * * *",
+        description="Cron expression (UTC) of the restore test of the newest backup; empty "
+        "turns it off.",
+    )
+
+    # Monitoring
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token that scrapers of /metrics must send unless they connect from "
+        "loopback without a proxy header. Unset means /metrics is served to loopback only.",
+    )
+    monitoring_min_free_disk_percent: float = Field(
+        5.0,
+        ge=0,
+        le=100,
+        description="Free space on the data dir's file system, in percent, below which "
+        "/readyz fails.",
+    )
+    monitoring_sample_interval: float = Field(
+        15.0,
+        ge=1,
+        le=3600,
+        description="Seconds between two samples of the metrics for the status page and the "
+        "built-in alerter.",
+    )
+    monitoring_history_hours: float = Field(
+        6.0,
+        gt=0,
+        le=168,
+        description="Hours of samples that the status page keeps and charts.",
+    )
+    alert_webhook_url: str | None = Field(
+        None,
+        description="URL that the built-in alerter posts alerts to, as Slack- and "
+        'Mattermost-compatible JSON (`{"text": ...}`). Unset sends no webhook.',
+    )
+    alert_email_to: list[str] = Field(
+        default_factory=list,
+        description="Addresses that the built-in alerter emails alerts to. Empty sends no email.",
+    )
+    alert_email_from: str = Field(
+        "llmcloud@localhost", description="Sender address of alert emails."
+    )
+    alert_smtp_host: str = Field("127.0.0.1", description="SMTP server for alert emails.")
+    alert_smtp_port: int = Field(25, ge=1, le=65535, description="TCP port of the SMTP server.")
+    alert_smtp_starttls: bool = Field(
+        False, description="Upgrade the SMTP connection with STARTTLS before sending."
+    )
+    alert_smtp_username: str | None = Field(
+        None, description="SMTP user name; unset sends without logging in."
+    )
+    alert_smtp_password: SecretStr | None = Field(None, description="SMTP password.")
+    alert_repeat_interval: float = Field(
+        4 * 3600.0,
+        ge=1,
+        description="Seconds before the built-in alerter repeats an alert that is still firing.",
+    )
+
+    @field_validator("metrics_token", "alert_smtp_password", "alert_webhook_url", mode="before")
+    @classmethod
+    def _empty_monitoring_value_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    # SOCKS proxy
+    socks_host: str = Field(
+        "127.0.0.1",
+        description="Address the SOCKS5 proxy (`llmcloud socks`) listens on: loopback for use "
+        "through an SSH tunnel, or an address on the private network.",
+    )
+    socks_port: int = Field(1080, ge=1, le=65535, description="TCP port of the SOCKS5 proxy.")
+    socks_allow: list[str] = Field(
+        default_factory=list,
+        description="Destinations the SOCKS proxy may connect to, each `HOST` or `HOST:PORTS`: "
+        "an address or CIDR network (`10.0.0.0/8`, IPv6 in brackets when ports follow: "
+        "`[fd00::/8]:443`) or a host name pattern (`grafana.internal`, `*.internal`); PORTS is "
+        "`*`, `443`, `8000-8999` or a comma-separated list. Empty allows nothing. Names are "
+        "resolved by the proxy, and a name that no pattern matches is judged by its address. "
+        "Link-local and cloud metadata addresses are denied unless a network entry lists them. "
+        "The PAC file at /proxy.pac sends exactly these networks and names through the proxy.",
+    )
+    socks_roles: list[str] = Field(
+        default_factory=lambda: ["admin"],
+        description="Account roles whose users may log in to the SOCKS proxy.",
+    )
+    socks_allow_no_auth: bool = Field(
+        False,
+        description="Let SOCKS clients connect without a login. Honoured only while socks_host "
+        "is a loopback address; otherwise every client must log in.",
+    )
+    socks_max_connections: int = Field(
+        2000,
+        ge=1,
+        description="Open SOCKS connections, handshakes included, past which new ones are "
+        "closed at once.",
+    )
+    socks_max_tunnels_per_user: int = Field(
+        1000, ge=1, description="Open SOCKS tunnels per user; past that a request gets reply 01."
+    )
+    socks_handshake_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a SOCKS client has from connecting until its request is complete, "
+        "login included.",
+    )
+    socks_connect_timeout: float = Field(
+        10.0, gt=0, description="Seconds the SOCKS proxy waits for a destination to accept."
+    )
+    socks_idle_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds without a byte in either direction after which a SOCKS tunnel "
+        "is closed.",
+    )
+    socks_max_login_failures: int = Field(
+        5,
+        ge=1,
+        description="Failed SOCKS logins per client address within socks_login_failure_window, "
+        "past which that address's logins are rejected without a password check.",
+    )
+    socks_login_failure_window: float = Field(
+        300.0, gt=0, description="Seconds over which failed SOCKS logins are counted."
+    )
+    socks_pac_proxy: str | None = Field(
+        None,
+        description="Proxy address, `HOST:PORT`, that /proxy.pac tells browsers to use. Unset "
+        "means `127.0.0.1:<socks_port>`, the local end of an SSH tunnel.",
+    )
+
+    @field_validator("socks_allow")
+    @classmethod
+    def _check_socks_allow(cls, value: list[str]) -> list[str]:
+        from llmcloud.socks.acl import parse_rule
+
+        for entry in value:
+            parse_rule(entry)
+        return value
+
     @field_validator("public_url")
     @classmethod
     def _check_public_url(cls, value: str | None) -> str | None:
@@ -246,7 +585,13 @@ class Settings(BaseSettings):
             )
         return value.strip().rstrip("/")
 
-    @field_validator("engine_token", "database_url", mode="before")
+    @field_validator(
+        "engine_token",
+        "database_url",
+        "auth_github_client_secret",
+        "backup_restic_password",
+        mode="before",
+    )
     @classmethod
     def _empty_secret_is_unset(cls, value: object) -> object:
         # LLMCLOUD_ENGINE_TOKEN= (set but empty) must not count as a token.

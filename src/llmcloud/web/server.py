@@ -13,6 +13,8 @@ from llmcloud.auth.secret_key import SecretKeyError
 from llmcloud.db import Database, database_url_from_settings, open_database
 from llmcloud.deploy.shared_keys import SharedKeyMismatchError, check_session_key
 from llmcloud.settings import ConfigError, Settings
+from llmcloud.tls.errors import TLSError
+from llmcloud.tls.serving import https_for, wrap_for_https
 from llmcloud.web.app import create_app
 
 log = logging.getLogger("llmcloud.web")
@@ -54,19 +56,30 @@ def serve(settings: Settings) -> None:
         database.dispose()
         raise StartupError(str(exc)) from None
 
+    try:
+        tls = https_for(settings)
+    except TLSError as exc:
+        database.dispose()
+        raise StartupError(exc.message) from None
     sock = bind_socket(settings.web_host, settings.web_port)
     host, port = sock.getsockname()[:2]
-    log.info("web app listening on http://%s:%s (data dir %s)", host, port, settings.data_dir)
+    scheme = "https" if tls else "http"
+    log.info("web app listening on %s://%s:%s (data dir %s)", scheme, host, port, settings.data_dir)
     config = uvicorn.Config(
-        app,
+        wrap_for_https(app, settings),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
         ws_max_size=4 * settings.web_max_prompt_length + 64 * 1024,
+        **(tls.uvicorn_options() if tls else {}),
     )
     try:
+        if tls:
+            tls.start()
         uvicorn.Server(config).run(sockets=[sock])
     finally:
+        if tls:
+            tls.stop()
         database.dispose()
 
 
