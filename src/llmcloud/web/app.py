@@ -24,7 +24,16 @@ from llmcloud.db import Database, database_url_from_settings, open_database
 from llmcloud.deploy.shared_keys import session_key
 from llmcloud.gateway import Gateway
 from llmcloud.settings import Settings
-from llmcloud.web import auth_pages, chat_pages, chat_ws, health
+from llmcloud.web import (
+    admin_backends,
+    admin_pages,
+    api_keys_pages,
+    auth_pages,
+    chat_pages,
+    chat_ws,
+    health,
+    openai_api,
+)
 from llmcloud.web.deps import WebState
 from llmcloud.web.errors import add_error_handlers
 from llmcloud.web.middleware import (
@@ -37,13 +46,17 @@ from llmcloud.web.templating import STATIC_DIR
 
 log = logging.getLogger("llmcloud.web")
 
-# Every router of the web app. The admin pages, the API-key pages and the
-# OpenAI-compatible /v1 API are added here as they arrive.
+# Every router of the web app. The /v1 API comes first because routes are matched in
+# order, and its paths overlap no other router's.
 ROUTERS: list[APIRouter] = [
+    openai_api.router,
     health.router,
     auth_pages.router,
     chat_pages.router,
     chat_ws.router,
+    api_keys_pages.router,
+    admin_pages.router,
+    admin_backends.router,
 ]
 
 
