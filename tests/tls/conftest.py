@@ -37,9 +37,14 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(sock.getsockname()[1])
 
 
-def client_context(ca_file: Path) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(ca_file))
-    return context
+def client_context(ca_file: Path | None) -> ssl.SSLContext:
+    """Return a client context that trusts `ca_file`, or one that verifies nothing for None."""
+    if ca_file is None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    return ssl.create_default_context(cafile=str(ca_file))
 
 
 def served_certificate(
@@ -89,10 +94,11 @@ class WebProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, ca_file: Path | None) -> None:
-        scheme = "https" if ca_file else "http"
+    def wait_ready(self, ca_file: Path | None, *, https: bool = True) -> None:
+        """Wait for /healthz; `ca_file` None skips verification."""
+        scheme = "https" if https else "http"
         url = f"{scheme}://localhost:{self.port}/healthz"
-        verify: Any = client_context(ca_file) if ca_file else False
+        verify: Any = client_context(ca_file) if https else False
         deadline = time.monotonic() + STARTUP_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
