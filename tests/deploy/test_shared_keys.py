@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,14 +23,14 @@ KEY_B = "b2" * 32
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'llmcloud.db'}"
     else:
         url = request.getfixturevalue("postgres_url")
     opened = open_database(url)
-    request.addfinalizer(opened.dispose)
-    return opened
+    yield opened
+    opened.dispose()
 
 
 def test_session_key_comes_from_setting(tmp_path: Path) -> None:

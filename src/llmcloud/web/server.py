@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from llmcloud.auth.secret_key import SecretKeyError
 from llmcloud.db import Database, database_url_from_settings, open_database
 from llmcloud.deploy.shared_keys import SharedKeyMismatchError, check_session_key
+from llmcloud.deploy.upgrade import UpgradeError, migrate_with_backup
 from llmcloud.settings import ConfigError, Settings
 from llmcloud.tls.errors import TLSError
 from llmcloud.tls.serving import https_for, wrap_for_https
@@ -84,13 +85,19 @@ def serve(settings: Settings) -> None:
 
 
 def open_and_migrate(settings: Settings) -> Database:
-    """Open the database and migrate it to the newest schema, or raise StartupError."""
+    """Open the database and migrate it to the newest schema, or raise StartupError.
+
+    A database behind the newest schema is backed up before the migration.
+    """
     try:
         database = open_database(database_url_from_settings(settings))
     except ConfigError as exc:
         raise StartupError(str(exc)) from None
     try:
-        database.upgrade()
+        migrate_with_backup(settings, database)
+    except UpgradeError as exc:
+        database.dispose()
+        raise StartupError(str(exc)) from None
     except SQLAlchemyError as exc:
         database.dispose()
         first_line = str(exc).strip().splitlines()[0]
