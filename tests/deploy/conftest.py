@@ -74,7 +74,9 @@ class WebProcess:
 
 
 def web_environment(data_dir: Path, port: int, **settings: str) -> dict[str, str]:
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("LLMCLOUD_")}
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith("LLMCLOUD_")
+    }
     environment.update(
         {
             "LLMCLOUD_DATA_DIR": str(data_dir),
@@ -88,7 +90,7 @@ def web_environment(data_dir: Path, port: int, **settings: str) -> dict[str, str
 
 
 def start_web(data_dir: Path, **settings: str) -> WebProcess:
-    """Start `llmcloud web` with the given settings and wait until it answers /healthz."""
+    """Start `llmcloud web` with the given settings and wait for /healthz to return 200."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "llmcloud", "web"],
