@@ -23,6 +23,10 @@ from llmcloud.engine.errors import EngineError, InvalidRequest, Unauthorized
 from llmcloud.engine.http import ollama_error, openai_error
 from llmcloud.engine.scheduler import Scheduler
 from llmcloud.engine.store import ModelStore
+from llmcloud.monitoring import sources
+from llmcloud.monitoring.endpoint import metrics_router
+from llmcloud.monitoring.health import disk_problem
+from llmcloud.monitoring.http_metrics import HttpMetricsMiddleware
 from llmcloud.settings import Settings
 
 logger = logging.getLogger("llmcloud.engine")
@@ -31,7 +35,8 @@ access_logger = logging.getLogger("llmcloud.access")
 # The Ollama API level this engine implements, for clients that compare versions.
 OLLAMA_API_VERSION = "0.12.0"
 
-OPEN_PATHS = frozenset({"/", "/healthz", "/readyz"})
+# /metrics checks its own token (metrics_token), so the engine token is not asked for there.
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
 
 # Monitoring and the gateway's health checks repeat these requests every few seconds. Successful
 # ones are logged at DEBUG, so that the access log at INFO shows what users do.
@@ -49,6 +54,8 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> FastAPI:
         scheduler = Scheduler(settings, store)
         scheduler.start()
         app.state.scheduler = scheduler
+        sources.watch_scheduler(scheduler)
+        sources.watch_data_dir(settings.data_dir)
         try:
             yield
         finally:
@@ -65,8 +72,10 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> FastAPI:
     app.state.store = store
     app.add_middleware(BearerTokenMiddleware, settings=settings)
     app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(HttpMetricsMiddleware, app_name="engine")
     _add_error_handlers(app)
     _add_root_routes(app)
+    app.include_router(metrics_router(settings))
     app.include_router(ollama_api.router)
     app.include_router(model_routes.router)
     app.include_router(openai_api.router)
@@ -89,8 +98,13 @@ def _add_root_routes(app: FastAPI) -> None:
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
         models = request.app.state.store.list()
+        failed = {}
         if not models:
-            failed = {"models": "no model in the store; run `llmcloud pull NAME`"}
+            failed["models"] = "no model in the store; run `llmcloud pull NAME`"
+        problem = disk_problem(request.app.state.settings)
+        if problem is not None:
+            failed["disk"] = problem
+        if failed:
             return JSONResponse({"status": "unavailable", "failed": failed}, 503)
         return JSONResponse({"status": "ok", "models": len(models)})
 

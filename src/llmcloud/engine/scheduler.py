@@ -23,6 +23,7 @@ from llmcloud.engine.errors import EngineError, ServerBusy
 from llmcloud.engine.prompt import ChatTemplate
 from llmcloud.engine.runtime import ModelRunner
 from llmcloud.engine.store import ModelEntry, ModelStore
+from llmcloud.monitoring.llm_metrics import record_model_load, record_queue_rejection, record_slots
 from llmcloud.settings import Settings
 
 logger = logging.getLogger("llmcloud.engine")
@@ -105,6 +106,7 @@ class Scheduler:
                 if model is not None:
                     self._check_queue(model)
                     model.in_flight += 1
+                    _report_slots(model)
                     model.last_used = time.monotonic()
                     if keep_alive is not None:
                         model.keep_alive = keep_alive
@@ -112,12 +114,14 @@ class Scheduler:
                 await self._make_room()
                 model = await self._load(entry, num_ctx, keep_alive)
                 model.in_flight += 1
+                _report_slots(model)
                 return model, time.perf_counter_ns() - started
 
     async def release(self, model: LoadedModel) -> None:
         async with self._changed:
             model.in_flight -= 1
             model.last_used = time.monotonic()
+            _report_slots(model)
             if model.in_flight == 0:
                 keep = model.keep_alive
                 model.expires_at = FOREVER if keep < 0 else time.monotonic() + keep
@@ -148,6 +152,7 @@ class Scheduler:
     def _check_queue(self, model: LoadedModel) -> None:
         capacity = model.runner.slots + self.settings.engine_max_queue
         if model.in_flight >= capacity:
+            record_queue_rejection("engine", model.name)
             raise ServerBusy(
                 f"model '{model.name}' is busy: {model.runner.slots} requests running and "
                 f"{self.settings.engine_max_queue} waiting; retry later",
@@ -181,6 +186,7 @@ class Scheduler:
                 gpu_layers=self.settings.engine_gpu_layers,
             )
         except (ValueError, OSError) as exc:
+            record_model_load(name, None)
             raise EngineError(f"loading model '{name}' failed: {exc}") from None
         template = ChatTemplate(
             runner.metadata.get("tokenizer.chat_template"),
@@ -197,6 +203,7 @@ class Scheduler:
             keep_alive=self.settings.keep_alive_seconds if keep_alive is None else keep_alive,
         )
         self._loaded[name] = model
+        record_model_load(name, duration / 1e9)
         logger.info("model %s loaded in %.2f s", name, duration / 1e9)
         return model
 
@@ -216,6 +223,10 @@ class Scheduler:
                 for model in list(self._loaded.values()):
                     if model.idle and model.expires_at <= now:
                         self._unload_now(model)
+
+
+def _report_slots(model: LoadedModel) -> None:
+    record_slots("engine", model.name, model.in_flight, model.runner.slots)
 
 
 def _special_token(runner: ModelRunner, key: str) -> str:

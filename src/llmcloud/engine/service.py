@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from llmcloud.engine.runtime import Event, Finished, Job, Sampling
 from llmcloud.engine.scheduler import LoadedModel, Scheduler
 from llmcloud.engine.schemas import FormatSpec, Options
 from llmcloud.engine.store import ModelEntry, ModelStore
+from llmcloud.monitoring.llm_metrics import GenerationMetrics
 from llmcloud.settings import Settings
 from llmcloud.units import parse_duration
 
@@ -35,12 +37,18 @@ class Generation:
     """
 
     def __init__(
-        self, scheduler: Scheduler, model: LoadedModel, job: Job, load_duration_ns: int
+        self,
+        scheduler: Scheduler,
+        model: LoadedModel,
+        job: Job,
+        load_duration_ns: int,
+        started: float | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.model = model
         self.job = job
         self.load_duration_ns = load_duration_ns
+        self.metrics = GenerationMetrics("engine", model.name, started)
         self._closed = False
 
     def __aiter__(self) -> AsyncIterator[Event]:
@@ -51,7 +59,12 @@ class Generation:
             raise StopAsyncIteration
         event = await self.job.events.get()
         if isinstance(event, Finished):
+            self.metrics.finished(
+                len(event.generated_tokens), event.prompt_tokens, failed=event.error is not None
+            )
             await self.aclose()
+        else:
+            self.metrics.chunk()
         return event
 
     async def aclose(self) -> None:
@@ -150,6 +163,7 @@ async def start_generation(
     max_new_tokens: int | None = None,
 ) -> Generation:
     """Load the model, build and check the prompt, and queue the job."""
+    started = time.perf_counter()
     num_ctx = context_length(scheduler.settings, options)
     model, load_ns = await scheduler.acquire(entry, num_ctx=num_ctx, keep_alive=keep_alive)
     try:
@@ -167,7 +181,7 @@ async def start_generation(
     except BaseException:
         await scheduler.release(model)
         raise
-    return Generation(scheduler, model, job, load_ns)
+    return Generation(scheduler, model, job, load_ns, started)
 
 
 class PromptRenderer:

@@ -16,6 +16,7 @@ from llmcloud import __version__
 from llmcloud.gateway.config import Backend
 from llmcloud.gateway.errors import InvalidBackends
 from llmcloud.gateway.protocols import UpstreamError, error_message, protocol_for
+from llmcloud.monitoring.metrics import backend_errors
 
 logger = logging.getLogger("llmcloud.gateway")
 
@@ -172,6 +173,7 @@ class BackendClient:
         """Count a failed request; take the backend out of rotation when it is down or failing."""
         self.state.consecutive_failures += 1
         self.state.last_error = error
+        backend_errors.labels(self.name).inc()
         if self.state.healthy and (
             down or self.state.consecutive_failures >= self.failures_before_unhealthy
         ):

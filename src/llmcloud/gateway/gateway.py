@@ -21,6 +21,7 @@ from llmcloud.gateway.errors import InvalidBackends, NoBackendAvailable, Unknown
 from llmcloud.gateway.events import ChatEvent
 from llmcloud.gateway.relay import ChatRelay
 from llmcloud.gateway.status import GatewayStatus, ModelInfo, backend_status, merge_models
+from llmcloud.monitoring.llm_metrics import observe_gateway_chat
 
 if TYPE_CHECKING:
     from llmcloud.settings import Settings
@@ -195,7 +196,7 @@ class Gateway:
         (`contextlib.aclosing`) or cancel its task to stop early: that closes
         the backend's stream, so the backend stops generating.
         """
-        return self._relay.chat(model, messages, options, system)
+        return observe_gateway_chat(model, self._relay.chat(model, messages, options, system))
 
     # Internals
 

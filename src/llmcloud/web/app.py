@@ -23,6 +23,9 @@ from llmcloud.auth.sessions import SessionPolicy
 from llmcloud.db import Database, database_url_from_settings, open_database
 from llmcloud.deploy.shared_keys import session_key
 from llmcloud.gateway import Gateway
+from llmcloud.monitoring import status_page
+from llmcloud.monitoring.endpoint import metrics_router
+from llmcloud.monitoring.http_metrics import HttpMetricsMiddleware
 from llmcloud.settings import Settings
 from llmcloud.web import (
     admin_backends,
@@ -57,6 +60,7 @@ ROUTERS: list[APIRouter] = [
     api_keys_pages.router,
     admin_pages.router,
     admin_backends.router,
+    status_page.router,
 ]
 
 
@@ -109,7 +113,9 @@ def create_app(
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes(settings))
     app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(HttpMetricsMiddleware, app_name="web")
     add_error_handlers(app)
+    app.include_router(metrics_router(settings))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for router in ROUTERS:
         app.include_router(router)

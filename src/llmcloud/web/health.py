@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from llmcloud.db.health import database_problem
 from llmcloud.gateway import BackendStatus
+from llmcloud.monitoring.health import disk_problem
 from llmcloud.web.deps import web_state
 
 router = APIRouter()
@@ -32,6 +33,10 @@ async def readyz(request: Request) -> JSONResponse:
     healthy = [backend.name for backend in backends if backend.enabled and backend.healthy]
     if not healthy:
         failed["backends"] = _describe_backends(backends)
+
+    problem = disk_problem(state.settings)
+    if problem is not None:
+        failed["disk"] = problem
 
     if failed:
         return JSONResponse({"status": "unavailable", "failed": failed}, 503)

@@ -1,0 +1,126 @@
+"""Connections from the sourced metrics to the parts that keep the numbers.
+
+Each `watch_*` function points metrics of llmcloud.monitoring.metrics at a
+live object; the metrics read it at every scrape, so nothing here runs
+between scrapes. A process calls the functions for the parts it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmcloud.monitoring import metrics
+
+if TYPE_CHECKING:
+    from llmcloud.db.database import Database
+    from llmcloud.engine.scheduler import Scheduler
+    from llmcloud.gateway import Gateway
+
+logger = logging.getLogger("llmcloud.monitoring")
+
+Samples = Mapping[tuple[str, ...], float]
+
+
+def watch_data_dir(data_dir: Path) -> None:
+    """Report free and total space of the data dir's file system, and GPUs where present."""
+    metrics.data_dir_free.set_source(lambda: {(): float(_disk_usage(data_dir).free)})
+    metrics.data_dir_size.set_source(lambda: {(): float(_disk_usage(data_dir).total)})
+    _watch_gpus()
+
+
+def watch_scheduler(scheduler: Scheduler) -> None:
+    metrics.models_loaded.set_source(lambda: {(): float(len(scheduler.running()))})
+
+
+def watch_gateway(gateway: Gateway) -> None:
+    def backends_up() -> Samples:
+        return {
+            (backend.name,): 1.0 if backend.enabled and backend.healthy else 0.0
+            for backend in gateway.status().backends
+        }
+
+    metrics.backend_up.set_source(backends_up)
+
+
+def watch_accounts(database: Callable[[], Database | None]) -> None:
+    """Report accounts by role and active sessions, queried through llmcloud.auth per scrape."""
+    from llmcloud.auth.account_stats import count_accounts_by_role, count_active_sessions
+    from llmcloud.db.models import Role
+
+    def users() -> Samples:
+        db = database()
+        counts = count_accounts_by_role(db) if db is not None else {}
+        return {(role.value,): float(counts.get(role.value, 0)) for role in Role}
+
+    def sessions() -> Samples:
+        db = database()
+        return {(): float(count_active_sessions(db))} if db is not None else {}
+
+    metrics.users.set_source(users)
+    metrics.sessions_active.set_source(sessions)
+
+
+def watch_certificates() -> None:
+    """Report the not-after time and renewal failures of every certificate llmcloud.tls serves."""
+    from llmcloud.tls.status import STATUS
+
+    def not_after() -> Samples:
+        return {
+            (entry.served_at,): entry.not_after.timestamp()
+            for entry in STATUS.snapshot()
+            if entry.not_after is not None
+        }
+
+    def renewal_failures() -> Samples:
+        return {
+            (entry.served_at,): float(entry.renewal_failures_total) for entry in STATUS.snapshot()
+        }
+
+    metrics.certificate_not_after.set_source(not_after)
+    metrics.certificate_renewal_failures.set_source(renewal_failures)
+
+
+def disk_free_percent(data_dir: Path) -> float:
+    usage = _disk_usage(data_dir)
+    return 100.0 * usage.free / usage.total if usage.total else 0.0
+
+
+def _disk_usage(data_dir: Path) -> Any:
+    # The data dir may not exist yet on a fresh install; its parent holds the same file system.
+    path = data_dir
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path)
+
+
+def _watch_gpus() -> None:
+    """Point the GPU gauges at NVML when nvidia-ml-py is installed and a GPU is present."""
+    try:
+        import pynvml  # type: ignore[import-not-found,unused-ignore]
+
+        pynvml.nvmlInit()
+        count = int(pynvml.nvmlDeviceGetCount())
+    except Exception as exc:  # ImportError, or NVMLError without a driver or device
+        logger.debug("no GPU metrics: %s", exc)
+        return
+    if count == 0:
+        return
+    handles = [pynvml.nvmlDeviceGetHandleByIndex(index) for index in range(count)]
+
+    def read(field: Callable[[Any], float]) -> Callable[[], Samples]:
+        return lambda: {(str(index),): field(handle) for index, handle in enumerate(handles)}
+
+    metrics.gpu_utilization.set_source(
+        read(lambda handle: pynvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0)
+    )
+    metrics.gpu_memory_used.set_source(
+        read(lambda handle: float(pynvml.nvmlDeviceGetMemoryInfo(handle).used))
+    )
+    metrics.gpu_memory_total.set_source(
+        read(lambda handle: float(pynvml.nvmlDeviceGetMemoryInfo(handle).total))
+    )
+    logger.info("GPU metrics on for %d GPUs", count)
