@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from argon2 import PasswordHasher
 from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from llmcloud import __version__
 from llmcloud.auth.passwords import DEFAULT_HASHER
@@ -35,6 +36,7 @@ from llmcloud.web import (
     chat_pages,
     chat_ws,
     health,
+    oauth_pages,
     openai_api,
 )
 from llmcloud.web.deps import WebState
@@ -55,6 +57,7 @@ ROUTERS: list[APIRouter] = [
     openai_api.router,
     health.router,
     auth_pages.router,
+    oauth_pages.router,
     chat_pages.router,
     chat_ws.router,
     api_keys_pages.router,
@@ -113,6 +116,7 @@ def create_app(
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes(settings))
     app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.add_middleware(HttpMetricsMiddleware, app_name="web")
     add_error_handlers(app)
     app.include_router(metrics_router(settings))

@@ -16,6 +16,7 @@ from llmcloud.auth.errors import (
     ServiceError,
     SignupClosed,
 )
+from llmcloud.auth.providers import configured_providers
 from llmcloud.auth.sessions import create_session, delete_session
 from llmcloud.db.models import Role, User
 from llmcloud.web.deps import CsrfChecked, SameOriginChecked, State, optional_session
@@ -46,10 +47,10 @@ def home(request: Request, state: State) -> Response:
 
 
 @router.get("/login", response_class=HTMLResponse)
-def login_page(request: Request, next: str = HOME) -> Response:
+def login_page(request: Request, state: State, next: str = HOME) -> Response:
     if optional_session(request) is not None:
         return RedirectResponse(safe_next(next), 303)
-    return render(request, "login.html", {"next": safe_next(next), "username": ""})
+    return render(request, "login.html", _login_context(state, safe_next(next), username=""))
 
 
 @router.post("/login", dependencies=[SameOriginChecked])
@@ -60,16 +61,19 @@ def log_in(
     password: str = Form(""),
     next: str = Form(HOME),
 ) -> Response:
-    context = {"next": safe_next(next), "username": username}
+    context = _login_context(state, safe_next(next), username=username)
+    if not state.settings.auth_password_login:
+        error = "log-in with a password is switched off on this server; use a login provider"
+        return render(request, "login.html", {**context, "error": error}, status_code=403)
     try:
         user = authenticate(state.db, username, password, hasher=state.hasher)
     except AccountPending:
         pending = find_account(state.db, username)
-        return _pending_response(request, state, pending)
+        return pending_response(request, state, pending)
     except ServiceError as exc:
         status = 401 if isinstance(exc, InvalidCredentials) else exc.status_code
         return render(request, "login.html", {**context, "error": exc.message}, status_code=status)
-    return _logged_in(request, state, user, safe_next(next))
+    return logged_in_response(request, state, user, safe_next(next))
 
 
 @router.get("/signup", response_class=HTMLResponse)
@@ -104,8 +108,8 @@ def sign_up_submit(
         context = {**context, "error": exc.message, "closed": closed or context["closed"]}
         return render(request, "signup.html", context, status_code=exc.status_code)
     if user.role == Role.PENDING:
-        return _pending_response(request, state, user)
-    return _logged_in(request, state, user, HOME)
+        return pending_response(request, state, user)
+    return logged_in_response(request, state, user, HOME)
 
 
 @router.post("/logout", dependencies=[CsrfChecked])
@@ -139,7 +143,7 @@ def safe_next(target: str) -> str:
     return HOME
 
 
-def _logged_in(request: Request, state: State, user: User, target: str) -> Response:
+def logged_in_response(request: Request, state: State, user: User, target: str) -> Response:
     new = create_session(
         state.db, user.id, policy=state.policy, user_agent=request.headers.get("user-agent")
     )
@@ -149,7 +153,7 @@ def _logged_in(request: Request, state: State, user: User, target: str) -> Respo
     return response
 
 
-def _pending_response(request: Request, state: State, user: User | None) -> Response:
+def pending_response(request: Request, state: State, user: User | None) -> Response:
     response = RedirectResponse("/pending", 303)
     if user is not None:
         set_pending_cookie(response, request, state.settings, state.signer, user.id)
@@ -164,6 +168,15 @@ def _pending_account(request: Request, state: State) -> User | None:
         return get_account(state.db, user_id)
     except NotFound:
         return None
+
+
+def _login_context(state: State, next_path: str, *, username: str) -> dict[str, object]:
+    return {
+        "next": next_path,
+        "username": username,
+        "providers": configured_providers(state.settings),
+        "password_login": state.settings.auth_password_login,
+    }
 
 
 def _signup_context(state: State, *, username: str, email: str) -> dict[str, object]:

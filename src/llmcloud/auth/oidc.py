@@ -1,0 +1,188 @@
+"""OpenID Connect discovery and ID-token validation.
+
+An ID token is accepted only when its signature verifies against a key from
+the provider's JWKS, with an asymmetric algorithm that the provider
+announces, and when `iss` equals the discovered issuer, `aud` contains our
+client id (with `azp` equal to it when there are several audiences), `exp`
+lies in the future, and `nonce` equals the one sent with this log-in. A
+clock difference of up to LEEWAY_SECONDS is tolerated.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+from joserfc import jwt
+from joserfc.errors import (
+    BadSignatureError,
+    ExpiredTokenError,
+    InvalidClaimError,
+    JoseError,
+    MissingClaimError,
+)
+from joserfc.jwk import KeySet
+
+from llmcloud.auth.login_errors import LoginFailed, bad_gateway, unauthorized
+from llmcloud.auth.provider_config import OidcProvider
+
+log = logging.getLogger("llmcloud.auth")
+
+LEEWAY_SECONDS = 60
+DISCOVERY_TTL_SECONDS = 3600
+# HS* would make the client secret a signing key; "none" is no signature at all.
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
+
+
+@dataclass(frozen=True)
+class Discovery:
+    issuer: str
+    authorization_endpoint: str
+    token_endpoint: str
+    jwks_uri: str
+    algorithms: tuple[str, ...]
+    fetched_at: float
+
+
+_discovered: dict[str, Discovery] = {}
+
+
+def discover(provider: OidcProvider, client: httpx2.Client) -> Discovery:
+    """Return the provider's discovery document, fetched at most once an hour."""
+    cached = _discovered.get(provider.discovery_url)
+    if cached is not None and time.monotonic() - cached.fetched_at < DISCOVERY_TTL_SECONDS:
+        return cached
+    document = fetch_json(client, provider.discovery_url, "discovery document")
+    try:
+        announced = document.get("id_token_signing_alg_values_supported") or ["RS256"]
+        discovery = Discovery(
+            issuer=str(document["issuer"]),
+            authorization_endpoint=str(document["authorization_endpoint"]),
+            token_endpoint=str(document["token_endpoint"]),
+            jwks_uri=str(document["jwks_uri"]),
+            algorithms=tuple(alg for alg in announced if alg in ASYMMETRIC_ALGORITHMS),
+            fetched_at=time.monotonic(),
+        )
+    except (KeyError, AttributeError) as exc:
+        raise bad_gateway(
+            "discovery_invalid",
+            f"the discovery document at {provider.discovery_url} lacks {exc}; check the "
+            "provider's issuer setting",
+        ) from None
+    _discovered[provider.discovery_url] = discovery
+    return discovery
+
+
+def validate_id_token(
+    id_token: str,
+    *,
+    jwks: dict[str, Any],
+    issuer: str,
+    client_id: str,
+    nonce: str,
+    algorithms: tuple[str, ...],
+    now: int | None = None,
+) -> dict[str, Any]:
+    """Check an ID token as the module docstring says and return its claims.
+
+    Raises LoginFailed (401) with reason `id_token_bad_signature`,
+    `id_token_wrong_issuer`, `id_token_wrong_audience`, `id_token_wrong_nonce`,
+    `id_token_expired` or `id_token_invalid`.
+    """
+    try:
+        keys = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
+        token = jwt.decode(id_token, keys, algorithms=list(algorithms))
+    except BadSignatureError:
+        raise _invalid("id_token_bad_signature", "its signature does not verify") from None
+    except (JoseError, ValueError) as exc:
+        raise _invalid("id_token_invalid", f"it cannot be decoded ({exc})") from None
+
+    claims = token.claims
+    registry = jwt.JWTClaimsRegistry(
+        now=now,
+        leeway=LEEWAY_SECONDS,
+        iss={"essential": True, "value": issuer},
+        aud={"essential": True, "value": client_id},
+        exp={"essential": True},
+        sub={"essential": True},
+        nonce={"essential": True, "value": nonce},
+    )
+    try:
+        registry.validate(claims)
+    except ExpiredTokenError:
+        raise _invalid("id_token_expired", "it has expired") from None
+    except (InvalidClaimError, MissingClaimError) as exc:
+        raise _claim_error(exc.claim) from None
+    _check_authorized_party(claims, client_id)
+    return claims
+
+
+def fetch_json(client: httpx2.Client, url: str, what: str) -> dict[str, Any]:
+    """GET a JSON object from a provider, turning failures into 502 LoginFailed."""
+    response = get_from_provider(client, url, what)
+    try:
+        document = response.json()
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise bad_gateway(f"{_code(what)}_invalid", f"the provider's {what} at {url} is not JSON")
+    return document
+
+
+def get_from_provider(
+    client: httpx2.Client, url: str, what: str, *, not_found_ok: bool = False
+) -> httpx2.Response:
+    """GET from a provider; timeouts, network errors and error statuses raise 502 LoginFailed.
+
+    With `not_found_ok`, 403 and 404 come back as responses, for membership checks.
+    """
+    try:
+        response = client.get(url)
+    except httpx2.TimeoutException:
+        raise bad_gateway(
+            "provider_timeout", f"the login provider did not answer in time ({what}, {url})"
+        ) from None
+    except httpx2.HTTPError as exc:
+        raise bad_gateway(
+            "provider_unreachable", f"the login provider is unreachable ({what}, {url}): {exc}"
+        ) from None
+    if not_found_ok and response.status_code in (403, 404):
+        return response
+    if response.status_code >= 400:
+        raise bad_gateway(
+            "provider_error_status",
+            f"the login provider answered HTTP {response.status_code} for its {what} ({url})",
+        )
+    return response
+
+
+def _check_authorized_party(claims: dict[str, Any], client_id: str) -> None:
+    audience = claims.get("aud")
+    if isinstance(audience, list) and len(audience) > 1 and claims.get("azp") != client_id:
+        raise _claim_error("azp")
+
+
+def _claim_error(claim: str) -> LoginFailed:
+    reasons = {
+        "iss": "id_token_wrong_issuer",
+        "aud": "id_token_wrong_audience",
+        "azp": "id_token_wrong_audience",
+        "nonce": "id_token_wrong_nonce",
+        "exp": "id_token_expired",
+    }
+    return _invalid(reasons.get(claim, "id_token_invalid"), f"its {claim!r} claim is wrong")
+
+
+def _invalid(reason: str, detail: str) -> LoginFailed:
+    log.warning("ID token rejected: %s", reason)
+    return unauthorized(reason, f"the provider's ID token was rejected because {detail}")
+
+
+def _code(what: str) -> str:
+    return what.replace(" ", "_")
+
+
+__all__ = ["Discovery", "LoginFailed", "discover", "fetch_json", "validate_id_token"]

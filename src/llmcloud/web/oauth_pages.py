@@ -1,0 +1,175 @@
+"""Log-in through GitHub and OpenID Connect providers, and the admin page of identities.
+
+`/auth/NAME/login` sends the browser to the provider with a signed cookie
+that carries the log-in's state; `/auth/NAME/callback` checks the state
+against that cookie, exchanges the code and logs the account in. Every
+failure ends on an error page with a retry link and the failure's status
+(400, 401, 403 or 502), creates no account and no session, and is stored as
+an audit event with its reason code. See `llmcloud.auth.oauth` for the flow.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from llmcloud.auth import audit
+from llmcloud.auth.accounts import check_can_log_in, get_account
+from llmcloud.auth.errors import AccountDeactivated, AccountPending, ServiceError
+from llmcloud.auth.identities import (
+    IdentityPolicy,
+    list_identities,
+    sign_in_with_identity,
+    unlink_identity,
+)
+from llmcloud.auth.login_errors import LoginFailed
+from llmcloud.auth.oauth import PENDING_LOGIN_SECONDS, PendingLogins, check_callback, finish_login
+from llmcloud.auth.oauth import start_login as start_authorization
+from llmcloud.auth.providers import find_provider
+from llmcloud.db.models import Outcome
+from llmcloud.web.auth_pages import HOME, logged_in_response, pending_response, safe_next
+from llmcloud.web.deps import AdminUser, CsrfChecked, State
+from llmcloud.web.security import is_https
+from llmcloud.web.templating import render
+
+router = APIRouter()
+
+STATE_COOKIE = "llmcloud_oauth"
+_pending_lock = threading.Lock()
+
+
+@router.get("/auth/{name}/login")
+def start_login(request: Request, state: State, name: str, next: str = HOME) -> Response:
+    try:
+        provider = find_provider(state.settings, name)
+        authorization = start_authorization(
+            state.settings, provider, pending_logins(request), safe_next(next)
+        )
+    except ServiceError as exc:
+        return _failed(request, state, name, exc)
+
+    response = RedirectResponse(authorization.url, 303)
+    response.set_cookie(
+        STATE_COOKIE,
+        state.signer.sign(authorization.state, STATE_COOKIE),
+        max_age=PENDING_LOGIN_SECONDS,
+        httponly=True,
+        samesite="lax",
+        secure=is_https(request, state.settings),
+        path="/auth/",
+    )
+    return response
+
+
+@router.get("/auth/{name}/callback")
+def callback(request: Request, state: State, name: str) -> Response:
+    subject = None
+    try:
+        provider = find_provider(state.settings, name)
+        cookie_state = state.signer.unsign(request.cookies.get(STATE_COOKIE), STATE_COOKIE)
+        params = dict(request.query_params)
+        login, code = check_callback(params, cookie_state, pending_logins(request), name)
+        profile = finish_login(state.settings, provider, login, code)
+        subject = profile.subject
+        policy = IdentityPolicy.from_settings(state.settings, name)
+        result = sign_in_with_identity(state.db, profile, policy)
+        check_can_log_in(result.user)
+    except AccountPending:
+        _audit_failure(state, name, "pending", subject)
+        return _clear_state_cookie(pending_response(request, state, result.user))
+    except ServiceError as exc:
+        return _failed(request, state, name, exc, subject)
+
+    user = result.user
+    if result.linked:
+        audit.record_event(
+            state.db, audit.LINK, Outcome.SUCCESS, provider=name, user_id=user.id, subject=subject
+        )
+    audit.record_event(
+        state.db, audit.LOGIN, Outcome.SUCCESS, provider=name, user_id=user.id, subject=subject
+    )
+    return _clear_state_cookie(logged_in_response(request, state, user, login.next_path))
+
+
+@router.get("/admin/users/{user_id}/identities", response_class=HTMLResponse)
+def identities_page(request: Request, state: State, admin: AdminUser, user_id: int) -> Response:
+    account = get_account(state.db, user_id)
+    identities = list_identities(state.db, user_id)
+    context = {"account": account, "identities": identities}
+    return render(request, "admin/identities.html", context)
+
+
+@router.post("/admin/users/{user_id}/identities/{identity_id}/unlink", dependencies=[CsrfChecked])
+def unlink(
+    request: Request, state: State, admin: AdminUser, user_id: int, identity_id: int
+) -> Response:
+    try:
+        identity = unlink_identity(state.db, user_id, identity_id)
+    except ServiceError as exc:
+        audit.record_event(
+            state.db,
+            audit.UNLINK,
+            Outcome.FAILURE,
+            user_id=admin.user.id,
+            reason=type(exc).__name__.lower(),
+        )
+        raise
+    audit.record_event(
+        state.db,
+        audit.UNLINK,
+        Outcome.SUCCESS,
+        provider=identity.provider,
+        user_id=admin.user.id,
+        subject=identity.subject,
+        reason=f"account_{user_id}",
+    )
+    return RedirectResponse(f"/admin/users/{user_id}/identities", 303)
+
+
+def pending_logins(request: Request) -> PendingLogins:
+    """Return the app's store of log-ins waiting for their callback."""
+    with _pending_lock:
+        store: PendingLogins | None = getattr(request.app.state, "oauth_pending", None)
+        if store is None:
+            store = PendingLogins()
+            request.app.state.oauth_pending = store
+        return store
+
+
+def _failed(
+    request: Request, state: State, name: str, exc: ServiceError, subject: str | None = None
+) -> Response:
+    reason = exc.reason if isinstance(exc, LoginFailed) else _reason_of(exc)
+    _audit_failure(state, name, reason, subject)
+    context = {
+        "status_code": exc.status_code,
+        "message": exc.message,
+        "retry_url": f"/auth/{name}/login",
+        "reason": reason,
+    }
+    response = render(request, "login_error.html", context, status_code=exc.status_code)
+    return _clear_state_cookie(response)
+
+
+def _audit_failure(state: State, name: str, reason: str, subject: str | None) -> None:
+    audit.record_event(
+        state.db,
+        audit.LOGIN,
+        Outcome.FAILURE,
+        provider=name[:32],
+        reason=reason,
+        subject=subject,
+    )
+
+
+def _reason_of(exc: ServiceError) -> str:
+    if isinstance(exc, AccountDeactivated):
+        return "deactivated"
+    return type(exc).__name__.lower()[:64]
+
+
+def _clear_state_cookie(response: Response) -> Response:
+    response.delete_cookie(STATE_COOKIE, path="/auth/")
+    return response
