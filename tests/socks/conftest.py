@@ -25,6 +25,7 @@ from llmcloud.db.testing import prepare_database
 from llmcloud.socks.acl import AllowList
 from llmcloud.socks.auth import AccountAuthenticator, Authenticator
 from llmcloud.socks.server import ProxyConfig, SocksServer
+from llmcloud.socks.tunnel import Resolver, resolve_name
 
 ALLOWED_HOST = "127.0.0.2"
 DENIED_HOST = "127.0.0.3"
@@ -91,17 +92,22 @@ class EchoServer:
 class RunningProxy:
     """A SocksServer on its own event loop in a thread."""
 
-    def __init__(self, config: ProxyConfig, authenticator: Authenticator | None) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        authenticator: Authenticator | None,
+        resolver: Resolver = resolve_name,
+    ) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server = self.call(self._create, config, authenticator)
+        self.server = self.call(self._create, config, authenticator, resolver)
         self.host, self.port = self.server.address
 
     async def _create(
-        self, config: ProxyConfig, authenticator: Authenticator | None
+        self, config: ProxyConfig, authenticator: Authenticator | None, resolver: Resolver
     ) -> SocksServer:
-        server = SocksServer(config, authenticator)
+        server = SocksServer(config, authenticator, resolver)
         await server.start()
         return server
 
@@ -170,9 +176,9 @@ def make_proxy(accounts_database: Database) -> Iterator[Any]:
     """A factory of started proxies; keyword arguments override ProxyConfig fields."""
     proxies: list[RunningProxy] = []
 
-    def make(**overrides: Any) -> RunningProxy:
+    def make(resolver: Resolver = resolve_name, **overrides: Any) -> RunningProxy:
         authenticator = AccountAuthenticator(accounts_database, ["admin"], hasher=CHEAP_HASHER)
-        proxy = RunningProxy(proxy_config(**overrides), authenticator)
+        proxy = RunningProxy(proxy_config(**overrides), authenticator, resolver)
         proxies.append(proxy)
         return proxy
 

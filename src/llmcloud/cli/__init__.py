@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from llmcloud import __version__
-from llmcloud.cli import config, engine, models, systemd, up, web
+from llmcloud.cli import config, engine, models, socks, systemd, up, web
 
 app = typer.Typer(
     name="llmcloud",
@@ -20,6 +20,7 @@ models.register(app)
 web.register(app)
 up.register(app)
 systemd.register(app)
+socks.register(app)
 
 
 def _print_version(value: bool) -> None:

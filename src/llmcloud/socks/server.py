@@ -34,7 +34,7 @@ from llmcloud.socks.acl import AllowList
 from llmcloud.socks.auth import Authenticator, FailureLimiter
 from llmcloud.socks.protocol import Command, MessageReader, Method, ProtocolError, Reply
 from llmcloud.socks.stats import SocksStats, TunnelRecord
-from llmcloud.socks.tunnel import connect_destination, relay
+from llmcloud.socks.tunnel import Resolver, connect_destination, relay, resolve_name
 
 log = logging.getLogger("llmcloud.socks")
 ANONYMOUS = "-"
@@ -66,8 +66,14 @@ class ProxyConfig:
 class SocksServer:
     """One listening socket and the tasks of its connections."""
 
-    def __init__(self, config: ProxyConfig, authenticator: Authenticator | None) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        authenticator: Authenticator | None,
+        resolver: Resolver = resolve_name,
+    ) -> None:
         self.config = config
+        self._resolver = resolver
         self.stats = SocksStats()
         self._authenticator = authenticator
         self._limiter = FailureLimiter(config.max_login_failures, config.login_failure_window)
@@ -276,7 +282,7 @@ class SocksServer:
         request: protocol.Request,
         user: str,
     ) -> None:
-        result = await connect_destination(request, self.config)
+        result = await connect_destination(request, self.config, self._resolver)
         if result.target is None:
             record.outcome = result.outcome
             await _send(client, protocol.encode_reply(result.reply))

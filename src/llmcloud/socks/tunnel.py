@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,8 @@ log = logging.getLogger("llmcloud.socks")
 # 64 KiB reads stay below glibc's mmap threshold, so each read is a cheap allocation,
 # and an idle tunnel holds no buffer.
 CHUNK_SIZE = 64 * 1024
+# Turns a host name and port into addresses; raises OSError when the name does not resolve.
+Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
 _ERRNO_REPLIES = {
     errno.ECONNREFUSED: (Reply.CONNECTION_REFUSED, "connection_refused"),
@@ -41,10 +44,15 @@ class ConnectResult:
     outcome: str = "completed"
 
 
-async def connect_destination(request: Request, config: ProxyConfig) -> ConnectResult:
+async def connect_destination(
+    request: Request, config: ProxyConfig, resolver: Resolver
+) -> ConnectResult:
     """Resolve the destination, check each address against the allow list, and connect."""
     try:
-        addresses = await _resolve(request)
+        if request.is_domain_name:
+            addresses = await resolver(request.host, request.port)
+        else:
+            addresses = [ipaddress.ip_address(request.host)]
     except OSError as exc:
         log.debug("resolving %s failed: %s", request.host, exc)
         return ConnectResult(None, Reply.HOST_UNREACHABLE, "name_not_resolved")
@@ -73,13 +81,10 @@ async def connect_destination(request: Request, config: ProxyConfig) -> ConnectR
     return failure
 
 
-async def _resolve(request: Request) -> list[IPAddress]:
-    if not request.is_domain_name:
-        return [ipaddress.ip_address(request.host)]
+async def resolve_name(name: str, port: int) -> list[IPAddress]:
+    """Resolve a host name through the system resolver, in getaddrinfo's order."""
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(
-        request.host, request.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-    )
+    infos = await loop.getaddrinfo(name, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     addresses: list[IPAddress] = []
     for _family, _type, _proto, _name, sockaddr in infos:
         address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])

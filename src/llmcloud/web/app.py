@@ -38,6 +38,7 @@ from llmcloud.web import (
     health,
     oauth_pages,
     openai_api,
+    proxy_pac,
 )
 from llmcloud.web.deps import WebState
 from llmcloud.web.errors import add_error_handlers
@@ -64,6 +65,7 @@ ROUTERS: list[APIRouter] = [
     admin_pages.router,
     admin_backends.router,
     status_page.router,
+    proxy_pac.router,
 ]
 
 
