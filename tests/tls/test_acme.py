@@ -177,7 +177,8 @@ def test_renewal_failure_counted_and_backed_off(pebble: Pebble, data_dir: Path) 
     assert loop.check_once() is False
     entry = STATUS.snapshot()[0]
     assert entry.renewal_failures_total == 1
-    assert entry.last_error is not None and DOMAIN in entry.last_error
+    assert entry.last_error is not None
+    assert DOMAIN in entry.last_error
     assert loop.next_attempt == now + dt.timedelta(minutes=1)
     assert loop.check_once() is False
     assert STATUS.snapshot()[0].renewal_failures_total == 1
