@@ -1,0 +1,119 @@
+"""The built-in alerter: fires, groups repeats, resolves, and counts failures to notify."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmcloud.monitoring import metrics
+from llmcloud.monitoring.alerter import Alerter
+from llmcloud.monitoring.samples import Sample
+from llmcloud.settings import Settings
+from tests.monitoring.receivers import SmtpReceiver, WebhookReceiver
+
+REPEAT = 3600.0
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+def alerter(tmp_path: Path, **overrides: Any) -> Alerter:
+    values: dict[str, Any] = {"data_dir": tmp_path, "alert_repeat_interval": REPEAT}
+    values.update(overrides)
+    return Alerter(Settings(**values))
+
+
+def disk_sample(at: float, free_percent: float) -> Sample:
+    return Sample(time=at, disk_free_percent=free_percent)
+
+
+def evaluate(target: Alerter, sample: Sample) -> None:
+    asyncio.run(target.evaluate(sample))
+
+
+def test_alerter_fires_once_then_resolves(tmp_path: Path, webhook: WebhookReceiver) -> None:
+    target = alerter(tmp_path, alert_webhook_url=webhook.url)
+
+    evaluate(target, disk_sample(0, 3.0))
+    evaluate(target, disk_sample(60, 3.0))
+    evaluate(target, disk_sample(120, 50.0))
+
+    texts = webhook.texts()
+    assert len(texts) == 2
+    assert "[FIRING] DiskLow" in texts[0]
+    assert "[RESOLVED] DiskLow" in texts[1]
+
+
+def test_alerter_repeats_after_interval(tmp_path: Path, webhook: WebhookReceiver) -> None:
+    target = alerter(tmp_path, alert_webhook_url=webhook.url)
+
+    evaluate(target, disk_sample(0, 3.0))
+    evaluate(target, disk_sample(REPEAT - 1, 3.0))
+    evaluate(target, disk_sample(REPEAT, 3.0))
+
+    assert len(webhook.texts()) == 2
+
+
+def test_alerter_groups_alerts_in_one_message(tmp_path: Path, webhook: WebhookReceiver) -> None:
+    target = alerter(tmp_path, alert_webhook_url=webhook.url)
+
+    evaluate(target, Sample(time=0, disk_free_percent=3.0, backends_up={"gpu": False}))
+
+    assert len(webhook.texts()) == 1
+    assert "DiskLow" in webhook.texts()[0]
+    assert "NoBackendUp" in webhook.texts()[0]
+
+
+def test_alerter_counts_failed_webhook(tmp_path: Path, webhook: WebhookReceiver) -> None:
+    target = alerter(tmp_path, alert_webhook_url=webhook.url)
+    failures = metrics.alert_notifications.labels("webhook", "error")
+    before = failures._value.get()
+    webhook.status = 500
+
+    evaluate(target, disk_sample(0, 3.0))
+    webhook.status = 200
+    evaluate(target, disk_sample(60, 3.0))
+
+    assert failures._value.get() == before + 1
+    assert len(webhook.bodies) == 2  # the failed message is sent again at the next evaluation
+
+
+def test_alerter_logs_unreachable_webhook(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    target = alerter(tmp_path, alert_webhook_url="http://127.0.0.1:9/unreachable")
+
+    evaluate(target, disk_sample(0, 3.0))
+
+    assert any(
+        record.name == "llmcloud.monitoring"
+        and "sending alerts by webhook failed" in record.message
+        for record in caplog.records
+    )
+
+
+def test_alerter_sends_email(tmp_path: Path) -> None:
+    smtp = SmtpReceiver().start()
+    try:
+        target = alerter(
+            tmp_path,
+            alert_email_to=["ops@example.org"],
+            alert_smtp_host="127.0.0.1",
+            alert_smtp_port=smtp.port,
+        )
+        evaluate(target, disk_sample(0, 3.0))
+    finally:
+        smtp.stop()
+
+    assert len(smtp.messages) == 1
+    sender, recipients, body = smtp.messages[0]
+    assert sender == "llmcloud@localhost"
+    assert recipients == ["ops@example.org"]
+    assert "[FIRING] DiskLow" in body
+    assert "Subject: llmcloud: 1 firing, 0 resolved" in body

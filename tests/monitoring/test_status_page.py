@@ -1,0 +1,90 @@
+"""The web app's /metrics, its charts page, and gateway metrics from a real chat."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from llmcloud.monitoring import metrics
+from tests.gateway.conftest import HELLO, collect, openai_backend, running_gateway
+from tests.gateway.fake_backend import FakeBackend
+from tests.web.conftest import sign_up
+
+TOKEN = "web-metrics-token"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def sample_values(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                values[tuple(sorted(sample.labels.items()))] = sample.value
+    return values
+
+
+def test_web_metrics_report_backend_and_users(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(metrics_token=TOKEN)
+    sign_up(client, "admin")
+
+    text = client.get("/metrics", headers=BEARER).text
+
+    assert sample_values(text, "llmcloud_users")[(("role", "admin"),)] == 1
+    assert (("backend", "fake"),) in sample_values(text, "llmcloud_backend_up")
+    assert sample_values(text, "llmcloud_sessions_active")[()] == 1
+
+
+def test_web_metrics_need_token_from_test_client(client: TestClient) -> None:
+    response = client.get("/metrics")
+
+    assert response.status_code == 403
+
+
+def test_web_requests_labelled_by_template(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(metrics_token=TOKEN)
+    client.get("/chats/12345")
+
+    text = client.get("/metrics", headers=BEARER).text
+
+    assert 'route="/chats/{chat_id}"' in text or 'route="/chats/{chat_id:int}"' in text
+    assert "/chats/12345" not in text
+
+
+def test_charts_page_shows_charts(admin: TestClient) -> None:
+    response = admin.get("/admin/charts")
+
+    assert response.status_code == 200
+    assert response.text.count("<svg") >= 8
+    assert "Time to first token, p95" in response.text
+
+
+def test_charts_json_returns_samples(admin: TestClient) -> None:
+    response = admin.get("/admin/charts.json")
+
+    assert response.status_code == 200
+    assert len(response.json()["samples"]) >= 1
+
+
+def test_charts_page_needs_admin(make_client: Callable[..., TestClient]) -> None:
+    first = make_client()
+    sign_up(first, "admin")
+    second = make_client()
+    sign_up(second, "someone")
+
+    response = second.get("/admin/charts")
+
+    assert response.status_code in (303, 403)
+
+
+@pytest.mark.anyio
+async def test_gateway_records_ttft_by_model(fakes: Callable[..., FakeBackend]) -> None:
+    child = metrics.llm_time_to_first_token.labels("gateway", "fake-model")
+    before = sum(bucket.get() for bucket in child._buckets)
+    async with running_gateway(openai_backend("vllm", fakes())) as gateway:
+        await collect(gateway.chat("fake-model", HELLO))
+
+    assert sum(bucket.get() for bucket in child._buckets) == before + 1
+    assert metrics.llm_requests_running.labels("gateway", "fake-model")._value.get() == 0
