@@ -6,11 +6,14 @@ import errno
 import ipaddress
 import logging
 import socket
+from typing import Any
 
 import uvicorn
 
 from llmcloud.engine.app import create_app
 from llmcloud.settings import Settings
+from llmcloud.tls.errors import CertificateError
+from llmcloud.tls.serving import engine_certificate
 
 logger = logging.getLogger("llmcloud.engine")
 
@@ -62,17 +65,31 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def serve(settings: Settings) -> None:
     """Run the engine until interrupted."""
     check_startup(settings)
+    try:
+        certificate = engine_certificate(settings)
+    except CertificateError as exc:
+        raise StartupError(exc.message) from None
     sock = bind_socket(settings.engine_host, settings.engine_port)
     logger.info(
-        "engine listening on http://%s:%s (data dir %s)",
+        "engine listening on %s://%s:%s (data dir %s)",
+        "https" if certificate else "http",
         settings.engine_host,
         sock.getsockname()[1],
         settings.data_dir,
     )
+    tls_options: dict[str, Any] = {}
+    if certificate is not None:
+        context = certificate.start().context
+        tls_options["ssl_context_factory"] = lambda config, default: context
     config = uvicorn.Config(
         create_app(settings),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        **tls_options,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        if certificate is not None:
+            certificate.stop()

@@ -159,3 +159,20 @@ def wrap_for_https(app: ASGIApp, settings: Settings) -> ASGIApp:
     """Add HSTS (for an https public URL) and the streaming header for nginx."""
     hsts = bool(settings.public_url and settings.public_url.startswith("https://"))
     return ProxyHeadersMiddleware(app, hsts=hsts)
+
+
+def engine_certificate(settings: Settings) -> ReloadingCertificate | None:
+    """Return the engine's reloading certificate, or None when the engine serves plain HTTP."""
+    cert, key = settings.tls_engine_cert_file, settings.tls_engine_key_file
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        given = "tls_engine_cert_file" if cert is not None else "tls_engine_key_file"
+        missing = "tls_engine_key_file" if cert is not None else "tls_engine_cert_file"
+        raise CertificateError(f"{given} is set but {missing} is not; set both or neither")
+    return ReloadingCertificate(
+        cert,
+        key,
+        served_at=f"engine:{settings.engine_port}",
+        poll_seconds=settings.tls_reload_seconds,
+    )
