@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from llmcloud import __version__
-from llmcloud.cli import certs, config, engine, models, nginx, socks, systemd, up, web
+from llmcloud.cli import certs, check, config, engine, models, nginx, socks, systemd, up, web
 
 app = typer.Typer(
     name="llmcloud",
@@ -19,6 +19,7 @@ engine.register(app)
 models.register(app)
 web.register(app)
 up.register(app)
+check.register(app)
 certs.register(app)
 nginx.register(app)
 systemd.register(app)

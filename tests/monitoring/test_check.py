@@ -1,0 +1,115 @@
+"""`llmcloud check` against a running web app, a fake backend and a SOCKS stand-in."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from llmcloud.cli import app as cli_app
+from llmcloud.monitoring.probes import Status, run_probes, worst
+from llmcloud.web import create_app
+from tests.conftest import RunningServer
+from tests.gateway.fake_backend import FakeBackend
+from tests.web.conftest import CHEAP_HASHER, web_settings
+
+
+class SocksStandIn:
+    """Answers a SOCKS5 greeting with 'username/password' (05 02), then closes."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:
+                return
+            with connection:
+                connection.recv(3)
+                connection.sendall(b"\x05\x02")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, fake_backend: FakeBackend) -> Iterator[dict[str, object]]:
+    socks = SocksStandIn()
+    settings = web_settings(tmp_path / "data", fake_backend.url)
+    server = RunningServer(create_app(settings, hasher=CHEAP_HASHER)).start()
+    overrides: dict[str, object] = {
+        "data_dir": tmp_path / "data",
+        "gateway_backends": [{"name": "fake", "kind": "openai", "base_url": fake_backend.url}],
+        "web_host": "127.0.0.1",
+        "web_port": server.port,
+        "socks_host": "127.0.0.1",
+        "socks_port": socks.port,
+    }
+    yield overrides
+    server.stop()
+    socks.close()
+
+
+def by_name(results: list[object]) -> dict[str, Status]:
+    return {result.name: result.status for result in results}  # type: ignore[attr-defined]
+
+
+def test_check_reports_each_part(deployment: dict[str, object]) -> None:
+    from llmcloud.settings import Settings
+
+    results = run_probes(Settings(**deployment))  # type: ignore[arg-type]
+    statuses = by_name(results)
+
+    assert statuses["login page"] == Status.OK
+    assert statuses["backend fake"] == Status.OK
+    assert statuses[f"SOCKS proxy 127.0.0.1:{deployment['socks_port']}"] == Status.OK
+    assert statuses["disk free"] in (Status.OK, Status.WARNING, Status.CRITICAL)
+    # No backup ran in this deployment, so its age is a warning.
+    assert statuses["last backup"] == Status.WARNING
+
+
+def test_check_cli_json_and_exit_code(
+    deployment: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in deployment.items():
+        encoded = json.dumps(value) if isinstance(value, list) else str(value)
+        monkeypatch.setenv(f"LLMCLOUD_{name.upper()}", encoded)
+
+    result = CliRunner().invoke(cli_app, ["check", "--json"])
+
+    report = json.loads(result.stdout)
+    assert result.exit_code == 1
+    assert report["status"] == "warning"
+    assert {"name": "login page", "status": "ok"}.items() <= report["checks"][0].items()
+
+
+def test_check_reports_unreachable_parts_critical(tmp_path: Path) -> None:
+    from llmcloud.settings import Settings
+
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    settings = Settings(
+        data_dir=tmp_path,
+        web_port=port,
+        socks_port=port,
+        gateway_backends=[
+            {"name": "gone", "kind": "ollama", "base_url": f"http://127.0.0.1:{port}"}
+        ],  # type: ignore[list-item]
+    )
+
+    results = run_probes(settings)
+
+    assert worst(results) == Status.CRITICAL
+    assert by_name(results)["backend gone"] == Status.CRITICAL
+    assert by_name(results)["login page"] == Status.CRITICAL
