@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx2
+from authlib.integrations.httpx_client import OAuth2Client
 
 from llmcloud.auth.identity_profile import ProviderProfile
 from llmcloud.auth.login_errors import bad_gateway, forbidden
@@ -24,14 +24,14 @@ MAX_TEAM_PAGES = 10
 
 
 def fetch_github_profile(
-    client: httpx2.Client,
+    client: OAuth2Client,
     api_url: str,
     *,
     allowed_orgs: list[str],
     allowed_teams: list[str],
 ) -> ProviderProfile:
     """Return the profile of the client's token holder, or raise LoginFailed (403, 502)."""
-    user = fetch_json(client, f"{api_url}/user", "user profile")
+    user = fetch_json(client, f"{api_url}/user", "user profile", with_token=True)
     subject = user.get("id")
     if not isinstance(subject, int):
         raise bad_gateway("profile_invalid", "GitHub's /user answer has no numeric id")
@@ -50,8 +50,8 @@ def fetch_github_profile(
     )
 
 
-def _fetch_emails(client: httpx2.Client, api_url: str) -> list[dict[str, Any]]:
-    response = get_from_provider(client, f"{api_url}/user/emails", "email list")
+def _fetch_emails(client: OAuth2Client, api_url: str) -> list[dict[str, Any]]:
+    response = get_from_provider(client, f"{api_url}/user/emails", "email list", with_token=True)
     try:
         emails = response.json()
     except ValueError:
@@ -74,7 +74,7 @@ def _pick_email(public: object, emails: list[dict[str, Any]]) -> tuple[str | Non
 
 
 def _check_membership(
-    client: httpx2.Client, api_url: str, login: str, orgs: list[str], teams: list[str]
+    client: OAuth2Client, api_url: str, login: str, orgs: list[str], teams: list[str]
 ) -> None:
     for org in orgs:
         if _is_org_member(client, api_url, org):
@@ -89,9 +89,11 @@ def _check_membership(
     )
 
 
-def _is_org_member(client: httpx2.Client, api_url: str, org: str) -> bool:
+def _is_org_member(client: OAuth2Client, api_url: str, org: str) -> bool:
     url = f"{api_url}/user/memberships/orgs/{org}"
-    response = get_from_provider(client, url, "organisation membership", not_found_ok=True)
+    response = get_from_provider(
+        client, url, "organisation membership", with_token=True, not_found_ok=True
+    )
     if response.status_code != 200:
         return False
     try:
@@ -101,11 +103,11 @@ def _is_org_member(client: httpx2.Client, api_url: str, org: str) -> bool:
     return isinstance(membership, dict) and membership.get("state") == "active"
 
 
-def _is_team_member(client: httpx2.Client, api_url: str, teams: list[str]) -> bool:
+def _is_team_member(client: OAuth2Client, api_url: str, teams: list[str]) -> bool:
     wanted = {team.lower() for team in teams}
     for page in range(1, MAX_TEAM_PAGES + 1):
         url = f"{api_url}/user/teams?per_page={TEAMS_PAGE_SIZE}&page={page}"
-        response = get_from_provider(client, url, "team list")
+        response = get_from_provider(client, url, "team list", with_token=True)
         listed = response.json()
         if not isinstance(listed, list):
             raise bad_gateway("profile_invalid", "GitHub's /user/teams answer is not a list")

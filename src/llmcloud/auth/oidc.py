@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx2
+from authlib.integrations.httpx_client import OAuth2Client
 from joserfc import jwt
 from joserfc.errors import (
     BadSignatureError,
@@ -50,7 +51,7 @@ class Discovery:
 _discovered: dict[str, Discovery] = {}
 
 
-def discover(provider: OidcProvider, client: httpx2.Client) -> Discovery:
+def discover(provider: OidcProvider, client: OAuth2Client) -> Discovery:
     """Return the provider's discovery document, fetched at most once an hour."""
     cached = _discovered.get(provider.discovery_url)
     if cached is not None and time.monotonic() - cached.fetched_at < DISCOVERY_TTL_SECONDS:
@@ -120,9 +121,14 @@ def validate_id_token(
     return claims
 
 
-def fetch_json(client: httpx2.Client, url: str, what: str) -> dict[str, Any]:
-    """GET a JSON object from a provider, turning failures into 502 LoginFailed."""
-    response = get_from_provider(client, url, what)
+def fetch_json(
+    client: OAuth2Client, url: str, what: str, *, with_token: bool = False
+) -> dict[str, Any]:
+    """GET a JSON object from a provider, turning failures into 502 LoginFailed.
+
+    `with_token` sends the access token that the client fetched.
+    """
+    response = get_from_provider(client, url, what, with_token=with_token)
     try:
         document = response.json()
     except ValueError:
@@ -133,14 +139,19 @@ def fetch_json(client: httpx2.Client, url: str, what: str) -> dict[str, Any]:
 
 
 def get_from_provider(
-    client: httpx2.Client, url: str, what: str, *, not_found_ok: bool = False
+    client: OAuth2Client,
+    url: str,
+    what: str,
+    *,
+    with_token: bool = False,
+    not_found_ok: bool = False,
 ) -> httpx2.Response:
     """GET from a provider; timeouts, network errors and error statuses raise 502 LoginFailed.
 
     With `not_found_ok`, 403 and 404 come back as responses, for membership checks.
     """
     try:
-        response = client.get(url)
+        response: httpx2.Response = client.request("GET", url, withhold_token=not with_token)
     except httpx2.TimeoutException:
         raise bad_gateway(
             "provider_timeout", f"the login provider did not answer in time ({what}, {url})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from llmcloud import __version__
-from llmcloud.cli import certs, check, config, engine, models, nginx, socks, systemd, up, web
+from llmcloud.cli import auth, certs, check, config, engine, models, nginx, socks, systemd, up, web
 
 app = typer.Typer(
     name="llmcloud",
@@ -24,6 +24,7 @@ certs.register(app)
 nginx.register(app)
 systemd.register(app)
 socks.register(app)
+auth.register(app)
 
 
 def _print_version(value: bool) -> None:

@@ -1,0 +1,299 @@
+"""OpenID Connect log-in against a real provider: the npm package oidc-provider on loopback.
+
+The provider's own login form is filled in over HTTP, as a browser would.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from llmcloud.auth.accounts import create_account
+from llmcloud.auth.oauth import PendingLogin
+from llmcloud.db.models import Role
+from llmcloud.web.oauth_pages import pending_logins
+from tests.oidc.server import OidcProviderProcess, free_port
+from tests.web.conftest import ORIGIN, csrf_token, sign_up
+from tests.web.oauth_helpers import (
+    audit_events,
+    callback_params,
+    database,
+    follow_provider,
+    identities,
+    session_count,
+    start,
+    users,
+    with_params,
+)
+
+PROVIDER = "testidp"
+CLIENT_ID = "llmcloud-test"
+CLIENT_SECRET = "oidc-test-secret"
+ACCOUNTS = {
+    "alice": {
+        "password": "alice-pass",
+        "claims": {
+            "email": "alice@example.org",
+            "email_verified": True,
+            "preferred_username": "alice",
+            "groups": ["llmcloud-users"],
+        },
+    },
+    "boss": {
+        "password": "boss-pass",
+        "claims": {"email": "boss@example.org", "email_verified": True, "groups": ["admins"]},
+    },
+    "carol": {
+        "password": "carol-pass",
+        "claims": {"email": "Carol@Example.ORG", "email_verified": True},
+    },
+    "mallory": {
+        "password": "mallory-pass",
+        "claims": {"email": "Admin@Example.org", "email_verified": False},
+    },
+}
+
+
+def credentials(login: str) -> dict[str, str]:
+    return {"login": login, "password": ACCOUNTS[login]["password"]}
+
+
+@pytest.fixture(scope="module")
+def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcProviderProcess]:
+    client = {
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "redirect_uris": [f"{ORIGIN}/auth/{PROVIDER}/callback"],
+        "grant_types": ["authorization_code"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "client_secret_basic",
+    }
+    process = OidcProviderProcess(tmp_path_factory.mktemp("oidc"), [client], ACCOUNTS).start()
+    yield process
+    process.stop()
+
+
+def provider_settings(issuer: str, **changes: Any) -> dict[str, Any]:
+    return {
+        "name": PROVIDER,
+        "display_name": "Test IdP",
+        "issuer": issuer,
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "scopes": ["openid", "email", "profile", "groups"],
+        "admin_groups": ["admins"],
+        "user_groups": ["llmcloud-users"],
+        **changes,
+    }
+
+
+@pytest.fixture
+def make_oidc_client(
+    make_client: Callable[..., TestClient], oidc_provider: OidcProviderProcess
+) -> Callable[..., TestClient]:
+    """A factory of clients of one app with the provider configured; an admin exists."""
+
+    def make(provider: dict[str, Any] | None = None, **overrides: Any) -> TestClient:
+        settings = {
+            "public_url": ORIGIN,
+            "auth_oidc_providers": [provider or provider_settings(oidc_provider.issuer)],
+            "auth_provider_timeout": 2.0,
+            **overrides,
+        }
+        admin = make_client(**settings)
+        assert sign_up(admin, "admin").status_code == 303
+        return make_client()
+
+    return make
+
+
+@pytest.fixture
+def browser() -> Iterator[httpx.Client]:
+    """The provider's side of one browser: its cookies at the provider."""
+    with httpx.Client(follow_redirects=False, timeout=10) as client:
+        yield client
+
+
+def authorize(client: TestClient, browser: httpx.Client, login: str) -> str:
+    return follow_provider(start(client, PROVIDER), browser, credentials(login))
+
+
+def log_in(client: TestClient, browser: httpx.Client, login: str) -> httpx.Response:
+    return client.get(authorize(client, browser, login))
+
+
+def test_oidc_login_through_provider_form(
+    make_oidc_client: Callable[..., TestClient], browser: httpx.Client
+) -> None:
+    client = make_oidc_client()
+    response = log_in(client, browser, "alice")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/chats"
+    assert client.get("/chats").status_code == 200
+    identity = identities(client)[0]
+    assert (identity.provider, identity.subject) == (PROVIDER, "alice")
+    assert identity.email_verified is True
+    assert users(client)[-1].role == Role.USER
+
+
+def test_oidc_authorization_request_has_pkce_and_nonce(
+    make_oidc_client: Callable[..., TestClient],
+) -> None:
+    client = make_oidc_client()
+    params = httpx.URL(start(client, PROVIDER)).params
+    assert params["code_challenge_method"] == "S256"
+    assert params["nonce"]
+    assert params["state"]
+    assert params["redirect_uri"] == f"{ORIGIN}/auth/{PROVIDER}/callback"
+
+
+def test_oidc_admin_group_gives_admin_role(
+    make_oidc_client: Callable[..., TestClient], browser: httpx.Client
+) -> None:
+    client = make_oidc_client()
+    assert log_in(client, browser, "boss").headers["location"] == "/chats"
+    assert users(client)[-1].role == Role.ADMIN
+
+
+def test_oidc_new_identity_without_groups_is_pending(
+    make_oidc_client: Callable[..., TestClient], browser: httpx.Client
+) -> None:
+    client = make_oidc_client()
+    assert log_in(client, browser, "carol").headers["location"] == "/pending"
+    assert users(client)[-1].role == Role.PENDING
+    assert session_count(client) == 1  # only the admin's
+
+
+def test_oidc_links_verified_mixed_case_email(
+    make_oidc_client: Callable[..., TestClient], browser: httpx.Client
+) -> None:
+    client = make_oidc_client()
+    existing = create_account(database(client), "carol", None, email="carol@example.org")
+    assert log_in(client, browser, "carol").headers["location"] == "/chats"
+    assert identities(client)[0].user_id == existing.id
+    assert len(users(client)) == 2
+
+
+def test_oidc_unverified_email_never_links(
+    make_oidc_client: Callable[..., TestClient], browser: httpx.Client
+) -> None:
+    client = make_oidc_client()
+    admin_id = users(client)[0].id
+    with database(client).transaction() as session:
+        from llmcloud.db.models import User
+
+        stored = session.get(User, admin_id)
+        assert stored is not None
+        stored.email = "admin@example.org"
+    response = log_in(client, browser, "mallory")
+    assert response.headers["location"] == "/pending"
+    assert identities(client)[0].user_id != admin_id
+    assert users(client)[-1].email is None
+
+
+def test_oidc_wrong_nonce_is_rejected(
+    make_oidc_client: Callable[..., TestClient], browser: httpx.Client
+) -> None:
+    client = make_oidc_client()
+    callback = authorize(client, browser, "alice")
+    state = callback_params(callback)["state"]
+    store = pending_logins(_request_of(client))
+    login = store.take(state)
+    assert login is not None
+    store.add(state, PendingLogin(**{**login.__dict__, "nonce": "another-nonce"}))
+    response = client.get(callback)
+    assert response.status_code == 401
+    assert audit_events(client)[-1].reason == "id_token_wrong_nonce"
+    assert len(users(client)) == 1
+
+
+def test_oidc_used_code_is_rejected(
+    make_oidc_client: Callable[..., TestClient], browser: httpx.Client
+) -> None:
+    client = make_oidc_client()
+    first = authorize(client, browser, "alice")
+    assert client.get(first).status_code == 303
+    client.post("/logout", data={"csrf_token": csrf_token(client)})
+    second = authorize(client, browser, "alice")
+    response = client.get(with_params(second, code=callback_params(first)["code"]))
+    assert response.status_code == 400
+    assert audit_events(client)[-1].reason == "code_rejected"
+    assert session_count(client) == 1  # only the admin's
+
+
+def test_provider_requires_pkce_verifier(
+    make_oidc_client: Callable[..., TestClient],
+    browser: httpx.Client,
+    oidc_provider: OidcProviderProcess,
+) -> None:
+    client = make_oidc_client()
+    code = callback_params(authorize(client, browser, "alice"))["code"]
+    response = httpx.post(
+        f"{oidc_provider.issuer}/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": f"{ORIGIN}/auth/{PROVIDER}/callback",
+        },
+        auth=(CLIENT_ID, CLIENT_SECRET),
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_grant"
+
+
+def test_oidc_provider_error_parameter(
+    make_oidc_client: Callable[..., TestClient], browser: httpx.Client
+) -> None:
+    client = make_oidc_client()
+    callback = authorize(client, browser, "alice")
+    response = client.get(with_params(callback, code=None, error="login_required"))
+    assert response.status_code == 401
+    assert f'href="/auth/{PROVIDER}/login"' in response.text
+    assert audit_events(client)[-1].reason == "provider_error"
+    assert len(users(client)) == 1
+
+
+def test_oidc_provider_down_gives_502(make_oidc_client: Callable[..., TestClient]) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    client = make_oidc_client(provider_settings(closed))
+    response = client.get(f"/auth/{PROVIDER}/login")
+    assert response.status_code == 502
+    assert audit_events(client)[-1].reason == "provider_unreachable"
+
+
+def test_oidc_provider_timeout_gives_502(make_oidc_client: Callable[..., TestClient]) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        issuer = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        client = make_oidc_client(provider_settings(issuer), auth_provider_timeout=0.3)
+        response = client.get(f"/auth/{PROVIDER}/login")
+    assert response.status_code == 502
+    assert audit_events(client)[-1].reason == "provider_timeout"
+
+
+def test_oidc_logout_and_login_again(
+    make_oidc_client: Callable[..., TestClient], browser: httpx.Client
+) -> None:
+    client = make_oidc_client()
+    assert log_in(client, browser, "alice").headers["location"] == "/chats"
+    assert client.post("/logout", data={"csrf_token": csrf_token(client)}).status_code == 303
+    assert log_in(client, browser, "alice").headers["location"] == "/chats"
+    assert client.get("/chats").status_code == 200
+    assert len(identities(client)) == 1
+
+
+def _request_of(client: TestClient) -> Any:
+    class _Request:
+        app = client.app
+
+    return _Request()
+
+
+__all__ = ["Path"]
