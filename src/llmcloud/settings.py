@@ -557,6 +557,13 @@ class Settings(BaseSettings):
     socks_login_failure_window: float = Field(
         300.0, gt=0, description="Seconds over which failed SOCKS logins are counted."
     )
+    socks_login_cache_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds a successful SOCKS login is remembered, so that the many "
+        "connections a browser opens skip the slow password check; a deactivated account or "
+        "changed password takes effect after at most this long. 0 checks every connection.",
+    )
     socks_pac_proxy: str | None = Field(
         None,
         description="Proxy address, `HOST:PORT`, that /proxy.pac tells browsers to use. Unset "

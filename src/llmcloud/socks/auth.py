@@ -1,7 +1,10 @@
 """Who may use the SOCKS proxy: llmcloud accounts with an allowed role.
 
 Passwords are checked by `llmcloud.auth.accounts.authenticate()` in a worker
-thread, because argon2 is slow on purpose. Failed attempts are counted per
+thread, because argon2 is slow on purpose. A browser opens many connections,
+each with the same login, so a successful check is remembered for
+`cache_seconds` under a keyed hash of username and password (the key is
+random per process, and the password itself is never kept). Failed attempts are counted per
 client address in a sliding window; an address past the limit gets the RFC
 1929 failure reply without a password check until its old failures age out,
 so a guesser cannot use the proxy to test passwords quickly, nor keep the
@@ -11,7 +14,10 @@ argon2 threads busy.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -28,6 +34,7 @@ log = logging.getLogger("llmcloud.socks")
 # Returns the account name for valid credentials, None otherwise.
 Authenticator = Callable[[str, str], Awaitable[str | None]]
 MAX_TRACKED_ADDRESSES = 10_000
+MAX_CACHED_LOGINS = 1_000
 
 
 class AccountAuthenticator:
@@ -40,13 +47,36 @@ class AccountAuthenticator:
         *,
         hasher: PasswordHasher = DEFAULT_HASHER,
         max_parallel_checks: int = 4,
+        cache_seconds: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._database = database
         self._roles = frozenset(roles)
         self._hasher = hasher
         self._checks = asyncio.Semaphore(max_parallel_checks)
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._cache_key = secrets.token_bytes(32)
+        self._cache: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
 
     async def __call__(self, username: str, password: str) -> str | None:
+        key = self._cache_entry_key(username, password)
+        cached = self._cache.get(key)
+        if cached is not None and cached[1] > self._clock():
+            return cached[0]
+        self._cache.pop(key, None)
+        user = await self._check(username, password)
+        if user is not None and self._cache_seconds > 0:
+            self._cache[key] = (user, self._clock() + self._cache_seconds)
+            if len(self._cache) > MAX_CACHED_LOGINS:
+                self._cache.popitem(last=False)
+        return user
+
+    def _cache_entry_key(self, username: str, password: str) -> bytes:
+        message = username.encode() + b"\0" + password.encode()
+        return hmac.new(self._cache_key, message, hashlib.sha256).digest()
+
+    async def _check(self, username: str, password: str) -> str | None:
         async with self._checks:
             try:
                 user = await asyncio.to_thread(

@@ -44,7 +44,9 @@ async def _serve(settings: Settings) -> None:
         log.warning("socks_allow is empty, so the SOCKS proxy allows no destination")
     database = await asyncio.to_thread(open_database, database_url_from_settings(settings))
     try:
-        authenticator = AccountAuthenticator(database, settings.socks_roles)
+        authenticator = AccountAuthenticator(
+            database, settings.socks_roles, cache_seconds=settings.socks_login_cache_seconds
+        )
         server = SocksServer(config, authenticator)
         await server.start()
         await _wait_for_stop_signal()
