@@ -24,7 +24,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from llmcloud.auth.provider_config import OidcProviderList
+from llmcloud.auth.provider_config import OidcProviderList, TrustedProxyList
 from llmcloud.gateway.config import BackendList, KeepAlive
 from llmcloud.units import parse_duration
 
@@ -375,7 +375,7 @@ class Settings(BaseSettings):
         description="Seconds to wait for each request to a login provider before showing a "
         "502 error page.",
     )
-    trusted_proxies: list[str] = Field(
+    trusted_proxies: TrustedProxyList = Field(
         default_factory=list,
         description="Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For and "
         "X-Forwarded-Proto headers are believed. The same headers from any other client are "

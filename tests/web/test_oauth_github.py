@@ -432,26 +432,37 @@ def test_password_form_can_be_switched_off(
 
 
 def test_forwarded_headers_from_untrusted_address_change_nothing(
-    make_github_client: Callable[..., TestClient], github: FakeGitHub
+    make_github_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = make_github_client(auth_new_identity_role="user")
-    forged = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example"}
-    forged["X-Forwarded-For"] = "203.0.113.9"
-    response = client.get("/auth/github/login", headers=forged)
+    client = make_github_client(trusted_proxies=["10.0.0.0/8"])
+    outsider = TestClient(client.app, client=("198.51.100.7", 4000), follow_redirects=False)
+    caplog.set_level(logging.INFO, logger="llmcloud.access")
+    forged = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-For": "203.0.113.9",
+    }
+    response = outsider.get("/auth/github/login", headers=forged)
     location = httpx.URL(response.headers["location"])
     assert location.params["redirect_uri"] == f"{ORIGIN}/auth/github/callback"
     assert "secure" not in response.headers["set-cookie"].lower()
+    access = [r.getMessage() for r in caplog.records if r.name == "llmcloud.access"]
+    assert access[-1].startswith("198.51.100.7 ")
 
 
 def test_forwarded_headers_from_trusted_proxy_are_used(
-    make_github_client: Callable[..., TestClient], github: FakeGitHub
+    make_github_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = make_github_client(trusted_proxies=["testclient"])
+    client = make_github_client(trusted_proxies=["10.0.0.0/8"])
+    proxy = TestClient(client.app, client=("10.1.2.3", 4000), follow_redirects=False)
+    caplog.set_level(logging.INFO, logger="llmcloud.access")
     headers = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
-    response = client.get("/auth/github/login", headers=headers)
+    response = proxy.get("/auth/github/login", headers=headers)
     location = httpx.URL(response.headers["location"])
     assert location.params["redirect_uri"] == f"{ORIGIN}/auth/github/callback"
     assert "secure" in response.headers["set-cookie"].lower()
+    access = [r.getMessage() for r in caplog.records if r.name == "llmcloud.access"]
+    assert access[-1].startswith("203.0.113.9 ")
 
 
 def pending_logins_of(client: TestClient) -> Any:

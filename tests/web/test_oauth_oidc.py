@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -278,6 +277,16 @@ def test_oidc_provider_timeout_gives_502(make_oidc_client: Callable[..., TestCli
     assert audit_events(client)[-1].reason == "provider_timeout"
 
 
+def test_oidc_discovered_issuer_must_match(
+    make_oidc_client: Callable[..., TestClient], oidc_provider: OidcProviderProcess
+) -> None:
+    issuer = oidc_provider.issuer.replace("127.0.0.1", "localhost")
+    client = make_oidc_client(provider_settings(issuer))
+    response = client.get(f"/auth/{PROVIDER}/login")
+    assert response.status_code == 502
+    assert audit_events(client)[-1].reason == "discovery_issuer_mismatch"
+
+
 def test_oidc_logout_and_login_again(
     make_oidc_client: Callable[..., TestClient], browser: httpx.Client
 ) -> None:
@@ -294,6 +303,3 @@ def _request_of(client: TestClient) -> Any:
         app = client.app
 
     return _Request()
-
-
-__all__ = ["Path"]

@@ -73,8 +73,21 @@ def discover(provider: OidcProvider, client: OAuth2Client) -> Discovery:
             f"the discovery document at {provider.discovery_url} lacks {exc}; check the "
             "provider's issuer setting",
         ) from None
+    _check_issuer(provider, discovery.issuer)
     _discovered[provider.discovery_url] = discovery
     return discovery
+
+
+def _check_issuer(provider: OidcProvider, discovered: str) -> None:
+    """Require the discovered issuer to equal the configured one (OpenID Connect Discovery 4.3)."""
+    if provider.issuer == provider.discovery_url:
+        return
+    if discovered.rstrip("/") != provider.issuer:
+        raise bad_gateway(
+            "discovery_issuer_mismatch",
+            f"the discovery document of {provider.issuer} names the issuer {discovered!r}; "
+            "set the provider's issuer to exactly that URL",
+        )
 
 
 def validate_id_token(

@@ -1,7 +1,8 @@
-"""Types of the login provider settings: OpenID Connect providers and allow-list entries."""
+"""Types of the login settings: OpenID Connect providers and trusted proxy addresses."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any
 
@@ -98,3 +99,18 @@ OidcProviderList = Annotated[
     BeforeValidator(_hide_client_secrets),
     AfterValidator(_check_unique_names),
 ]
+
+
+def _check_networks(value: list[str]) -> list[str]:
+    for entry in value:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"invalid proxy address {entry!r}; expected an IP address such as 127.0.0.1 "
+                "or a network such as 10.0.0.0/8"
+            ) from None
+    return value
+
+
+TrustedProxyList = Annotated[list[str], AfterValidator(_check_networks)]
