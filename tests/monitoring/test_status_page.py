@@ -88,3 +88,27 @@ async def test_gateway_records_ttft_by_model(fakes: Callable[..., FakeBackend]) 
 
     assert sum(bucket.get() for bucket in child._buckets) == before + 1
     assert metrics.llm_requests_running.labels("gateway", "fake-model")._value.get() == 0
+
+
+def test_logins_counted_by_outcome(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(metrics_token=TOKEN)
+    sign_up(client, "admin")
+    client.post("/logout", data={})
+    other = make_client()
+    other.post("/login", data={"username": "admin", "password": "wrong password"})
+
+    text = client.get("/metrics", headers=BEARER).text
+    values = sample_values(text, "llmcloud_logins_total")
+
+    assert values[(("outcome", "invalid_credentials"), ("provider", "local"))] >= 1
+
+
+def test_api_key_requests_counted(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(metrics_token=TOKEN)
+    client.get("/v1/models", headers={"Authorization": "Bearer sk-not-a-key"})
+
+    text = client.get("/metrics", headers=BEARER).text
+
+    assert (
+        sample_values(text, "llmcloud_api_key_requests_total")[(("outcome", "invalid_key"),)] >= 1
+    )

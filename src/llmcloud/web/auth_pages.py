@@ -19,6 +19,7 @@ from llmcloud.auth.errors import (
 from llmcloud.auth.providers import configured_providers
 from llmcloud.auth.sessions import create_session, delete_session
 from llmcloud.db.models import Role, User
+from llmcloud.monitoring.metrics import logins
 from llmcloud.web.deps import CsrfChecked, SameOriginChecked, State, optional_session
 from llmcloud.web.security import (
     PENDING_COOKIE,
@@ -68,11 +69,15 @@ def log_in(
     try:
         user = authenticate(state.db, username, password, hasher=state.hasher)
     except AccountPending:
+        logins.labels("local", "pending").inc()
         pending = find_account(state.db, username)
         return pending_response(request, state, pending)
     except ServiceError as exc:
-        status = 401 if isinstance(exc, InvalidCredentials) else exc.status_code
+        invalid = isinstance(exc, InvalidCredentials)
+        logins.labels("local", "invalid_credentials" if invalid else "rejected").inc()
+        status = 401 if invalid else exc.status_code
         return render(request, "login.html", {**context, "error": exc.message}, status_code=status)
+    logins.labels("local", "success").inc()
     return logged_in_response(request, state, user, safe_next(next))
 
 

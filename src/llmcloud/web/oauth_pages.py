@@ -27,8 +27,9 @@ from llmcloud.auth.identities import (
 from llmcloud.auth.login_errors import LoginFailed
 from llmcloud.auth.oauth import PENDING_LOGIN_SECONDS, PendingLogins, check_callback, finish_login
 from llmcloud.auth.oauth import start_login as start_authorization
-from llmcloud.auth.providers import find_provider
+from llmcloud.auth.providers import configured_providers, find_provider
 from llmcloud.db.models import Outcome
+from llmcloud.monitoring.metrics import logins
 from llmcloud.web.auth_pages import HOME, logged_in_response, pending_response, safe_next
 from llmcloud.web.deps import AdminUser, CsrfChecked, State
 from llmcloud.web.security import is_https
@@ -90,6 +91,7 @@ def callback(request: Request, state: State, name: str) -> Response:
     audit.record_event(
         state.db, audit.LOGIN, Outcome.SUCCESS, provider=name, user_id=user.id, subject=subject
     )
+    logins.labels(name, "success").inc()
     return _clear_state_cookie(logged_in_response(request, state, user, login.next_path))
 
 
@@ -154,6 +156,9 @@ def _failed(
 
 
 def _audit_failure(state: State, name: str, reason: str, subject: str | None) -> None:
+    # The name comes from the URL, so only a configured provider's name becomes a label value.
+    known = any(provider.name == name for provider in configured_providers(state.settings))
+    logins.labels(name if known else "unknown", "failure").inc()
     audit.record_event(
         state.db,
         audit.LOGIN,

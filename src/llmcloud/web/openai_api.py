@@ -33,6 +33,7 @@ from llmcloud.auth import api_keys
 from llmcloud.auth.errors import AccountDeactivated, AccountPending, ServiceError
 from llmcloud.db.models import User
 from llmcloud.gateway import GatewayError, UnknownModel
+from llmcloud.monitoring.metrics import api_key_requests
 from llmcloud.web.deps import WebState, web_state
 from llmcloud.web.openai_reply import CompletionResponse, error_response, gateway_error_response
 
@@ -179,7 +180,13 @@ async def unknown_endpoint(request: Request, path: str) -> Response:
 async def authenticate(request: Request, state: WebState) -> User:
     """Return the account of the request's API key; raises Unauthorized or Forbidden."""
     header = request.headers.get("authorization")
-    return await run_in_threadpool(api_keys.authenticate_bearer, state.db, header)
+    try:
+        user = await run_in_threadpool(api_keys.authenticate_bearer, state.db, header)
+    except ServiceError:
+        api_key_requests.labels("invalid_key").inc()
+        raise
+    api_key_requests.labels("ok").inc()
+    return user
 
 
 async def read_body(request: Request) -> dict[str, Any]:
