@@ -32,6 +32,8 @@ from llmcloud.auth.account_stats import count_accounts
 from llmcloud.cli.common import fail, settings_or_exit
 from llmcloud.db import database_url_from_settings, open_database
 from llmcloud.settings import ConfigError, Settings
+from llmcloud.tls.errors import TLSError
+from llmcloud.tls.serving import localhost_certificate
 
 log = logging.getLogger("llmcloud.cli")
 
@@ -52,7 +54,11 @@ def up(
 ) -> None:
     """Start the engine and the web app with the bundled model; Ctrl-C stops both."""
     settings = settings_or_exit(web_port=port, engine_port=engine_port)
-    supervisor = Supervisor(parts_for(settings))
+    try:
+        parts = parts_for(settings)
+    except TLSError as exc:
+        fail(exc.message, code=2)
+    supervisor = Supervisor(parts)
     code = supervisor.run(on_ready=lambda: print_welcome(settings))
     if supervisor.failure:
         fail(supervisor.failure, code=code)
@@ -73,7 +79,6 @@ class Part:
 def parts_for(settings: Settings) -> list[Part]:
     """Return the engine and the web app, in start order, sharing the data dir."""
     engine_base = f"http://{_client_host(settings.engine_host)}:{settings.engine_port}"
-    web_base = f"http://{_client_host(settings.web_host)}:{settings.web_port}"
     common = {"LLMCLOUD_DATA_DIR": str(settings.data_dir)}
     command = [sys.executable, "-m", "llmcloud"]
     engine = Part(
@@ -94,14 +99,23 @@ def parts_for(settings: Settings) -> list[Part]:
             "LLMCLOUD_WEB_HOST": settings.web_host,
             "LLMCLOUD_WEB_PORT": str(settings.web_port),
             "LLMCLOUD_ENGINE_URL": engine_base,
+            **web_certificate_env(settings),
         },
-        health_url=f"{web_base}/healthz",
+        health_url=f"https://{_client_host(settings.web_host)}:{settings.web_port}/healthz",
     )
     return [engine, web]
 
 
 def web_url(settings: Settings) -> str:
-    return settings.public_url or f"http://{_client_host(settings.web_host)}:{settings.web_port}"
+    return settings.public_url or f"https://{_client_host(settings.web_host)}:{settings.web_port}"
+
+
+def web_certificate_env(settings: Settings) -> dict[str, str]:
+    """Return the web app's certificate settings: none when configured, else one for localhost."""
+    if settings.tls_cert_file or settings.tls_acme_domains:
+        return {}
+    files = localhost_certificate(settings)
+    return {"LLMCLOUD_TLS_CERT_FILE": str(files.cert), "LLMCLOUD_TLS_KEY_FILE": str(files.key)}
 
 
 def print_welcome(settings: Settings) -> None:
@@ -110,6 +124,11 @@ def print_welcome(settings: Settings) -> None:
         typer.echo("Open it and log in.")
     else:
         typer.echo("Open it and create the first account; it becomes the admin.")
+    if not (settings.tls_cert_file or settings.tls_acme_domains):
+        typer.echo(
+            "Browsers warn about its certificate until they trust the internal CA: "
+            "import the file that `llmcloud certs export-ca` prints."
+        )
     typer.echo("Press Ctrl-C to stop.")
 
 
@@ -178,7 +197,8 @@ class Supervisor:
 
     def _wait_healthy(self, part: Part) -> bool:
         deadline = time.monotonic() + self.startup_timeout
-        with httpx.Client(timeout=2.0) as client:
+        # The probe reaches a child on loopback, whose certificate may name a public host.
+        with httpx.Client(timeout=2.0, verify=False) as client:  # noqa: S501
             while not self.stop_requested.is_set():
                 if self._died(part):
                     return False

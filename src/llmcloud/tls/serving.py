@@ -22,9 +22,10 @@ from starlette.types import ASGIApp
 from llmcloud.settings import Settings
 from llmcloud.tls.asgi import ProxyHeadersMiddleware, redirect_app
 from llmcloud.tls.ca import CAPaths, init_ca, issue_certificate
+from llmcloud.tls.certificates import load_pair, utcnow
 from llmcloud.tls.context import ReloadingCertificate
 from llmcloud.tls.errors import CertificateError, ListenError
-from llmcloud.tls.renewal import RenewalLoop
+from llmcloud.tls.renewal import RenewalLoop, lifetime_due
 
 log = logging.getLogger("llmcloud.tls")
 
@@ -176,3 +177,31 @@ def engine_certificate(settings: Settings) -> ReloadingCertificate | None:
         served_at=f"engine:{settings.engine_port}",
         poll_seconds=settings.tls_reload_seconds,
     )
+
+
+LOCALHOST_NAMES = ["localhost", "127.0.0.1", "::1"]
+
+
+def localhost_certificate(settings: Settings) -> CertificateFiles:
+    """Return the internal-CA certificate for localhost that `llmcloud up` serves.
+
+    Creates the CA if there is none, and issues the certificate when it is
+    missing, unreadable, or has a third of its lifetime left.
+    """
+    ca = CAPaths(settings.data_dir)
+    if not ca.cert.exists():
+        init_ca(settings.data_dir, settings.tls_ca_lifetime_days)
+    files = CertificateFiles(ca.issued_cert("localhost"), ca.issued_key("localhost"))
+    try:
+        pair = load_pair(files.cert, files.key)
+        if utcnow() < lifetime_due(pair.leaf):
+            return files
+    except CertificateError as exc:
+        if files.cert.exists():
+            log.warning("replacing the localhost certificate: %s", exc.message)
+    # NOTE: checked at each start of `llmcloud up` only; a run longer than two thirds of
+    # tls_cert_lifetime_days serves the certificate until it expires.
+    issue_certificate(
+        settings.data_dir, "localhost", LOCALHOST_NAMES, settings.tls_cert_lifetime_days
+    )
+    return files
