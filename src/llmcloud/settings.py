@@ -641,6 +641,17 @@ class Settings(BaseSettings):
         "key, and one whose key differs from the database's record refuses to start. Unset "
         "means the key file `<data_dir>/secrets/session_key`, created on first start.",
     )
+    redis_url: SecretStr | None = Field(
+        None,
+        description="Redis URL, such as `redis://127.0.0.1:6379/0`, through which web instances "
+        "share live chat streams, so that a chat answered on one instance can be followed on "
+        "another. Unset keeps them inside each instance.",
+    )
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_redis_url_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("session_secret_key", mode="before")
     @classmethod

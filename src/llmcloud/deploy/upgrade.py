@@ -11,6 +11,7 @@ transaction.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,11 +71,11 @@ def migrate_with_backup(
 
 
 def default_backup_hook() -> BackupHook:
-    """Return the backup package's pre-migration backup."""
+    """Return the backup package's pre-migration backup, `backup_before_migration()`."""
     # Imported on use, so that a start-up with no migration due does not load the backup package.
-    from llmcloud.backup.operations import backup_before_migration
-
-    return backup_before_migration
+    module = importlib.import_module("llmcloud.backup.operations")
+    hook: BackupHook = module.backup_before_migration
+    return hook
 
 
 def _run_backup(

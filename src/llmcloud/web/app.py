@@ -36,12 +36,14 @@ from llmcloud.web import (
     chat_pages,
     chat_ws,
     health,
+    live_ws,
     oauth_pages,
     openai_api,
     proxy_pac,
 )
 from llmcloud.web.deps import WebState
 from llmcloud.web.errors import add_error_handlers
+from llmcloud.web.live import live_feed_for
 from llmcloud.web.middleware import (
     AccessLogMiddleware,
     BodySizeLimitMiddleware,
@@ -61,6 +63,7 @@ ROUTERS: list[APIRouter] = [
     oauth_pages.router,
     chat_pages.router,
     chat_ws.router,
+    live_ws.router,
     api_keys_pages.router,
     admin_pages.router,
     admin_backends.router,
@@ -102,6 +105,7 @@ def create_app(
                 state.gateway = Gateway.from_settings(settings)
                 await state.gateway.start()
                 stack.push_async_callback(state.gateway.close)
+            stack.push_async_callback(app.state.live.close)
             log.info("web app started (llmcloud %s)", __version__)
             yield
         log.info("web app stopped")
@@ -115,6 +119,8 @@ def create_app(
         openapi_url=None,
     )
     app.state.web = state
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    app.state.live = live_feed_for(redis_url)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes(settings))
     app.add_middleware(AccessLogMiddleware)

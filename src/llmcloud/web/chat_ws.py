@@ -41,6 +41,7 @@ from llmcloud.db import chats
 from llmcloud.db.models import MessageRole
 from llmcloud.web.chat_stream import DISCONNECTED, AnswerStream, stopped_message
 from llmcloud.web.deps import WebState, current_session, web_state
+from llmcloud.web.live import Publisher
 from llmcloud.web.security import check_same_origin
 
 log = logging.getLogger("llmcloud.web")
@@ -96,6 +97,7 @@ class ChatConversation:
         self.chat_id = chat_id
         self.user_id = 0
         self.stream: AnswerStream | None = None
+        self.publisher: Publisher | None = None
         self.task: asyncio.Task[None] | None = None
 
     async def authorize(self) -> bool:
@@ -205,13 +207,15 @@ class ChatConversation:
         await self.send(stopped_message(stream.answer))
 
     def _start(self, model: str) -> None:
+        # Watchers of /ws/chats/{chat_id}/live receive the same events (web/live.py).
+        self.publisher = Publisher(self.websocket.app.state.live, self.chat_id, self.send)
         self.stream = AnswerStream(
             self.state.db,
             self.state.models,
             self.user_id,
             self.chat_id,
             model,
-            self.send,
+            self.publisher,
             max_tokens=self.state.settings.web_max_answer_tokens,
         )
         self.task = asyncio.create_task(self.stream.run(), name=f"chat-answer-{self.chat_id}")
@@ -224,6 +228,8 @@ class ChatConversation:
             stream.cancel_reason = reason
         task.cancel()
         await asyncio.wait([task])
+        if stream is not None and self.publisher is not None:
+            await self.publisher.publish(stopped_message(stream.answer))
 
     def _check_idle(self) -> None:
         if self.task is not None and not self.task.done():
