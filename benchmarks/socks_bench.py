@@ -2,11 +2,11 @@
 
 Usage: .venv/bin/python benchmarks/socks_bench.py [--megabytes N] [--tunnels N] [--seconds S]
 
-Starts, each as its own process on loopback: a target server on 127.0.0.2
-(it streams bytes on request and echoes otherwise), `llmcloud socks serve`
-with an admin account, microsocks with a username and password, and a
-private sshd with its own host key and config plus `ssh -N -D` logged in to
-it. Then, for each proxy, it measures:
+Starts each of these as its own process on loopback: a target server on
+127.0.0.2, which streams bytes on request and echoes otherwise;
+`llmcloud socks serve` with an admin account; microsocks with a username and
+password; and a private sshd with its own host key and config, plus
+`ssh -N -D` logged in to it. Then, for each proxy, it measures:
 
 - throughput: MB/s (10^6 bytes) of one download through one tunnel, the
   median of three runs;
@@ -295,11 +295,13 @@ def microsocks_proxy(work: Path) -> Iterator[Proxy]:
 def ssh_dynamic_forward(work: Path) -> Iterator[Proxy]:
     ssh_dir = work / "ssh"
     ssh_dir.mkdir()
+
     for name in ("host_key", "user_key"):
         subprocess.run(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh_dir / name)], check=True
         )
     shutil.copy(ssh_dir / "user_key.pub", ssh_dir / "authorized_keys")
+
     sshd_port = free_port()
     config = ssh_dir / "sshd_config"
     config.write_text(
@@ -309,6 +311,7 @@ def ssh_dynamic_forward(work: Path) -> Iterator[Proxy]:
         "StrictModes no\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n"
         "LogLevel ERROR\n"
     )
+
     # Debian's sshd refuses to start without its privilege separation folder.
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     socks_port = free_port()
@@ -318,6 +321,7 @@ def ssh_dynamic_forward(work: Path) -> Iterator[Proxy]:
         "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR",
         "-p", str(sshd_port), f"{getpass.getuser()}@127.0.0.1",
     ]  # fmt: skip
+
     sshd = ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)]
     with (
         running(sshd, sshd_port, log=work / "sshd.log"),

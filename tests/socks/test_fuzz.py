@@ -1,4 +1,4 @@
-"""Random and hostile handshakes: the proxy answers or closes, and leaks no task or socket."""
+"""Random and hostile handshakes: the proxy replies or closes, and leaks no task or socket."""
 
 from __future__ import annotations
 

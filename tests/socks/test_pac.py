@@ -88,7 +88,7 @@ def test_chromium_follows_pac(
 ) -> None:
     # Chromium speaks no RFC 1929, so this proxy takes loopback clients without a login,
     # as it would behind an SSH tunnel. Chromium never proxies loopback addresses, so the
-    # page is asked for by an internal name, which only the proxy's resolver knows.
+    # page is asked for by an internal name, which only the proxy's resolver can resolve.
     proxy = make_proxy(resolver=internal_names, allow_no_auth=True)
     settings = web_settings(
         tmp_path / "data",

@@ -1,4 +1,4 @@
-"""`llmcloud socks ssh-config`: the block parses in OpenSSH and says how to use it."""
+"""`llmcloud socks ssh-config`: OpenSSH parses the block, and its comments explain its use."""
 
 from __future__ import annotations
 

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# Link-local ranges (RFC 3927, RFC 4291) hold the metadata services of AWS, GCP and
-# Azure (169.254.169.254) and of AWS over IPv6 (fd00:ec2::254); Alibaba Cloud's is
-# 100.100.100.200, and Oracle Cloud also answers on 192.0.0.192.
+# The link-local ranges (RFC 3927, RFC 4291) contain the metadata service address
+# 169.254.169.254 of AWS, GCP and Azure. The single addresses are AWS's IPv6 metadata
+# address and those that Alibaba Cloud and Oracle Cloud document for their metadata.
+# NOTE: that list is from the providers' documentation as remembered, not re-checked.
 DENIED_UNLESS_LISTED: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("169.254.0.0/16"),
     ipaddress.ip_network("fe80::/10"),

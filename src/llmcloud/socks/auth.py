@@ -4,11 +4,12 @@ Passwords are checked by `llmcloud.auth.accounts.authenticate()` in a worker
 thread, because argon2 is slow on purpose. A browser opens many connections,
 each with the same login, so a successful check is remembered for
 `cache_seconds` under a keyed hash of username and password (the key is
-random per process, and the password itself is never kept). Failed attempts are counted per
-client address in a sliding window; an address past the limit gets the RFC
-1929 failure reply without a password check until its old failures age out,
-so a guesser cannot use the proxy to test passwords quickly, nor keep the
-argon2 threads busy.
+random per process, and the password itself is never kept).
+
+Failed attempts are counted per client address in a sliding window. An
+address past the limit gets the RFC 1929 failure reply without a password
+check until its old failures age out. So a guesser can neither test
+passwords quickly through the proxy nor keep the argon2 threads busy.
 """
 
 from __future__ import annotations

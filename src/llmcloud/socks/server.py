@@ -1,10 +1,10 @@
 """The SOCKS5 proxy server: RFC 1928 CONNECT with RFC 1929 logins and an allow list.
 
 Design, for review:
-- Clients must log in with an account whose role is allowed. "No
-  authentication" is accepted only when the proxy listens on a loopback
-  address and `allow_no_auth` is set; otherwise such a client gets method
-  0xFF and the connection closes.
+- Clients must log in with an account whose role is allowed. A client
+  that offers only "no authentication" gets method 0xFF and is
+  disconnected, unless the proxy listens on a loopback address and
+  `allow_no_auth` is set.
 - Everything before the request is read runs under the handshake timeout,
   so a client that stalls mid-handshake holds a slot for a bounded time. The
   total connection limit covers handshakes and tunnels alike. Past it, the

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("llmcloud.socks")
 # 64 KiB reads stay below glibc's mmap threshold, so each read is a cheap allocation,
-# and an idle tunnel holds no buffer.
+# and an idle tunnel keeps no buffer.
 CHUNK_SIZE = 64 * 1024
 # Turns a host name and port into addresses; raises OSError when the name does not resolve.
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
@@ -111,9 +111,10 @@ async def relay(
 ) -> None:
     """Copy bytes both ways until both sides have closed, or either fails.
 
-    `pending` holds bytes the client sent right after its request; they go first.
-    A side that closes its sending half has that passed on (half-close), and
-    the other direction keeps going.
+    `pending` contains the bytes the client sent right after its request, and
+    they go first. When one side closes its sending half, the other side's
+    sending half is shut down too (half-close), and the other direction keeps
+    going.
     """
     loop = asyncio.get_running_loop()
     if pending:
