@@ -90,3 +90,13 @@ def test_prometheus_queries_ttft_histogram(engine: RunningServer, prometheus: st
 
     assert up[0]["value"][1] == "1"
     assert 0 < float(p95[0]["value"][1]) <= 120
+
+
+def test_prometheus_accepts_dashboard_queries(engine: RunningServer, prometheus: str) -> None:
+    from tests.monitoring.test_dashboard import dashboard_expressions
+
+    wait_for_result(prometheus, 'up{job="llmcloud-engine"} == 1')
+    for expression in dashboard_expressions():
+        response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expression})
+
+        assert response.json()["status"] == "success", expression
