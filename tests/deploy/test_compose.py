@@ -81,6 +81,13 @@ def test_compose_has_two_web_instances_on_postgres() -> None:
     assert urls[0].startswith("postgresql://llmcloud:test-password@postgres:5432/")
 
 
+def test_compose_web_instances_share_redis() -> None:
+    services = _compose(COMPOSE_ENV)["services"]
+
+    for name in ("web-1", "web-2"):
+        assert services[name]["environment"]["LLMCLOUD_REDIS_URL"] == "redis://redis:6379/0"
+
+
 def test_compose_requires_engine_token() -> None:
     environment = {
         key: value for key, value in COMPOSE_ENV.items() if key != "LLMCLOUD_ENGINE_TOKEN"

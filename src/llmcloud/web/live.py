@@ -1,8 +1,8 @@
 """Live chat streams: the events of an answer, fanned out to every watcher of the chat.
 
-The instance that generates an answer publishes each event it sends to its
-own chat socket (`queued`, `started`, `token`, `done`, `error`, `title`).
-Other sockets, on this instance or another, watch the chat through
+The instance that generates an answer publishes each event of it that it
+sends to its own chat socket (`queued`, `started`, `token`, `done`, `error`),
+and a `done` event when the answer is stopped or its socket closes. Other sockets, on this instance or another, watch the chat through
 `/ws/chats/{chat_id}/live` and receive the same events, so a chat streaming
 on one instance can be followed from another.
 
