@@ -213,3 +213,25 @@ def test_renewal_due_follows_earlier_ari_window(acme_web: WebProcess, data_dir: 
 def test_renewal_due_now_for_missing_domain(acme_web: WebProcess, data_dir: Path) -> None:
     cert = x509.load_pem_x509_certificates(acme_files(data_dir, [DOMAIN]).cert.read_bytes())[0]
     assert renewal_due(cert, [DOMAIN, "other.test"], None) == cert.not_valid_before_utc
+
+
+def test_certs_acme_command_replaces_certificate(
+    acme_web: WebProcess, pebble: Pebble, data_dir: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from llmcloud.cli import app
+
+    files = acme_files(data_dir, [DOMAIN])
+    old_serial = x509.load_pem_x509_certificates(files.cert.read_bytes())[0].serial_number
+    env = {
+        "LLMCLOUD_DATA_DIR": str(data_dir),
+        "LLMCLOUD_TLS_ACME_DOMAINS": f'["{DOMAIN}"]',
+        "LLMCLOUD_TLS_ACME_DIRECTORY": pebble.directory_url,
+        "LLMCLOUD_TLS_ACME_CA_BUNDLE": str(pebble.ca_bundle),
+    }
+    result = CliRunner().invoke(app, ["certs", "acme"], env=env)
+    new_serial = x509.load_pem_x509_certificates(files.cert.read_bytes())[0].serial_number
+    assert result.exit_code == 0, result.output
+    assert str(files.cert) in result.stdout
+    assert new_serial != old_serial

@@ -2,7 +2,7 @@
 
 The account key (ECDSA P-256) lives in `<data_dir>/secrets/acme-account.pem`
 and is registered once per CA. Each order gets a fresh certificate key. The
-HTTP-01 answers go through `ChallengeStore`, which the web app serves at
+HTTP-01 key authorizations go through `ChallengeStore`, which the web app serves at
 /.well-known/acme-challenge/. Every failure becomes an `AcmeError` that names
 the domain and the CA's own error text. The HTTP session ignores proxy
 environment variables, so it talks to the configured directory only.
@@ -43,7 +43,7 @@ NETWORK_TIMEOUT_SECONDS = 30
 
 @dataclass(frozen=True)
 class AcmeConfig:
-    """What an ACME client needs: the CA, the contact and where to keep things."""
+    """Settings of an ACME client: the CA, the contact email and the data dir."""
 
     directory_url: str
     data_dir: Path
@@ -64,7 +64,7 @@ class AcmeClient:
         self._client: client.ClientV2 | None = None
 
     def issue(self, domains: list[str], cert_path: Path, key_path: Path) -> x509.Certificate:
-        """Order a certificate for `domains`, answer HTTP-01, and store the chain and key."""
+        """Order a certificate for `domains` through HTTP-01, and store the chain and key."""
         acme = self._connect(domains)
         key = generate_key()
         csr = crypto_util.make_csr(key_pem(key), domains)

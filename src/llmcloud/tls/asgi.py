@@ -2,7 +2,7 @@
 
 `ProxyHeadersMiddleware` adds Strict-Transport-Security when the public URL
 is https, and `X-Accel-Buffering: no` to every streaming response (Server-Sent
-Events and NDJSON), which tells nginx to pass each token on at once.
+Events and NDJSON), so that nginx passes each token on at once.
 
 `redirect_app` serves the optional plain-HTTP port: it answers ACME HTTP-01
 challenges from the challenge store and sends everything else to HTTPS with
@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmcloud.tls.challenges import ChallengeStore
 
-HSTS_VALUE = b"max-age=63072000"  # two years, the value of Mozilla's intermediate profile
+HSTS_VALUE = b"max-age=63072000"  # two years
 STREAMING_TYPES = (b"text/event-stream", b"application/x-ndjson")
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 

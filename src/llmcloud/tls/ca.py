@@ -45,7 +45,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 @dataclass(frozen=True)
 class CAPaths:
-    """Where the internal CA and the certificates it issues live inside a data dir."""
+    """Paths of the internal CA and of the certificates it issues, inside a data dir."""
 
     data_dir: Path
 

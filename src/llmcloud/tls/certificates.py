@@ -92,7 +92,9 @@ def load_key(path: Path) -> ServerKey:
             "expected a '-----BEGIN PRIVATE KEY-----' block without a passphrase"
         ) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        raise CertificateError(f"key file {path} holds a {type(key).__name__}; expected EC or RSA")
+        raise CertificateError(
+            f"key file {path} contains a {type(key).__name__}; expected an EC or RSA key"
+        )
     return key
 
 

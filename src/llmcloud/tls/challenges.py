@@ -1,4 +1,4 @@
-"""Pending ACME HTTP-01 challenge answers, shared through the data dir.
+"""Pending ACME HTTP-01 challenge responses, shared through the data dir.
 
 The ACME client (inside the web app, or `llmcloud certs acme` in another
 process) writes each key authorization to `<data_dir>/certs/acme-challenges/`

@@ -1,16 +1,18 @@
 """TLS server contexts with hot reload of the certificate.
 
-Every context allows TLS 1.2 and 1.3 only, with the cipher list of
-Mozilla's "intermediate" configuration (ssl-config.mozilla.org, guidelines
-5.7): ECDHE with AES-GCM or ChaCha20-Poly1305, all AEAD. TLS 1.3's own
+Every context allows TLS 1.2 and 1.3 only, with the TLS 1.2 cipher list of
+Mozilla's "intermediate" configuration (ssl-config.mozilla.org): ECDHE or
+DHE key exchange with AES-GCM or ChaCha20-Poly1305, all AEAD. The DHE
+suites stay unused because no DH parameters are loaded. TLS 1.3's own
 suites are AEAD by definition.
 
 uvicorn takes one SSLContext at start, so `ReloadingCertificate` serves
 through an outer context whose `sni_callback` hands each new handshake the
 context built from the newest valid files. A poll thread watches the
-files' modification times; a pair that fails to load (a key that does not
-match, an expired certificate, a half-written file) is logged and the old
-pair stays in service. Connections already open keep their session.
+files' modification times. When a changed pair fails to load (a key that
+does not match, an expired certificate, a half-written file), the failure
+is logged and the old pair stays in service. Connections already open keep
+their session.
 """
 
 from __future__ import annotations

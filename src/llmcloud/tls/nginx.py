@@ -25,7 +25,7 @@ DEFAULT_READ_TIMEOUT_SECONDS = 3600
 
 @dataclass(frozen=True)
 class NginxOptions:
-    """What the rendered configuration needs; see `render_nginx_config`."""
+    """Inputs of the rendered configuration; see `render_nginx_config`."""
 
     server_names: list[str]
     upstreams: list[str]

@@ -1,9 +1,9 @@
 """Renewal of the ACME certificate, run by the web app in a background thread.
 
 A certificate is due when a third of its lifetime is left, or earlier when
-the CA's ARI window (RFC 9773) suggests an earlier time, or at once when it
-does not cover the configured domains or came from the internal CA as a
-stand-in. A failed attempt is logged, counted in `STATUS`, and retried
+the CA's ARI window (RFC 9773) suggests an earlier time. It is due at once
+when it does not cover the configured domains, or when it is the internal
+CA's stand-in. A failed attempt is logged, counted in `STATUS`, and retried
 with exponential backoff (1 minute doubling up to 6 hours), and the served
 certificate stays in place until a new one is stored.
 """

@@ -3,7 +3,7 @@
 The web app serves, in this order of preference: the operator's own files
 (tls_cert_file and tls_key_file), or the ACME-managed certificate for
 tls_acme_domains. Until the first ACME certificate arrives, a stand-in from
-the internal CA fills its place, so HTTPS and the challenge answers work
+the internal CA fills its place, so HTTPS and the challenge responses work
 from the first start; the renewal loop replaces it at once.
 """
 
