@@ -7,18 +7,21 @@ import logging
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from llmcloud.auth import audit
 from llmcloud.auth.account_stats import count_accounts
 from llmcloud.auth.accounts import authenticate, find_account, get_account, sign_up
 from llmcloud.auth.errors import (
+    AccountDeactivated,
     AccountPending,
     InvalidCredentials,
+    InvalidInput,
     NotFound,
     ServiceError,
     SignupClosed,
 )
 from llmcloud.auth.providers import configured_providers
 from llmcloud.auth.sessions import create_session, delete_session
-from llmcloud.db.models import Role, User
+from llmcloud.db.models import Outcome, Role, User
 from llmcloud.monitoring.metrics import logins
 from llmcloud.web.deps import CsrfChecked, SameOriginChecked, State, optional_session
 from llmcloud.web.security import (
@@ -36,6 +39,10 @@ log = logging.getLogger("llmcloud.web")
 router = APIRouter()
 
 HOME = "/chats"
+_LOCAL_REASONS: dict[type[ServiceError], str] = {
+    AccountDeactivated: "deactivated",
+    InvalidInput: "invalid_input",
+}
 
 
 @router.get("/")
@@ -71,13 +78,17 @@ def log_in(
     except AccountPending:
         logins.labels("local", "pending").inc()
         pending = find_account(state.db, username)
+        _audit_local_login(state, Outcome.FAILURE, pending, "pending")
         return pending_response(request, state, pending)
     except ServiceError as exc:
         invalid = isinstance(exc, InvalidCredentials)
         logins.labels("local", "invalid_credentials" if invalid else "rejected").inc()
+        reason = "invalid_credentials" if invalid else _LOCAL_REASONS.get(type(exc), "rejected")
+        _audit_local_login(state, Outcome.FAILURE, find_account(state.db, username), reason)
         status = 401 if invalid else exc.status_code
         return render(request, "login.html", {**context, "error": exc.message}, status_code=status)
     logins.labels("local", "success").inc()
+    _audit_local_login(state, Outcome.SUCCESS, user, None)
     return logged_in_response(request, state, user, safe_next(next))
 
 
@@ -173,6 +184,15 @@ def _pending_account(request: Request, state: State) -> User | None:
         return get_account(state.db, user_id)
     except NotFound:
         return None
+
+
+def _audit_local_login(
+    state: State, outcome: Outcome, user: User | None, reason: str | None
+) -> None:
+    user_id = user.id if user is not None else None
+    audit.record_event(
+        state.db, audit.LOGIN, outcome, provider="local", user_id=user_id, reason=reason
+    )
 
 
 def _login_context(state: State, next_path: str, *, username: str) -> dict[str, object]:
