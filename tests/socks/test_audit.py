@@ -10,9 +10,11 @@ import pytest
 
 from tests.socks.conftest import ADMIN, ALLOWED_HOST, DENIED_HOST, EchoServer
 from tests.socks.test_protocol import (
+    credentials,
     ipv4_request,
     is_closed,
     log_in,
+    open_client,
     receive_exactly,
     reply_code,
     wait_for,
@@ -85,3 +87,24 @@ def test_stats_count_bytes_each_way(make_proxy: Any, echo_server: EchoServer) ->
     assert stats.bytes_to_destination == 1000
     assert stats.bytes_to_client == 1000
     assert stats.open_tunnels == 0
+
+
+def test_control_characters_escaped_in_audit(make_proxy: Any, audit_messages: list[str]) -> None:
+    proxy = make_proxy()
+    client = open_client(proxy)
+    client.sendall(b"\x05\x01\x02" + credentials("eve\nforged line", "wrong password"))
+    assert receive_exactly(client, 4) == b"\x05\x02\x01\x01"
+    assert wait_for(lambda: len(audit_messages) == 1)
+    assert "\n" not in audit_messages[0]
+    assert "user=eve\\nforged line" in audit_messages[0]
+
+
+def test_shutdown_closes_open_tunnels(make_proxy: Any, echo_server: EchoServer) -> None:
+    proxy = make_proxy()
+    client = log_in(proxy)
+    client.sendall(ipv4_request(ALLOWED_HOST, echo_server.port))
+    assert reply_code(client) == 0x00
+    proxy.call(proxy.server.close, 0.2)
+    assert is_closed(client)
+    assert proxy.server.stats.connections["shutdown"] == 1
+    assert proxy.server.stats.open_connections == 0

@@ -259,7 +259,8 @@ class SocksServer:
             return None
 
         username, password = await protocol.read_credentials(reader)
-        record.user = username[:64]
+        # The audit line names the user as sent, so control characters must not reach the log.
+        record.user = username[:64].encode("unicode_escape").decode("ascii")
         if self._limiter.is_blocked(record.client):
             record.outcome = "login_rate_limited"
             await _send(client, protocol.AUTH_FAILURE)

@@ -12,7 +12,11 @@ audit_log = logging.getLogger("llmcloud.audit")
 
 @dataclass
 class SocksStats:
-    """Totals since the proxy started. Outcome names are fixed strings, never user input."""
+    """Totals since the proxy started. Outcome names are fixed strings, never user input.
+
+    NOTE: the byte totals grow when a connection closes, so a long tunnel's bytes
+    appear only at its end.
+    """
 
     connections: Counter[str] = field(default_factory=Counter)
     bytes_to_destination: int = 0
