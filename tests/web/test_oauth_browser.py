@@ -34,6 +34,8 @@ def web_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     backend = FakeBackend((FAKE_MODEL,)).start()
     app = create_app(web_settings(data_dir / "data", backend.url), hasher=CHEAP_HASHER)
     server = RunningServer(app)
+
+    # The provider needs the app's redirect URI, and the app the provider's issuer.
     client = {
         "client_id": CLIENT_ID,
         "client_secret": CLIENT_SECRET,
@@ -42,6 +44,7 @@ def web_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "response_types": ["code"],
     }
     provider = OidcProviderProcess(data_dir, [client], ACCOUNTS).start()
+
     oidc = OidcProvider(
         name=PROVIDER,
         display_name="Test IdP",
@@ -55,6 +58,7 @@ def web_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     state.settings = state.settings.model_copy(
         update={"public_url": server.url, "auth_oidc_providers": [oidc]}
     )
+
     server.start()
     yield server.url
     server.stop()

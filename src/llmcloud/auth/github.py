@@ -18,7 +18,6 @@ from llmcloud.auth.identity_profile import ProviderProfile
 from llmcloud.auth.login_errors import bad_gateway, forbidden
 from llmcloud.auth.oidc import fetch_json, get_from_provider
 
-API_HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
 TEAMS_PAGE_SIZE = 100
 MAX_TEAM_PAGES = 10
 
@@ -34,7 +33,7 @@ def fetch_github_profile(
     user = fetch_json(client, f"{api_url}/user", "user profile", with_token=True)
     subject = user.get("id")
     if not isinstance(subject, int):
-        raise bad_gateway("profile_invalid", "GitHub's /user answer has no numeric id")
+        raise bad_gateway("profile_invalid", "GitHub's /user response has no numeric id")
     login = str(user.get("login") or "")
 
     emails = _fetch_emails(client, api_url)
@@ -57,7 +56,7 @@ def _fetch_emails(client: OAuth2Client, api_url: str) -> list[dict[str, Any]]:
     except ValueError:
         emails = None
     if not isinstance(emails, list):
-        raise bad_gateway("profile_invalid", "GitHub's /user/emails answer is not a list")
+        raise bad_gateway("profile_invalid", "GitHub's /user/emails response is not a list")
     return [entry for entry in emails if isinstance(entry, dict)]
 
 
@@ -104,16 +103,16 @@ def _is_org_member(client: OAuth2Client, api_url: str, org: str) -> bool:
 
 
 def _is_team_member(client: OAuth2Client, api_url: str, teams: list[str]) -> bool:
-    wanted = {team.lower() for team in teams}
+    allowed_slugs = {team.lower() for team in teams}
     for page in range(1, MAX_TEAM_PAGES + 1):
         url = f"{api_url}/user/teams?per_page={TEAMS_PAGE_SIZE}&page={page}"
         response = get_from_provider(client, url, "team list", with_token=True)
         listed = response.json()
         if not isinstance(listed, list):
-            raise bad_gateway("profile_invalid", "GitHub's /user/teams answer is not a list")
+            raise bad_gateway("profile_invalid", "GitHub's /user/teams response is not a list")
         for team in listed:
             org = (team.get("organization") or {}).get("login", "")
-            if f"{org}/{team.get('slug', '')}".lower() in wanted:
+            if f"{org}/{team.get('slug', '')}".lower() in allowed_slugs:
                 return True
         if len(listed) < TEAMS_PAGE_SIZE:
             return False

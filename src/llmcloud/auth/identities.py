@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from llmcloud.auth.accounts import ACCOUNTS_LOCK, MAX_USERNAME_LENGTH, MIN_USERNAME_LENGTH
 from llmcloud.auth.errors import Conflict, NotFound
 from llmcloud.auth.identity_profile import ProviderProfile
-from llmcloud.auth.login_errors import LoginFailed, forbidden
+from llmcloud.auth.login_errors import forbidden
 from llmcloud.db.database import Database
 from llmcloud.db.models import Identity, Role, User, utcnow
 from llmcloud.settings import Settings
@@ -216,6 +216,3 @@ def _apply_group_roles(user: User, profile: ProviderProfile, policy: IdentityPol
     elif groups & policy.user_groups and user.role == Role.PENDING:
         user.role = Role.USER
         log.info("account %s made user by its %s groups", user.id, profile.provider)
-
-
-__all__ = ["IdentityPolicy", "LoginFailed", "SignInResult", "sign_in_with_identity"]

@@ -123,7 +123,7 @@ def check_callback(
     """
     state = params.get("state")
     if not state:
-        raise bad_request("state_missing", "the provider's answer has no state parameter")
+        raise bad_request("state_missing", "the provider's redirect has no state parameter")
     if cookie_state is None or not secrets.compare_digest(state, cookie_state):
         raise bad_request(
             "state_mismatch", "the log-in's state does not match this browser's log-in cookie"
@@ -136,7 +136,7 @@ def check_callback(
         raise _provider_error(error)
     code = params.get("code")
     if not code:
-        raise bad_request("code_missing", "the provider's answer has no authorization code")
+        raise bad_request("code_missing", "the provider's redirect has no authorization code")
     if not login.code_verifier:
         raise bad_request("pkce_verifier_missing", "the log-in has no PKCE code verifier")
     return login, code
@@ -170,7 +170,7 @@ def _finish_oidc(
     token = _exchange_code(client, discovery.token_endpoint, code, login)
     id_token = token.get("id_token")
     if not isinstance(id_token, str):
-        raise bad_gateway("id_token_missing", "the provider's token answer has no ID token")
+        raise bad_gateway("id_token_missing", "the provider's token response has no ID token")
     jwks = fetch_json(client, discovery.jwks_uri, "JWKS")
     claims = validate_id_token(
         id_token,
@@ -180,6 +180,8 @@ def _finish_oidc(
         nonce=login.nonce,
         algorithms=discovery.algorithms,
     )
+    # NOTE: email, email_verified and groups are read from the ID token only. A provider
+    # that puts them only into its userinfo response needs a userinfo request here.
     groups = claims.get(provider.oidc.groups_claim) or []
     email = claims.get("email")
     return ProviderProfile(
@@ -199,7 +201,7 @@ def _exchange_code(
         token = client.fetch_token(token_endpoint, code=code, code_verifier=login.code_verifier)
     except httpx2.TimeoutException:
         raise bad_gateway(
-            "provider_timeout", f"the login provider did not answer in time ({token_endpoint})"
+            "provider_timeout", f"the login provider timed out ({token_endpoint})"
         ) from None
     except httpx2.HTTPError as exc:
         raise bad_gateway(
@@ -211,7 +213,7 @@ def _exchange_code(
             f"the provider rejected the authorization code ({_short(exc.error)}); log in again",
         ) from None
     except ValueError:
-        raise bad_gateway("token_invalid", "the provider's token answer is not JSON") from None
+        raise bad_gateway("token_invalid", "the provider's token response is not JSON") from None
     if "access_token" not in token:
         raise bad_request("code_rejected", "the provider returned no access token; log in again")
     return dict(token)

@@ -2,10 +2,10 @@
 
 An ID token is accepted only when its signature verifies against a key from
 the provider's JWKS, with an asymmetric algorithm that the provider
-announces, and when `iss` equals the discovered issuer, `aud` contains our
-client id (with `azp` equal to it when there are several audiences), `exp`
-lies in the future, and `nonce` equals the one sent with this log-in. A
-clock difference of up to LEEWAY_SECONDS is tolerated.
+announces. Its claims must match too: `iss` equals the discovered issuer,
+`aud` contains our client id (and `azp` equals it when there are several
+audiences), `exp` lies in the future, and `nonce` equals the one sent with
+this log-in. A clock difference of up to LEEWAY_SECONDS is tolerated.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def validate_id_token(
     algorithms: tuple[str, ...],
     now: int | None = None,
 ) -> dict[str, Any]:
-    """Check an ID token as the module docstring says and return its claims.
+    """Validate an ID token by the rules in the module docstring and return its claims.
 
     Raises LoginFailed (401) with reason `id_token_bad_signature`,
     `id_token_wrong_issuer`, `id_token_wrong_audience`, `id_token_wrong_nonce`,
@@ -135,26 +135,28 @@ def validate_id_token(
 
 
 def fetch_json(
-    client: OAuth2Client, url: str, what: str, *, with_token: bool = False
+    client: OAuth2Client, url: str, resource: str, *, with_token: bool = False
 ) -> dict[str, Any]:
     """GET a JSON object from a provider, turning failures into 502 LoginFailed.
 
     `with_token` sends the access token that the client fetched.
     """
-    response = get_from_provider(client, url, what, with_token=with_token)
+    response = get_from_provider(client, url, resource, with_token=with_token)
     try:
         document = response.json()
     except ValueError:
         document = None
     if not isinstance(document, dict):
-        raise bad_gateway(f"{_code(what)}_invalid", f"the provider's {what} at {url} is not JSON")
+        raise bad_gateway(
+            f"{_code(resource)}_invalid", f"the provider's {resource} at {url} is not JSON"
+        )
     return document
 
 
 def get_from_provider(
     client: OAuth2Client,
     url: str,
-    what: str,
+    resource: str,
     *,
     with_token: bool = False,
     not_found_ok: bool = False,
@@ -167,18 +169,18 @@ def get_from_provider(
         response: httpx2.Response = client.request("GET", url, withhold_token=not with_token)
     except httpx2.TimeoutException:
         raise bad_gateway(
-            "provider_timeout", f"the login provider did not answer in time ({what}, {url})"
+            "provider_timeout", f"the login provider timed out ({resource}, {url})"
         ) from None
     except httpx2.HTTPError as exc:
         raise bad_gateway(
-            "provider_unreachable", f"the login provider is unreachable ({what}, {url}): {exc}"
+            "provider_unreachable", f"the login provider is unreachable ({resource}, {url}): {exc}"
         ) from None
     if not_found_ok and response.status_code in (403, 404):
         return response
     if response.status_code >= 400:
         raise bad_gateway(
             "provider_error_status",
-            f"the login provider answered HTTP {response.status_code} for its {what} ({url})",
+            f"the login provider returned HTTP {response.status_code} for its {resource} ({url})",
         )
     return response
 
@@ -205,8 +207,5 @@ def _invalid(reason: str, detail: str) -> LoginFailed:
     return unauthorized(reason, f"the provider's ID token was rejected because {detail}")
 
 
-def _code(what: str) -> str:
-    return what.replace(" ", "_")
-
-
-__all__ = ["Discovery", "LoginFailed", "discover", "fetch_json", "validate_id_token"]
+def _code(resource: str) -> str:
+    return resource.replace(" ", "_")

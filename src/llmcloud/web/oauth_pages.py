@@ -1,7 +1,7 @@
 """Log-in through GitHub and OpenID Connect providers, and the admin page of identities.
 
 `/auth/NAME/login` sends the browser to the provider with a signed cookie
-that carries the log-in's state; `/auth/NAME/callback` checks the state
+that carries the log-in's state. `/auth/NAME/callback` checks the state
 against that cookie, exchanges the code and logs the account in. Every
 failure ends on an error page with a retry link and the failure's status
 (400, 401, 403 or 502), creates no account and no session, and is stored as
