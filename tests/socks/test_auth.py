@@ -93,3 +93,22 @@ def account_id(database: Database, username: str) -> int:
     account = find_account(database, username)
     assert account is not None
     return account.id
+
+
+def test_simultaneous_logins_share_one_check(database: Database) -> None:
+    check = authenticator(database, FakeClock(), cache_seconds=60)
+    checks = 0
+    original = check._check
+
+    async def counted(username: str, password: str) -> str | None:
+        nonlocal checks
+        checks += 1
+        return await original(username, password)
+
+    check._check = counted  # type: ignore[method-assign]
+
+    async def log_in_many() -> list[str | None]:
+        return await asyncio.gather(*(check("carol", PASSWORD) for _ in range(20)))
+
+    assert asyncio.run(log_in_many()) == ["carol"] * 20
+    assert checks == 1

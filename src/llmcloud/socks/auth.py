@@ -59,6 +59,7 @@ class AccountAuthenticator:
         self._clock = clock
         self._cache_key = secrets.token_bytes(32)
         self._cache: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._in_flight: dict[bytes, asyncio.Future[str | None]] = {}
 
     async def __call__(self, username: str, password: str) -> str | None:
         key = self._cache_entry_key(username, password)
@@ -66,7 +67,21 @@ class AccountAuthenticator:
         if cached is not None and cached[1] > self._clock():
             return cached[0]
         self._cache.pop(key, None)
-        user = await self._check(username, password)
+
+        # Connections that arrive together with the same login share one check.
+        pending = self._in_flight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        check = asyncio.ensure_future(self._check(username, password))
+        self._in_flight[key] = check
+        try:
+            user = await asyncio.shield(check)
+        finally:
+            if check.done():
+                self._in_flight.pop(key, None)
+            else:
+                check.add_done_callback(lambda _: self._in_flight.pop(key, None))
+
         if user is not None and self._cache_seconds > 0:
             self._cache[key] = (user, self._clock() + self._cache_seconds)
             if len(self._cache) > MAX_CACHED_LOGINS:
