@@ -492,6 +492,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Seconds before the built-in alerter repeats an alert that is still firing.",
     )
+    socks_metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="TCP port on socks_host where `llmcloud socks serve` serves /metrics, "
+        "/healthz and /readyz, under the same rules as the other processes. Unset serves none.",
+    )
 
     @field_validator("metrics_token", "alert_smtp_password", "alert_webhook_url", mode="before")
     @classmethod

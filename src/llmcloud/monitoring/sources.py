@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from llmcloud.db.database import Database
     from llmcloud.engine.scheduler import Scheduler
     from llmcloud.gateway import Gateway
+    from llmcloud.socks.stats import SocksStats
 
 logger = logging.getLogger("llmcloud.monitoring")
 
@@ -124,3 +125,17 @@ def _watch_gpus() -> None:
         read(lambda handle: float(pynvml.nvmlDeviceGetMemoryInfo(handle).total))
     )
     logger.info("GPU metrics on for %d GPUs", count)
+
+
+def watch_socks(stats: SocksStats) -> None:
+    """Report the SOCKS proxy's connection, byte and denial totals."""
+    metrics.socks_connections.set_source(
+        lambda: {(outcome,): float(count) for outcome, count in stats.connections.items()}
+    )
+    metrics.socks_bytes.set_source(
+        lambda: {
+            ("to_destination",): float(stats.bytes_to_destination),
+            ("to_client",): float(stats.bytes_to_client),
+        }
+    )
+    metrics.socks_denied_destinations.set_source(lambda: {(): float(stats.denied_destinations)})

@@ -7,7 +7,11 @@ import contextlib
 import logging
 import signal
 
+import uvicorn
+
 from llmcloud.db.database import database_url_from_settings, open_database
+from llmcloud.monitoring import sources
+from llmcloud.monitoring.metrics_app import create_metrics_app
 from llmcloud.settings import Settings
 from llmcloud.socks.acl import AllowList
 from llmcloud.socks.auth import AccountAuthenticator
@@ -49,11 +53,35 @@ async def _serve(settings: Settings) -> None:
         )
         server = SocksServer(config, authenticator)
         await server.start()
+        metrics = _start_metrics(settings, server)
         await _wait_for_stop_signal()
         log.info("stop signal received; closing the SOCKS proxy")
+        if metrics is not None:
+            metrics[0].should_exit = True
+            await metrics[1]
         await server.close(SHUTDOWN_GRACE_SECONDS)
     finally:
         database.dispose()
+
+
+def _start_metrics(
+    settings: Settings, server: SocksServer
+) -> tuple[uvicorn.Server, asyncio.Task[None]] | None:
+    """Serve /metrics, /healthz and /readyz on socks_metrics_port, when it is set."""
+    sources.watch_socks(server.stats)
+    sources.watch_data_dir(settings.data_dir)
+    if settings.socks_metrics_port is None:
+        return None
+    app = create_metrics_app(settings, "socks")
+    config = uvicorn.Config(
+        app, host=settings.socks_host, port=settings.socks_metrics_port, log_config=None
+    )
+    metrics_server = uvicorn.Server(config)
+    # The proxy's own handlers stop both servers; uvicorn's would replace them.
+    metrics_server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    task = asyncio.create_task(metrics_server.serve(), name="socks-metrics")
+    log.info("SOCKS metrics on %s:%s", settings.socks_host, settings.socks_metrics_port)
+    return metrics_server, task
 
 
 async def _wait_for_stop_signal() -> None:
