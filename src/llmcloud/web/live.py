@@ -2,7 +2,8 @@
 
 The instance that generates an answer publishes each event of it that it
 sends to its own chat socket (`queued`, `started`, `token`, `done`, `error`),
-and a `done` event when the answer is stopped or its socket closes. Other sockets, on this instance or another, watch the chat through
+and a `done` event when the answer is stopped or its socket closes. Other
+sockets, on this instance or another, watch the chat through
 `/ws/chats/{chat_id}/live` and receive the same events, so a chat streaming
 on one instance can be followed from another.
 
