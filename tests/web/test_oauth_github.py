@@ -12,11 +12,11 @@ from fastapi.testclient import TestClient
 
 from llmcloud.auth.accounts import create_account
 from llmcloud.auth.oauth import PendingLogin
-from llmcloud.db.models import Outcome, Role
+from llmcloud.db.models import Outcome, Role, User
 from llmcloud.web.oauth_pages import STATE_COOKIE, pending_logins
 from tests.oidc.github_fake import CLIENT_ID, CLIENT_SECRET, FakeGitHub
 from tests.oidc.server import free_port
-from tests.web.conftest import ORIGIN, sign_up
+from tests.web.conftest import ORIGIN, PASSWORD, csrf_token, sign_up
 from tests.web.oauth_helpers import (
     audit_events,
     callback_params,
@@ -385,6 +385,7 @@ def test_admin_sees_and_unlinks_identities(
     admin = TestClient(client.app, headers={"Origin": ORIGIN}, follow_redirects=False)
     assert admin.post("/login", data={"username": "admin", "password": _password()}).is_redirect
     user_id = users(client)[-1].id
+    assert f'href="/admin/users/{user_id}/identities"' in admin.get("/admin/users").text
     page = admin.get(f"/admin/users/{user_id}/identities")
     assert page.status_code == 200
     assert "1001" in page.text
@@ -392,11 +393,7 @@ def test_admin_sees_and_unlinks_identities(
     unlink_url = f"/admin/users/{user_id}/identities/{identity_id}/unlink"
     # The account has no password, so its only identity stays.
     assert admin.post(unlink_url, data={"csrf_token": _csrf(admin)}).status_code == 409
-    create_account(database(client), "spare", None)
-    db = database(client)
-    with db.transaction() as session:
-        from llmcloud.db.models import User
-
+    with database(client).transaction() as session:
         stored = session.get(User, user_id)
         assert stored is not None
         stored.password_hash = "set-elsewhere"
@@ -473,12 +470,8 @@ def pending_logins_of(client: TestClient) -> Any:
 
 
 def _password() -> str:
-    from tests.web.conftest import PASSWORD
-
     return PASSWORD
 
 
 def _csrf(client: TestClient) -> str:
-    from tests.web.conftest import csrf_token
-
     return csrf_token(client)
