@@ -99,8 +99,9 @@ def free_port() -> int:
 
 
 @needs_curl
+@pytest.mark.parametrize("arguments", [["socks"], ["socks", "serve"]])
 def test_command_serves_and_stops_cleanly(
-    tmp_path: Path, accounts_database: Any, page_server: PageServer
+    tmp_path: Path, accounts_database: Any, page_server: PageServer, arguments: list[str]
 ) -> None:
     port = free_port()
     env = {
@@ -111,7 +112,7 @@ def test_command_serves_and_stops_cleanly(
         "LLMCLOUD_SOCKS_ALLOW": f'["{ALLOWED_HOST}"]',
         "LLMCLOUD_SOCKS_ALLOW_NO_AUTH": "true",
     }
-    command = [sys.executable, "-m", "llmcloud", "socks", "serve"]
+    command = [sys.executable, "-m", "llmcloud", *arguments]
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
