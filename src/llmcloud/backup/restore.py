@@ -1,0 +1,158 @@
+"""Restoring a backup into a data dir, and the start-up check for a data dir that was lost.
+
+A restore unpacks and checks the whole backup in a scratch folder first, so
+a damaged backup changes nothing. It writes only into a new or empty data
+dir, unless forced; a forced restore over a live data dir takes a backup of
+it first.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyrage import x25519  # type: ignore[import-untyped]
+
+from llmcloud.backup.errors import BackupError
+from llmcloud.backup.run import DATA_FOLDERS, backup_lock, run_backup
+from llmcloud.backup.targets import Target
+from llmcloud.backup.verify import find_backup, scratch_folder, unpack_backup
+from llmcloud.db import database_url_from_settings, open_database
+from llmcloud.db.database import DATABASE_FILE
+from llmcloud.db.snapshot import SnapshotKind, restore_snapshot
+from llmcloud.instance import INSTANCE_FILE
+from llmcloud.settings import Settings
+
+log = logging.getLogger("llmcloud.backup")
+
+# Files and folders of a data dir that a restore replaces.
+RESTORED_ITEMS = (DATABASE_FILE, f"{DATABASE_FILE}-wal", f"{DATABASE_FILE}-shm", INSTANCE_FILE)
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    backup_id: str
+    data_dir: Path
+    safety_backup_id: str | None
+    config_file: Path | None
+
+
+def is_live(data_dir: Path) -> bool:
+    """Return whether the data dir holds an instance or a database."""
+    return (data_dir / INSTANCE_FILE).exists() or (data_dir / DATABASE_FILE).exists()
+
+
+def restore_backup(
+    settings: Settings,
+    targets: list[Target],
+    identities: list[x25519.Identity],
+    backup_id: str,
+    *,
+    data_dir: Path | None = None,
+    force: bool = False,
+) -> RestoreResult:
+    """Restore backup `backup_id` into `data_dir` (default: the configured data dir).
+
+    Raises BackupError for a live data dir unless `force` is set; then the
+    live data dir is backed up first, to the same targets.
+    """
+    destination = data_dir or settings.data_dir
+    safety_backup_id = None
+    if is_live(destination) or _postgres_has_tables(settings):
+        if not force:
+            raise BackupError(
+                f"data dir {destination} (or its database) is in use; restore into a new or "
+                "empty folder with --to DIR, or pass --force to replace it after a backup of it"
+            )
+        if destination == settings.data_dir:
+            safety_backup_id = run_backup(settings, targets).backup_id
+            log.warning("backup %s taken before the forced restore", safety_backup_id)
+
+    target, found_id = find_backup(targets, backup_id)
+    destination.mkdir(parents=True, exist_ok=True)
+    with backup_lock(destination), scratch_folder(settings) as scratch:
+        manifest, unpacked = unpack_backup(target, found_id, identities, scratch)
+        _replace_data(unpacked / "data", destination)
+        _restore_database(
+            settings, destination, unpacked / manifest.database_file, manifest.database_kind
+        )
+        config_file = _restore_config(unpacked / "config" / "llmcloud.toml", destination)
+
+    log.info("backup %s restored into %s", found_id, destination)
+    return RestoreResult(found_id, destination, safety_backup_id, config_file)
+
+
+def check_data_dir_at_start(settings: Settings, targets: list[Target]) -> None:
+    """Raise BackupError when the data dir is empty but a configured target holds backups.
+
+    A lost data dir must not silently become a fresh instance. Creating an
+    empty instance.json, or restoring, lets the service start.
+    """
+    if is_live(settings.data_dir):
+        return
+    for target in targets:
+        try:
+            ids = target.list_ids()
+        except BackupError as exc:
+            log.warning("cannot list backups on %s at start-up: %s", target.name, exc.message)
+            continue
+        if ids:
+            raise BackupError(
+                f"data dir {settings.data_dir} is empty, but {target.name} holds backups of an "
+                f"instance (newest {ids[-1]}). Restore it with `llmcloud backup restore "
+                f"{ids[-1]}`, or to start a new instance on purpose run `llmcloud backup "
+                "start-fresh`"
+            )
+
+
+def _replace_data(source: Path, destination: Path) -> None:
+    for name in (*RESTORED_ITEMS, *DATA_FOLDERS):
+        existing = destination / name
+        if existing.is_dir():
+            shutil.rmtree(existing)
+        else:
+            existing.unlink(missing_ok=True)
+    if not source.is_dir():
+        return
+    for item in sorted(source.iterdir()):
+        target = destination / item.name
+        if item.is_dir():
+            shutil.copytree(item, target, dirs_exist_ok=True)
+        else:
+            shutil.move(item, target)
+
+
+def _restore_database(
+    settings: Settings, destination: Path, snapshot_file: Path, kind: str
+) -> None:
+    snapshot_kind: SnapshotKind = "sqlite" if kind == "sqlite" else "pg_dump"
+    if snapshot_kind == "sqlite":
+        url = f"sqlite:///{destination / DATABASE_FILE}"
+    else:
+        url = database_url_from_settings(settings)
+        if settings.database_url is None:
+            raise BackupError(
+                "the backup holds a PostgreSQL dump, but database_url is unset; set it to the "
+                "database to restore into"
+            )
+    restore_snapshot(snapshot_file, snapshot_kind, url)
+
+
+def _restore_config(source: Path, destination: Path) -> Path | None:
+    if not source.is_file():
+        return None
+    target = destination / "llmcloud.toml.restored"
+    shutil.copyfile(source, target)
+    return target
+
+
+def _postgres_has_tables(settings: Settings) -> bool:
+    if settings.database_url is None:
+        return False
+    database = open_database(settings.database_url.get_secret_value())
+    try:
+        return database.current_revision() is not None
+    finally:
+        database.dispose()
