@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import pytest
 from prometheus_client import generate_latest
 
 from llmcloud.monitoring import sources
+from llmcloud.monitoring.conditions import evaluate
 from llmcloud.monitoring.metrics import REGISTRY
 from llmcloud.monitoring.samples import Sampler
+from llmcloud.settings import Settings
 from llmcloud.tls.status import STATUS
 
 
@@ -43,3 +46,24 @@ def test_gpu_watch_tolerates_missing_nvml() -> None:
     text = generate_latest(REGISTRY).decode()
 
     assert "# TYPE llmcloud_gpu_utilization_ratio gauge" in text
+
+
+def test_backup_status_exposed_and_alerted(tmp_path: Path) -> None:
+    status = pytest.importorskip("llmcloud.backup.status")
+    old = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)).isoformat()
+    status.update_status(tmp_path, last_success_at=old, last_size_bytes=1234, failures_total=2)
+    sources.watch_backups(Settings(data_dir=tmp_path, backup_schedule="0 * * * *"))
+
+    text = generate_latest(REGISTRY).decode()
+    sample = Sampler(15, 3600).take()
+
+    assert "llmcloud_backup_size_bytes 1234.0" in text
+    assert "llmcloud_backup_failures_total 2.0" in text
+    assert "llmcloud_backup_interval_seconds 3600.0" in text
+    assert "BackupTooOld" in {name for name, _ in evaluate(sample)}
+
+
+def test_schedule_interval_of_cron() -> None:
+    assert sources.schedule_interval("0 * * * *") == 3600
+    assert sources.schedule_interval("30 3 * * *") == 86400
+    assert sources.schedule_interval("") is None

@@ -7,6 +7,7 @@ between scrapes. A process calls the functions for the parts it runs.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import shutil
 from collections.abc import Callable, Mapping
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmcloud.monitoring import metrics
+from llmcloud.settings import Settings
 
 if TYPE_CHECKING:
     from llmcloud.db.database import Database
@@ -139,3 +141,52 @@ def watch_socks(stats: SocksStats) -> None:
         }
     )
     metrics.socks_denied_destinations.set_source(lambda: {(): float(stats.denied_destinations)})
+
+
+def watch_backups(settings: Settings) -> None:
+    """Report backup and restore-test times, size, duration and failures from the status file."""
+    try:
+        from llmcloud.backup.status import BackupStatus, read_status
+    except ImportError:  # a build without the backup package
+        logger.debug("no backup metrics: llmcloud.backup is not installed")
+        return
+
+    def status() -> BackupStatus:
+        return read_status(settings.data_dir)
+
+    def optional(value: float | None) -> Samples:
+        return {} if value is None else {(): float(value)}
+
+    metrics.backup_last_success.set_source(lambda: optional(_timestamp(status().last_success_at)))
+    metrics.backup_last_verified_restore.set_source(
+        lambda: optional(_timestamp(status().last_verified_at))
+    )
+    metrics.backup_duration.set_source(lambda: optional(status().last_duration_seconds))
+    metrics.backup_size.set_source(lambda: optional(status().last_size_bytes))
+    metrics.backup_failures.set_source(
+        lambda: {(): float(status().failures_total + status().verify_failures_total)}
+    )
+    interval = schedule_interval(settings.backup_schedule)
+    metrics.backup_interval.set_source(lambda: optional(interval))
+
+
+def schedule_interval(cron: str) -> float | None:
+    """Return the seconds between the next two runs of a cron schedule, or None when it is off."""
+    if not cron.strip():
+        return None
+    from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
+
+    trigger = CronTrigger.from_crontab(cron, timezone=dt.UTC)
+    now = dt.datetime.now(dt.UTC)
+    first = trigger.get_next_fire_time(None, now)
+    second = trigger.get_next_fire_time(first, first + dt.timedelta(seconds=1)) if first else None
+    if first is None or second is None:
+        return None
+    seconds: float = (second - first).total_seconds()
+    return seconds
+
+
+def _timestamp(iso_time: str | None) -> float | None:
+    if not iso_time:
+        return None
+    return dt.datetime.fromisoformat(iso_time).timestamp()

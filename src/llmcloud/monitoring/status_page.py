@@ -1,9 +1,9 @@
 """The admin page of charts over the last hours, from the web app's own samples.
 
 The router's lifespan starts the sampler and the built-in alerter inside the
-web app, and points the sourced metrics at the app's gateway, database and
-certificates. The page reads the sampler's ring buffer, so it works without
-Prometheus; `/admin/charts.json` returns the same samples for scripts.
+web app, and points the sourced metrics at the app's gateway, database,
+certificates and backup status. The page reads the sampler's ring buffer, so
+it works without Prometheus; `/admin/charts.json` returns the same samples.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     sources.watch_gateway(state.models)
     sources.watch_accounts(lambda: state.database)
     sources.watch_certificates()
+    sources.watch_backups(state.settings)
     sources.watch_data_dir(state.settings.data_dir)
     monitor = Monitor(state.settings)
     monitor.start()
