@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import socket
 import struct
 import time
@@ -10,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from llmcloud.socks import tunnel
 from llmcloud.socks.acl import AllowList
 from tests.socks.conftest import (
     ADMIN,
@@ -330,3 +333,37 @@ def test_connection_limit_keeps_serving_after(make_proxy: Any, echo_server: Echo
     client = log_in(proxy)
     client.sendall(ipv4_request(ALLOWED_HOST, echo_server.port))
     assert reply_code(client) == 0x00
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (OSError(errno.ENETUNREACH, "Network is unreachable"), 0x03),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), 0x04),
+        (OSError(errno.EACCES, "Permission denied"), 0x01),
+    ],
+)
+def test_connect_errors_map_to_replies(
+    make_proxy: Any, monkeypatch: pytest.MonkeyPatch, error: OSError, code: int
+) -> None:
+    # Loopback cannot produce these errors, so the connect step raises them directly.
+    async def failing_connect(address: object, port: int) -> socket.socket:
+        raise error
+
+    monkeypatch.setattr(tunnel, "_connect", failing_connect)
+    proxy = make_proxy()
+    client = log_in(proxy)
+    client.sendall(ipv4_request(ALLOWED_HOST, 80))
+    assert reply_code(client) == code
+
+
+def test_connect_timeout_gets_04(make_proxy: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def stalled_connect(address: object, port: int) -> socket.socket:
+        await asyncio.sleep(60)
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(tunnel, "_connect", stalled_connect)
+    proxy = make_proxy(connect_timeout=0.2)
+    client = log_in(proxy)
+    client.sendall(ipv4_request(ALLOWED_HOST, 80))
+    assert reply_code(client) == 0x04
