@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from llmcloud.auth.accounts import create_account
-from llmcloud.auth.oauth import PendingLogin
+from llmcloud.auth.pending_logins import PendingLogin
 from llmcloud.db.models import Outcome, Role, User
 from llmcloud.web.oauth_pages import STATE_COOKIE, pending_logins
 from tests.oidc.github_fake import CLIENT_ID, CLIENT_SECRET, FakeGitHub

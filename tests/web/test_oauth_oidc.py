@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from llmcloud.auth.accounts import create_account
-from llmcloud.auth.oauth import PendingLogin
+from llmcloud.auth.pending_logins import PendingLogin
 from llmcloud.db.models import Role
 from llmcloud.web.oauth_pages import pending_logins
 from tests.oidc.server import OidcProviderProcess, free_port

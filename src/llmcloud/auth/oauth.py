@@ -7,18 +7,12 @@ in a signed cookie. A callback is accepted once: the state's entry is
 removed when it is first used, so a replayed callback fails with
 `state_unknown`, and a callback whose state differs from the cookie's
 fails with `state_mismatch`. Entries expire after PENDING_LOGIN_SECONDS.
-
-NOTE: PendingLogins lives in the memory of one process. With several web
-instances behind a load balancer, a callback must reach the instance that
-started the log-in (sticky sessions) until the store moves to a shared one.
 """
 
 from __future__ import annotations
 
 import secrets
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,51 +24,11 @@ from llmcloud.auth.github import fetch_github_profile
 from llmcloud.auth.identity_profile import ProviderProfile
 from llmcloud.auth.login_errors import bad_gateway, bad_request, forbidden, unauthorized
 from llmcloud.auth.oidc import discover, fetch_json, validate_id_token
+from llmcloud.auth.pending_logins import PendingLogin, PendingLogins
 from llmcloud.auth.providers import LoginProvider, redirect_uri
 from llmcloud.settings import Settings
 
-PENDING_LOGIN_SECONDS = 600
-MAX_PENDING_LOGINS = 10_000
 MAX_ERROR_LENGTH = 64
-
-
-@dataclass(frozen=True)
-class PendingLogin:
-    provider: str
-    code_verifier: str | None
-    nonce: str | None
-    next_path: str
-    created_at: float
-
-
-class PendingLogins:
-    """Log-ins between the redirect to the provider and the callback, keyed by state."""
-
-    def __init__(self, lifetime: float = PENDING_LOGIN_SECONDS) -> None:
-        self._lifetime = lifetime
-        self._entries: OrderedDict[str, PendingLogin] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def add(self, state: str, login: PendingLogin) -> None:
-        with self._lock:
-            self._drop_expired()
-            while len(self._entries) >= MAX_PENDING_LOGINS:
-                self._entries.popitem(last=False)
-            self._entries[state] = login
-
-    def take(self, state: str) -> PendingLogin | None:
-        """Remove and return the log-in of `state`, or None when unknown, used or expired."""
-        with self._lock:
-            self._drop_expired()
-            return self._entries.pop(state, None)
-
-    def _drop_expired(self) -> None:
-        deadline = time.monotonic() - self._lifetime
-        while self._entries:
-            state, oldest = next(iter(self._entries.items()))
-            if oldest.created_at > deadline:
-                return
-            del self._entries[state]
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,14 @@ from llmcloud.auth.identities import (
     unlink_identity,
 )
 from llmcloud.auth.login_errors import LoginFailed
-from llmcloud.auth.oauth import PENDING_LOGIN_SECONDS, PendingLogins, check_callback, finish_login
+from llmcloud.auth.oauth import check_callback, finish_login
 from llmcloud.auth.oauth import start_login as start_authorization
+from llmcloud.auth.pending_logins import PENDING_LOGIN_SECONDS, PendingLogins, pending_logins_for
 from llmcloud.auth.providers import configured_providers, find_provider
 from llmcloud.db.models import Outcome
 from llmcloud.monitoring.metrics import logins
 from llmcloud.web.auth_pages import HOME, logged_in_response, pending_response, safe_next
-from llmcloud.web.deps import AdminUser, CsrfChecked, State
+from llmcloud.web.deps import AdminUser, CsrfChecked, State, web_state
 from llmcloud.web.security import is_https
 from llmcloud.web.templating import render
 
@@ -135,7 +136,8 @@ def pending_logins(request: Request) -> PendingLogins:
     with _pending_lock:
         store: PendingLogins | None = getattr(request.app.state, "oauth_pending", None)
         if store is None:
-            store = PendingLogins()
+            redis_url = web_state(request).settings.redis_url
+            store = pending_logins_for(redis_url.get_secret_value() if redis_url else None)
             request.app.state.oauth_pending = store
         return store
 
