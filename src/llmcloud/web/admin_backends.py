@@ -10,6 +10,10 @@ validation, is left out with a warning, and this page shows why.
 
 The stored rows have no `max_parallel` or `ca_bundle` column, so backends
 added here get the defaults of `llmcloud.gateway.Backend`.
+
+NOTE: a change reaches only the gateway of the process that served the
+admin's request. Other web processes on the same database use it after
+their next restart.
 """
 
 from __future__ import annotations
