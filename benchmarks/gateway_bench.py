@@ -1,0 +1,212 @@
+"""Benchmark the latency that the web app's /v1 API and gateway add, and how many streams it holds.
+
+Usage: .venv/bin/python benchmarks/gateway_bench.py [--quick] [--streams N ...] [--no-write]
+
+Starts, each as its own process on loopback: two benchmark backends
+(benchmarks/gatewaybench/backend.py), one sending tokens as fast as it can
+and one sending a token every 50 ms; `llmcloud engine` with the bundled
+model; and `llmcloud web` with all three as gateway backends and an
+account with an API key. Then it measures:
+
+- added latency: time to first token and total time of a streamed chat
+  through the web app's /v1 API against straight to the backend, with the
+  fast backend and with the real model (median and p99);
+- concurrent streams: errors and added inter-token delay at each number of
+  simultaneous streams, through the web app and, as a baseline, straight to
+  the 50 ms backend.
+
+It prints the results as Markdown and rewrites the "Gateway" section of
+docs/benchmarks.md unless --no-write is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from gatewaybench import measure, report, servers
+from gatewaybench.client import Connection
+
+DOCS_PAGE = servers.REPOSITORY / "docs" / "benchmarks.md"
+FAST_MODEL = "bench-fast"
+PACED_MODEL = "bench-paced"
+ENGINE_MODEL = "smollm2:135m"
+TOKEN_INTERVAL = 0.05
+HOST = "127.0.0.1"
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and streams, a check")
+    parser.add_argument("--rounds", type=int, help="timed rounds with the fast backend (500)")
+    parser.add_argument("--model-rounds", type=int, help="timed rounds with the real model (40)")
+    parser.add_argument(
+        "--streams", type=int, nargs="+", help="concurrent stream counts (250 500 1000 1500)"
+    )
+    parser.add_argument("--tokens", type=int, default=60, help="tokens per concurrent stream")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads of the engine")
+    parser.add_argument("--no-model", action="store_true", help="skip the real model")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave the docs")
+    arguments = parser.parse_args(argv)
+    if arguments.rounds is None:
+        arguments.rounds = 100 if arguments.quick else 500
+    if arguments.model_rounds is None:
+        arguments.model_rounds = 5 if arguments.quick else 40
+    if arguments.streams is None:
+        arguments.streams = [100, 250] if arguments.quick else [250, 500, 1000, 1500]
+    return arguments
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+async def measure_overheads(
+    arguments: argparse.Namespace,
+    web: servers.ServerProcess,
+    api_key: str,
+    fast: servers.ServerProcess,
+    engine: servers.ServerProcess | None,
+) -> list[measure.OverheadResult]:
+    through = Connection(HOST, web.port, "/v1/chat/completions", api_key)
+    results = []
+    try:
+        progress(f"added latency, fast backend: {arguments.rounds} rounds")
+        direct = Connection(HOST, fast.port, "/v1/chat/completions", None)
+        results.append(
+            await measure.overhead(
+                "fast fake backend",
+                direct,
+                through,
+                FAST_MODEL,
+                rounds=arguments.rounds,
+                warmup=20,
+                max_tokens=8,
+                progress=progress,
+            )
+        )
+        direct.close()
+        if engine is not None:
+            progress(f"added latency, real model: {arguments.model_rounds} rounds")
+            direct = Connection(HOST, engine.port, "/v1/chat/completions", None)
+            results.append(
+                await measure.overhead(
+                    f"real model ({ENGINE_MODEL})",
+                    direct,
+                    through,
+                    ENGINE_MODEL,
+                    rounds=arguments.model_rounds,
+                    warmup=3,
+                    max_tokens=16,
+                    progress=progress,
+                )
+            )
+            direct.close()
+    finally:
+        through.close()
+    return results
+
+
+async def measure_streams(
+    arguments: argparse.Namespace,
+    web: servers.ServerProcess,
+    api_key: str,
+    paced: servers.ServerProcess,
+) -> list[measure.ConcurrencyResult]:
+    results = []
+    for count in arguments.streams:
+        ramp = min(3.0, count / 500)
+        for path, port, key in (("direct", paced.port, None), ("via /v1", web.port, api_key)):
+            progress(f"{count} concurrent streams, {path}")
+            result = await measure.concurrency(
+                path,
+                HOST,
+                port,
+                key,
+                PACED_MODEL,
+                paced.url,
+                streams=count,
+                tokens=arguments.tokens,
+                ramp=ramp,
+            )
+            progress(
+                f"  completed {result.completed}, errors {len(result.errors)}, "
+                f"most open {result.peak_open}, {result.seconds:.1f} s"
+            )
+            results.append(result)
+            await asyncio.sleep(1)
+    return results
+
+
+async def run(arguments: argparse.Namespace) -> str:
+    load_before = report.load_average()
+    started: list[servers.ServerProcess] = []
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as data_dir:
+        try:
+            fast = servers.start_backend(FAST_MODEL, 0.0)
+            started.append(fast)
+            paced = servers.start_backend(PACED_MODEL, TOKEN_INTERVAL)
+            started.append(paced)
+            backend_urls = {"fast": fast.url, "paced": paced.url}
+            engine = None
+            if not arguments.no_model:
+                progress("starting the engine with the bundled model")
+                engine = servers.start_engine(Path(data_dir) / "engine", arguments.threads)
+                started.append(engine)
+                backend_urls["engine"] = engine.url
+            web_dir = Path(data_dir) / "web"
+            api_key = servers.prepare_web_data(web_dir)
+            web = servers.start_web(web_dir, backend_urls, max(arguments.streams) + 100)
+            started.append(web)
+
+            overheads = await measure_overheads(arguments, web, api_key, fast, engine)
+            streams = await measure_streams(arguments, web, api_key, paced)
+        finally:
+            for server in reversed(started):
+                server.stop()
+
+    environment = report.Environment(
+        cpu_model=report.cpu_model(),
+        cores=len(os.sched_getaffinity(0)),
+        python_version=platform.python_version(),
+        load_before=load_before,
+        load_after=report.load_average(),
+        command=reproduce_command(arguments),
+        commit=report.git_commit(servers.REPOSITORY),
+        date=time.strftime("%Y-%m-%d"),
+    )
+    return report.gateway_section(environment, overheads, streams, TOKEN_INTERVAL)
+
+
+def reproduce_command(arguments: argparse.Namespace) -> str:
+    command = ".venv/bin/python benchmarks/gateway_bench.py"
+    if arguments.quick:
+        command += " --quick"
+    defaults = parse_arguments(["--quick"] if arguments.quick else [])
+    for name in ("rounds", "model_rounds", "tokens", "threads"):
+        if getattr(arguments, name) != getattr(defaults, name):
+            command += f" --{name.replace('_', '-')} {getattr(arguments, name)}"
+    if arguments.streams != defaults.streams:
+        command += " --streams " + " ".join(str(count) for count in arguments.streams)
+    if arguments.no_model:
+        command += " --no-model"
+    return command
+
+
+def main(argv: list[str]) -> None:
+    arguments = parse_arguments(argv)
+    section = asyncio.run(run(arguments))
+    print(section)
+    if not arguments.no_write:
+        report.update_page(DOCS_PAGE, section)
+        progress(f"wrote the Gateway section of {DOCS_PAGE}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

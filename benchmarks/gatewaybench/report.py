@@ -1,0 +1,216 @@
+"""Markdown for the results, and the "Gateway" section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from gatewaybench.measure import ConcurrencyResult, OverheadResult, median, percentile
+
+SECTION_TITLE = "## Gateway"
+PAGE_HEADER = """# Benchmarks
+
+Measured numbers, with the machine and the command behind each table. Rerun
+the command to refresh a section; each script rewrites only its own section.
+"""
+# Targets, in seconds.
+ADDED_MEDIAN_TARGET = 0.001
+ADDED_P99_TARGET = 0.005
+STREAMS_TARGET = 1000
+ADDED_GAP_P99_TARGET = 0.050
+
+
+@dataclass(frozen=True)
+class Environment:
+    cpu_model: str
+    cores: int
+    python_version: str
+    load_before: str
+    load_after: str
+    command: str
+    commit: str
+    date: str
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else "unknown"
+
+
+def git_commit(repository: Path) -> str:
+    """Return the short commit id, marked when the working tree has uncommitted changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=repository,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repository,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit} with uncommitted changes" if status.strip() else commit
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+def verdict(met: bool) -> str:
+    return "yes" if met else "**no**"
+
+
+def overhead_table(results: list[OverheadResult]) -> str:
+    lines = [
+        "| Backend | Rounds | Tokens | TTFT direct p50 / p99 | TTFT via /v1 p50 / p99 "
+        "| Added TTFT p50 / p99 | Added total p50 / p99 | Errors | Target met |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for result in results:
+        if not result.gateway.ttft or not result.direct.ttft:
+            lines.append(f"| {result.label} | 0 | | | | | | {len(result.errors)} | **no** |")
+            continue
+        added_p50 = [result.added(metric, 0.5) for metric in ("ttft", "total")]
+        added_p99 = [result.added(metric, 0.99) for metric in ("ttft", "total")]
+        met = max(added_p50) <= ADDED_MEDIAN_TARGET and max(added_p99) <= ADDED_P99_TARGET
+        lines.append(
+            f"| {result.label} | {len(result.gateway.ttft)} | {result.max_tokens} "
+            f"| {_p50_p99(result.direct.ttft)} | {_p50_p99(result.gateway.ttft)} "
+            f"| {ms(added_p50[0])} / {ms(added_p99[0])} "
+            f"| {ms(added_p50[1])} / {ms(added_p99[1])} "
+            f"| {len(result.errors)} | {verdict(met and not result.errors)} |"
+        )
+    return "\n".join(lines)
+
+
+def _p50_p99(values: list[float]) -> str:
+    return f"{ms(percentile(values, 0.5))} / {ms(percentile(values, 0.99))}"
+
+
+def concurrency_table(results: list[ConcurrencyResult]) -> str:
+    lines = [
+        "| Path | Streams | Completed | Errors | Most open at backend | TTFT p50 / p99 "
+        "| Added inter-token delay p50 / p99 / max | Relay delay p50 / p99 | Target met |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for result in results:
+        if not result.added_gaps:
+            lines.append(
+                f"| {result.path} | {result.streams} | {result.completed} "
+                f"| {len(result.errors)} | {result.peak_open} | | | | **no** |"
+            )
+            continue
+        gaps = result.added_gaps
+        met = (
+            not result.errors
+            and result.streams >= STREAMS_TARGET
+            and percentile(gaps, 0.99) <= ADDED_GAP_P99_TARGET
+        )
+        target = verdict(met) if result.path == "via /v1" else "(baseline)"
+        lines.append(
+            f"| {result.path} | {result.streams} | {result.completed} | {len(result.errors)} "
+            f"| {result.peak_open} "
+            f"| {ms(median(result.ttft))} / {ms(percentile(result.ttft, 0.99))} "
+            f"| {ms(median(gaps))} / {ms(percentile(gaps, 0.99))} / {ms(max(gaps))} "
+            f"| {ms(median(result.relay_delays))} / {ms(percentile(result.relay_delays, 0.99))} "
+            f"| {target} |"
+        )
+    return "\n".join(lines)
+
+
+def error_samples(overheads: list[OverheadResult], streams: list[ConcurrencyResult]) -> str:
+    samples = [error for result in overheads for error in result.errors[:3]]
+    samples += [error for result in streams for error in result.errors[:3]]
+    if not samples:
+        return ""
+    shown = "\n".join(f"- `{sample[:200]}`" for sample in samples[:10])
+    return f"\nFirst errors seen:\n\n{shown}\n"
+
+
+def gateway_section(
+    environment: Environment,
+    overheads: list[OverheadResult],
+    streams: list[ConcurrencyResult],
+    token_interval: float,
+) -> str:
+    """Render the whole "Gateway" section, from its heading to its last table."""
+    return f"""{SECTION_TITLE}
+
+How much the web app's `/v1` API and its gateway add to a streamed chat,
+measured by `benchmarks/gateway_bench.py`. The servers run as separate
+processes on loopback: two instances of the benchmark backend
+(`benchmarks/gatewaybench/backend.py`, an OpenAI-API server that sends
+stamped tokens and reads no prompt), one sending tokens as fast as it can
+and one every {token_interval * 1000:.0f} ms; `llmcloud engine` with the bundled
+SmolLM2-135M model; and `llmcloud web` with all three as gateway backends.
+The client and the servers share the machine's cores, and so does any
+other work on the machine, which the load average shows. Every number
+includes that contention.
+
+Machine: {environment.cpu_model}, {environment.cores} cores, Python {environment.python_version}.
+Load average (1 / 5 / 15 min): {environment.load_before} before the run, {environment.load_after}
+after it. Code: commit {environment.commit}. Date: {environment.date}. Command:
+`{environment.command}`
+
+### Added latency of one stream
+
+One client, one stream at a time, alternating between the backend's own
+`/v1/chat/completions` and the web app's, with an API key. Times in
+milliseconds. "Added" is the percentile of the per-round differences (the
+web app's time minus the direct time of the same round), for the time to
+first token (TTFT) and for the time to `data: [DONE]` (total). Target: added median at most
+{ms(ADDED_MEDIAN_TARGET)} ms and added p99 at most {ms(ADDED_P99_TARGET)} ms, for both.
+
+{overhead_table(overheads)}
+
+### Concurrent streams
+
+N streaming chats at once through one web process, from a backend that
+sends one token every {token_interval * 1000:.0f} ms. Added inter-token delay: the gap between
+two tokens' arrivals at the client minus the gap between their send times
+at the backend. Relay delay: a token's arrival minus its send time. The
+rows "direct" are the same test straight to the backend, which shows the
+client's own share. Times in milliseconds. Target: {STREAMS_TARGET} streams or
+more with no errors and an added inter-token delay p99 of at most
+{ms(ADDED_GAP_P99_TARGET)} ms.
+
+{concurrency_table(streams)}
+{error_samples(overheads, streams)}"""
+
+
+def update_page(page: Path, section: str) -> None:
+    """Replace the "Gateway" section of a Markdown page, keeping every other section."""
+    text = page.read_text() if page.exists() else PAGE_HEADER
+    page.write_text(replace_section(text, section))
+
+
+def replace_section(text: str, section: str) -> str:
+    """Swap the text from the "## Gateway" heading to the next "## " heading (or the end)."""
+    section = section.rstrip("\n") + "\n"
+    match = re.search(rf"^{re.escape(SECTION_TITLE)}\s*$", text, re.MULTILINE)
+    if match is None:
+        return text.rstrip("\n") + "\n\n" + section
+    start = match.start()
+    next_heading = re.compile(r"^## ", re.MULTILINE).search(text, match.end())
+    rest = text[next_heading.start() :] if next_heading else ""
+    return text[:start] + section + ("\n" + rest if rest else "")

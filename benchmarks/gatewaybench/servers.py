@@ -1,0 +1,152 @@
+"""The processes under test: the benchmark backend, llmcloud's engine and llmcloud's web app.
+
+Each runs in its own process on a free loopback port, so that the client
+never shares a GIL or an event loop with a server it measures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from llmcloud.auth.accounts import create_account
+from llmcloud.auth.api_keys import create_api_key
+from llmcloud.db import default_database_url, open_database
+from llmcloud.db.models import Role
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent.parent
+REPOSITORY = BENCHMARKS_DIR.parent
+START_TIMEOUT_S = 120.0
+
+
+class ServerProcess:
+    """A server in a child process, with its output in a log file for when it fails."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], port: int) -> None:
+        self.name = name
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
+            prefix=f"{name}-", suffix=".log", delete=False
+        )
+        self.process = subprocess.Popen(
+            command, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=BENCHMARKS_DIR
+        )
+
+    def wait_ready(self, path: str) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                status = self.process.returncode
+                raise RuntimeError(f"{self.name} exited with status {status}: {self.tail()}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(
+            f"{self.name} was not ready after {START_TIMEOUT_S:.0f} s: {self.tail()}"
+        )
+
+    def tail(self, lines: int = 20) -> str:
+        text = Path(self.log.name).read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def llmcloud_command(*arguments: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("llmcloud")), *arguments]
+
+
+def start_backend(model: str, token_interval: float) -> ServerProcess:
+    """Start the benchmark backend (gatewaybench/backend.py), listing one model."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "gatewaybench.backend",
+        "--port",
+        str(port),
+        "--model",
+        model,
+        "--token-interval",
+        str(token_interval),
+    ]
+    server = ServerProcess("bench-backend", command, dict(os.environ), port)
+    server.wait_ready("/v1/models")
+    return server
+
+
+def start_engine(data_dir: Path, threads: int) -> ServerProcess:
+    """Start `llmcloud engine` with the bundled model, kept loaded."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "LLMCLOUD_DATA_DIR": str(data_dir),
+        "LLMCLOUD_ENGINE_THREADS": str(threads),
+        "LLMCLOUD_ENGINE_KEEP_ALIVE": "-1",
+        "LLMCLOUD_LOG_LEVEL": "WARNING",
+    }
+    command = llmcloud_command("engine", "--host", "127.0.0.1", "--port", str(port))
+    server = ServerProcess("llmcloud-engine", command, env, port)
+    server.wait_ready("/readyz")
+    return server
+
+
+def prepare_web_data(data_dir: Path) -> str:
+    """Create the web app's database with one account, and return an API key of that account."""
+    database = open_database(default_database_url(data_dir))
+    try:
+        database.upgrade()
+        account = create_account(database, "bench", None, role=Role.ADMIN)
+        return create_api_key(database, account.id, "benchmark").key
+    finally:
+        database.dispose()
+
+
+def start_web(data_dir: Path, backend_urls: dict[str, str], max_parallel: int) -> ServerProcess:
+    """Start `llmcloud web` with OpenAI-API backends (name to URL), each taking `max_parallel`.
+
+    The queue limit is raised as well, so that the gateway admits every
+    request of the concurrency test instead of answering 503.
+    """
+    port = free_port()
+    backends = [
+        {"name": name, "kind": "openai", "base_url": url, "max_parallel": max_parallel}
+        for name, url in backend_urls.items()
+    ]
+    env = {
+        **os.environ,
+        "LLMCLOUD_DATA_DIR": str(data_dir),
+        "LLMCLOUD_GATEWAY_BACKENDS": json.dumps(backends),
+        "LLMCLOUD_GATEWAY_MAX_QUEUE_PER_MODEL": str(max_parallel),
+    }
+    command = llmcloud_command("web", "--host", "127.0.0.1", "--port", str(port))
+    server = ServerProcess("llmcloud-web", command, env, port)
+    server.wait_ready("/readyz")
+    return server
