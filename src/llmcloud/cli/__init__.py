@@ -5,7 +5,20 @@ from __future__ import annotations
 import typer
 
 from llmcloud import __version__
-from llmcloud.cli import auth, certs, check, config, engine, models, nginx, socks, systemd, up, web
+from llmcloud.cli import (
+    auth,
+    backup,
+    certs,
+    check,
+    config,
+    engine,
+    models,
+    nginx,
+    socks,
+    systemd,
+    up,
+    web,
+)
 
 app = typer.Typer(
     name="llmcloud",
@@ -25,6 +38,7 @@ nginx.register(app)
 systemd.register(app)
 socks.register(app)
 auth.register(app)
+backup.register(app)
 
 
 def _print_version(value: bool) -> None:

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from llmcloud.backup.targets import ARCHIVE_FILE
+from llmcloud.cli import app
+from llmcloud.db import Database
+from llmcloud.settings import Settings
+
+
+@pytest.fixture
+def env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.setenv("LLMCLOUD_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("LLMCLOUD_BACKUP_TARGETS", json.dumps(settings.backup_targets))
+    return {}
+
+
+def test_cli_run_list_verify_status(env: dict[str, str], filled: Database) -> None:
+    runner = CliRunner()
+
+    ran = runner.invoke(app, ["backup", "run"])
+    listed = runner.invoke(app, ["backup", "list", "--json"])
+    verified = runner.invoke(app, ["backup", "verify"])
+    status = runner.invoke(app, ["backup", "status", "--json"])
+
+    assert ran.exit_code == 0, ran.output
+    assert "Copy it somewhere off this machine" in ran.output
+    backups = json.loads(listed.stdout)
+    assert len(backups) == 1
+    assert verified.exit_code == 0, verified.output
+    assert json.loads(status.stdout)["last_verified_id"] == backups[0]["backup_id"]
+
+
+def test_cli_verify_fails_on_corrupt_archive(
+    env: dict[str, str], settings: Settings, filled: Database
+) -> None:
+    runner = CliRunner()
+    runner.invoke(app, ["backup", "run"])
+    archive = next(Path(settings.backup_targets[0]).glob(f"*/{ARCHIVE_FILE}"))
+    archive.write_bytes(archive.read_bytes()[:-100])
+
+    verified = runner.invoke(app, ["backup", "verify"])
+
+    assert verified.exit_code == 1
+    assert ARCHIVE_FILE in verified.output
+
+
+def test_cli_restore_rejects_unknown_id(env: dict[str, str], filled: Database) -> None:
+    runner = CliRunner()
+    runner.invoke(app, ["backup", "run"])
+
+    restored = runner.invoke(
+        app, ["backup", "restore", "20200101T000000Z-abcdef", "--to", "/tmp/x"]
+    )
+
+    assert restored.exit_code == 1
+    assert "20200101T000000Z-abcdef not found" in restored.output
+
+
+def test_cli_systemd_units_written(env: dict[str, str], tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["backup", "systemd-units", "--output", str(tmp_path / "u")])
+
+    assert result.exit_code == 0, result.output
+    assert "backup run" in (tmp_path / "u" / "llmcloud-backup.service").read_text()
