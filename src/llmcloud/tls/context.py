@@ -21,6 +21,7 @@ import logging
 import os
 import ssl
 import threading
+import time
 from pathlib import Path
 
 from llmcloud.tls.certificates import CertificatePair, load_pair
@@ -43,6 +44,9 @@ INTERMEDIATE_CIPHERS = ":".join(
     ]
 )
 DEFAULT_POLL_SECONDS = 5.0
+# Files changed less than this long ago are left for the next poll, so that a pair
+# written one file after the other is loaded once both are in place.
+SETTLE_SECONDS = 1.0
 
 
 def server_context(pair: CertificatePair) -> ssl.SSLContext:
@@ -83,6 +87,10 @@ class ReloadingCertificate:
         """Load the files again if they changed; return whether a new certificate is in use."""
         signature = self._file_signature()
         if signature == self._signature:
+            return False
+        newest_change_ns = max(mtime for mtime, _size, _inode in signature)
+        if time.time_ns() - newest_change_ns < SETTLE_SECONDS * 1e9:
+            # A writer may be between the key and the certificate; look again next poll.
             return False
         self._signature = signature
         try:
