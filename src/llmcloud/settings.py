@@ -466,10 +466,11 @@ class Settings(BaseSettings):
         le=168,
         description="Hours of samples that the status page keeps and charts.",
     )
-    alert_webhook_url: str | None = Field(
+    alert_webhook_url: SecretStr | None = Field(
         None,
         description="URL that the built-in alerter posts alerts to, as Slack- and "
-        'Mattermost-compatible JSON (`{"text": ...}`). Unset sends no webhook.',
+        'Mattermost-compatible JSON (`{"text": ...}`). Kept secret, because the URL of an '
+        "incoming webhook is its credential. Unset sends no webhook.",
     )
     alert_email_to: list[str] = Field(
         default_factory=list,
@@ -504,6 +505,20 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_monitoring_value_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _check_alert_webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        url = urlsplit(value.get_secret_value())
+        if url.scheme not in ("http", "https") or not url.hostname:
+            # The URL is not shown, because it contains the webhook's credential.
+            raise ValueError(
+                "invalid alert_webhook_url; expected an http:// or https:// URL with a host, "
+                "such as https://chat.example.org/hooks/KEY"
+            )
+        return value
 
     # SOCKS proxy
     socks_host: str = Field(

@@ -117,3 +117,27 @@ def test_alerter_sends_email(tmp_path: Path) -> None:
     assert recipients == ["ops@example.org"]
     assert "[FIRING] DiskLow" in body
     assert "Subject: llmcloud: 1 firing, 0 resolved" in body
+
+
+def test_alerter_log_hides_webhook_url(
+    tmp_path: Path, webhook: WebhookReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = alerter(tmp_path, alert_webhook_url=webhook.url)
+    webhook.status = 500
+
+    evaluate(target, disk_sample(0, 3.0))
+
+    assert "HTTP 500" in caplog.text
+    assert webhook.url not in caplog.text
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp://example.org/hook", "https://"])
+def test_settings_reject_invalid_webhook_url(url: str) -> None:
+    from llmcloud.settings import ConfigError, load_settings
+
+    with pytest.raises(ConfigError) as error:
+        load_settings(alert_webhook_url=url)
+
+    assert "alert_webhook_url" in str(error.value)
+    assert "expected an http:// or https:// URL" in str(error.value)
+    assert "= ***" in str(error.value)

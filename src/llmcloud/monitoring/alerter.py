@@ -92,8 +92,9 @@ class Alerter:
         """Send to every configured channel; True when at least one channel took the message."""
         text = "llmcloud alerts:\n" + "\n".join(notice.line() for notice in notices)
         channels = []
-        if self.settings.alert_webhook_url:
-            channels.append(("webhook", self._post_webhook(text)))
+        webhook = self.settings.alert_webhook_url
+        if webhook is not None:
+            channels.append(("webhook", self._post_webhook(webhook.get_secret_value(), text)))
         if self.settings.alert_email_to:
             channels.append(("email", asyncio.to_thread(self._send_email, text, notices)))
         if not channels:
@@ -104,15 +105,14 @@ class Alerter:
             try:
                 await sending
             except (httpx.HTTPError, OSError, smtplib.SMTPException) as exc:
-                logger.warning("sending alerts by %s failed: %s", channel, exc)
+                logger.warning("sending alerts by %s failed: %s", channel, _describe(exc))
                 metrics.alert_notifications.labels(channel, "error").inc()
                 continue
             metrics.alert_notifications.labels(channel, "ok").inc()
             delivered = True
         return delivered
 
-    async def _post_webhook(self, text: str) -> None:
-        url = self.settings.alert_webhook_url or ""
+    async def _post_webhook(self, url: str, text: str) -> None:
         async with httpx.AsyncClient(timeout=NOTIFY_TIMEOUT_SECONDS) as client:
             response = await client.post(url, json={"text": text})
             response.raise_for_status()
@@ -135,3 +135,12 @@ class Alerter:
                     settings.alert_smtp_username, settings.alert_smtp_password.get_secret_value()
                 )
             smtp.send_message(message)
+
+
+def _describe(exc: BaseException) -> str:
+    """Describe a send failure without the webhook URL, which httpx puts in its messages."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code}"
+    if isinstance(exc, httpx.HTTPError):
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
