@@ -292,3 +292,17 @@ def _env(data_dir: Path, **settings: Path) -> dict[str, str]:
     for name, value in settings.items():
         env[f"LLMCLOUD_{name.upper()}"] = str(value)
     return env
+
+
+def test_web_metrics_show_certificate_expiry(
+    https_web: WebProcess, ca: CAPaths, web_pair: CertificatePair
+) -> None:
+    url = f"https://localhost:{https_web.port}/metrics"
+    text = httpx.get(url, verify=client_context(ca.cert)).text
+    expected = web_pair.leaf.not_valid_after_utc.timestamp()
+    line = next(
+        (x for x in text.splitlines() if x.startswith("llmcloud_certificate_not_after_timestamp")),
+        "",
+    )
+    assert f'served_at="web:{https_web.port}"' in line
+    assert float(line.rsplit(" ", 1)[-1]) == expected
