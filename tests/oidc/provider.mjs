@@ -2,8 +2,9 @@
 //
 // Usage: node provider.mjs CONFIG.json
 // CONFIG.json holds {"port": N, "clients": [...], "accounts": {"LOGIN": {"password": "...",
-// "claims": {...}}}}. The provider listens on 127.0.0.1 only, shows its own plain login form
-// at /interaction/UID, and grants consent by itself once an account has logged in.
+// "claims": {...}}}, "claimsInUserinfoOnly": false}. The provider listens on 127.0.0.1 only,
+// shows its own plain login form at /interaction/UID, and grants consent by itself once an
+// account has logged in.
 import fs from 'node:fs';
 import http from 'node:http';
 import Provider from 'oidc-provider';
@@ -25,8 +26,10 @@ const provider = new Provider(issuer, {
     groups: ['groups'],
   },
   scopes: ['openid', 'email', 'profile', 'groups'],
-  // Put the requested claims into the ID token, as Keycloak, Google and Entra ID do.
-  conformIdTokenClaims: false,
+  // By default the requested claims go into the ID token, as Keycloak, Google and Entra ID
+  // do. "claimsInUserinfoOnly": true keeps them in the userinfo response, as the
+  // OpenID Connect specification has it for the code flow.
+  conformIdTokenClaims: Boolean(config.claimsInUserinfoOnly),
   features: { devInteractions: { enabled: false } },
   pkce: { required: () => true },
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },

@@ -42,11 +42,23 @@ def free_port() -> int:
 class OidcProviderProcess:
     """A running oidc-provider; `issuer` is its URL."""
 
-    def __init__(self, config_dir: Path, clients: list[dict[str, Any]], accounts: dict[str, Any]):
+    def __init__(
+        self,
+        config_dir: Path,
+        clients: list[dict[str, Any]],
+        accounts: dict[str, Any],
+        *,
+        claims_in_userinfo_only: bool = False,
+    ):
         self.port = free_port()
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.config_file = config_dir / "oidc-provider.json"
-        config = {"port": self.port, "clients": clients, "accounts": accounts}
+        config = {
+            "port": self.port,
+            "clients": clients,
+            "accounts": accounts,
+            "claimsInUserinfoOnly": claims_in_userinfo_only,
+        }
         self.config_file.write_text(json.dumps(config))
         self.log_file = config_dir / "oidc-provider.log"
         self.process: subprocess.Popen[bytes] | None = None

@@ -59,13 +59,9 @@ ACCOUNTS = {
 }
 
 
-def credentials(login: str) -> dict[str, str]:
-    return {"login": login, "password": ACCOUNTS[login]["password"]}
-
-
-@pytest.fixture(scope="module")
-def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcProviderProcess]:
-    client = {
+def client_registration() -> dict[str, Any]:
+    """The registration of llmcloud at the test provider."""
+    return {
         "client_id": CLIENT_ID,
         "client_secret": CLIENT_SECRET,
         "redirect_uris": [f"{ORIGIN}/auth/{PROVIDER}/callback"],
@@ -73,7 +69,33 @@ def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcProv
         "response_types": ["code"],
         "token_endpoint_auth_method": "client_secret_basic",
     }
-    process = OidcProviderProcess(tmp_path_factory.mktemp("oidc"), [client], ACCOUNTS).start()
+
+
+def credentials(login: str) -> dict[str, str]:
+    return {"login": login, "password": ACCOUNTS[login]["password"]}
+
+
+@pytest.fixture(scope="module")
+def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcProviderProcess]:
+    process = OidcProviderProcess(
+        tmp_path_factory.mktemp("oidc"), [client_registration()], ACCOUNTS
+    )
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def userinfo_provider(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OidcProviderProcess]:
+    """A provider that keeps email and groups out of the ID token, in its userinfo response."""
+    process = OidcProviderProcess(
+        tmp_path_factory.mktemp("oidc-userinfo"),
+        [client_registration()],
+        ACCOUNTS,
+        claims_in_userinfo_only=True,
+    ).start()
     yield process
     process.stop()
 
@@ -137,6 +159,19 @@ def test_oidc_login_through_provider_form(
     assert client.get("/chats").status_code == 200
     identity = identities(client)[0]
     assert (identity.provider, identity.subject) == (PROVIDER, "alice")
+    assert identity.email_verified is True
+    assert users(client)[-1].role == Role.USER
+
+
+def test_oidc_claims_from_userinfo(
+    make_oidc_client: Callable[..., TestClient],
+    browser: httpx.Client,
+    userinfo_provider: OidcProviderProcess,
+) -> None:
+    client = make_oidc_client(provider_settings(userinfo_provider.issuer))
+    assert log_in(client, browser, "alice").headers["location"] == "/chats"
+    identity = identities(client)[0]
+    assert identity.email == "alice@example.org"
     assert identity.email_verified is True
     assert users(client)[-1].role == Role.USER
 

@@ -134,8 +134,8 @@ def _finish_oidc(
         nonce=login.nonce,
         algorithms=discovery.algorithms,
     )
-    # NOTE: email, email_verified and groups are read from the ID token only. A provider
-    # that puts them only into its userinfo response needs a userinfo request here.
+    if "email" not in claims or provider.oidc.groups_claim not in claims:
+        claims = _add_userinfo(client, discovery.userinfo_endpoint, claims)
     groups = claims.get(provider.oidc.groups_claim) or []
     email = claims.get("email")
     return ProviderProfile(
@@ -146,6 +146,26 @@ def _finish_oidc(
         email_verified=claims.get("email_verified") is True,
         groups=tuple(str(group) for group in groups) if isinstance(groups, list) else (),
     )
+
+
+def _add_userinfo(
+    client: OAuth2Client, endpoint: str | None, claims: dict[str, Any]
+) -> dict[str, Any]:
+    """Fill claims missing from the ID token from the userinfo response, as providers such
+    as LifeScience AAI keep email and groups there.
+
+    The ID token's own claims win, because only they are signed. A userinfo
+    response for another `sub` is rejected (OpenID Connect Core 5.3.2).
+    """
+    if endpoint is None:
+        return claims
+    userinfo = fetch_json(client, endpoint, "userinfo", with_token=True)
+    if userinfo.get("sub") != claims["sub"]:
+        raise unauthorized(
+            "userinfo_subject_mismatch",
+            "the provider's userinfo response is about another user than its ID token",
+        )
+    return {**userinfo, **claims}
 
 
 def _exchange_code(

@@ -44,6 +44,7 @@ class Discovery:
     authorization_endpoint: str
     token_endpoint: str
     jwks_uri: str
+    userinfo_endpoint: str | None
     algorithms: tuple[str, ...]
     fetched_at: float
 
@@ -64,6 +65,7 @@ def discover(provider: OidcProvider, client: OAuth2Client) -> Discovery:
             authorization_endpoint=str(document["authorization_endpoint"]),
             token_endpoint=str(document["token_endpoint"]),
             jwks_uri=str(document["jwks_uri"]),
+            userinfo_endpoint=document.get("userinfo_endpoint"),
             algorithms=tuple(alg for alg in announced if alg in ASYMMETRIC_ALGORITHMS),
             fetched_at=time.monotonic(),
         )
