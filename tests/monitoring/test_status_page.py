@@ -6,9 +6,11 @@ from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmcloud.monitoring import metrics
+from llmcloud.monitoring.metrics import REGISTRY
 from tests.gateway.conftest import HELLO, collect, openai_backend, running_gateway
 from tests.gateway.fake_backend import FakeBackend
 from tests.web.conftest import sign_up
@@ -112,3 +114,14 @@ def test_api_key_requests_counted(make_client: Callable[..., TestClient]) -> Non
     assert (
         sample_values(text, "llmcloud_api_key_requests_total")[(("outcome", "invalid_key"),)] >= 1
     )
+
+
+@pytest.mark.anyio
+async def test_gateway_unknown_model_adds_no_series(fakes: Callable[..., FakeBackend]) -> None:
+    from llmcloud.gateway import UnknownModel
+
+    async with running_gateway(openai_backend("vllm", fakes())) as gateway:
+        with pytest.raises(UnknownModel):
+            await collect(gateway.chat("no-such-model-4711", HELLO))
+
+    assert "no-such-model-4711" not in generate_latest(REGISTRY).decode()

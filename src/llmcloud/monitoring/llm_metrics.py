@@ -11,6 +11,8 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
+from prometheus_client import Gauge
+
 from llmcloud.monitoring import metrics
 
 if TYPE_CHECKING:
@@ -81,18 +83,23 @@ def record_slots(component: str, model: str, in_flight: int, slots: int) -> None
 async def observe_gateway_chat(
     model: str, events: AsyncGenerator[ChatEvent, None]
 ) -> AsyncGenerator[ChatEvent, None]:
-    """Pass a gateway chat's events through, recording its metrics under `gateway`."""
+    """Pass a gateway chat's events through, recording its metrics under `gateway`.
+
+    The labelled series are bound at the first event, which comes only after
+    the gateway found a backend that lists the model, so requests for unknown
+    model names add no series.
+    """
     from llmcloud.gateway.errors import GatewayBusy
     from llmcloud.gateway.events import Done, Failed, Queued, Started, Token
 
-    recorder = GenerationMetrics("gateway", model)
-    running = metrics.llm_requests_running.labels("gateway", model)
-    waiting = metrics.llm_requests_waiting.labels("gateway", model)
+    started = time.perf_counter()
+    recorder: GenerationMetrics | None = None
+    gauges: dict[str, Gauge] = {}
     state = "new"
 
     def move(to: str) -> None:
         nonlocal state
-        for name, gauge in (("running", running), ("waiting", waiting)):
+        for name, gauge in gauges.items():
             if state == name:
                 gauge.dec()
             if to == name:
@@ -102,6 +109,10 @@ async def observe_gateway_chat(
     try:
         async with aclosing(events):
             async for event in events:
+                if recorder is None:
+                    recorder = GenerationMetrics("gateway", model, started)
+                    gauges["running"] = metrics.llm_requests_running.labels("gateway", model)
+                    gauges["waiting"] = metrics.llm_requests_waiting.labels("gateway", model)
                 if isinstance(event, Queued) and state != "waiting":
                     move("waiting")
                 elif isinstance(event, Started):

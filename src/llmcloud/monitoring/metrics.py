@@ -3,7 +3,7 @@
 Names follow Prometheus conventions: the `llmcloud_` prefix, base units
 (seconds, bytes, ratios), `_total` on counters, histograms rather than
 summaries. Label values are bounded: route templates instead of paths, model
-and backend names from the configuration, fixed outcome words. No label holds
+and backend names from the configuration, fixed outcome words. No label contains
 a user name, email, IP address, chat id or prompt text.
 
 All metrics live in `REGISTRY`, which also carries the standard process and

@@ -74,7 +74,7 @@ def by_label(reading: Reading, name: str, label: str) -> dict[str, float]:
 def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
     """Estimate a quantile from cumulative bucket counts the way Prometheus does.
 
-    Interpolates linearly inside the bucket that holds the rank; a rank in the
+    Interpolates linearly inside the bucket that contains the rank; a rank in the
     +Inf bucket returns the highest finite bound.
     """
     bounds = sorted(buckets)

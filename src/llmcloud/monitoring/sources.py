@@ -93,7 +93,7 @@ def disk_free_percent(data_dir: Path) -> float:
 
 
 def _disk_usage(data_dir: Path) -> Any:
-    # The data dir may not exist yet on a fresh install; its parent holds the same file system.
+    # The data dir may not exist yet on a fresh install; its parent is on the same file system.
     path = data_dir
     while not path.exists() and path != path.parent:
         path = path.parent
