@@ -367,3 +367,20 @@ def test_connect_timeout_gets_04(make_proxy: Any, monkeypatch: pytest.MonkeyPatc
     client = log_in(proxy)
     client.sendall(ipv4_request(ALLOWED_HOST, 80))
     assert reply_code(client) == 0x04
+
+
+def test_user_limit_counts_pending_connects(
+    make_proxy: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def slow_connect(address: object, port: int) -> socket.socket:
+        await asyncio.sleep(0.5)
+        raise OSError(errno.ECONNREFUSED, "Connection refused")
+
+    monkeypatch.setattr(tunnel, "_connect", slow_connect)
+    proxy = make_proxy(max_tunnels_per_user=1)
+    first, second = log_in(proxy), log_in(proxy)
+    first.sendall(ipv4_request(ALLOWED_HOST, 80))
+    time.sleep(0.1)
+    second.sendall(ipv4_request(ALLOWED_HOST, 80))
+    assert reply_code(second) == 0x01
+    assert reply_code(first) == 0x05

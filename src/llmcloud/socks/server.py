@@ -241,7 +241,15 @@ class SocksServer:
             record.outcome = "over_user_limit"
             await _send(client, protocol.encode_reply(Reply.GENERAL_FAILURE))
             return
-        await self._connect_and_relay(client, reader, record, request, user)
+
+        # Counted from the request on, so that simultaneous requests cannot pass the limit.
+        self._tunnels_per_user[user] += 1
+        try:
+            await self._connect_and_relay(client, reader, record, request)
+        finally:
+            self._tunnels_per_user[user] -= 1
+            if self._tunnels_per_user[user] <= 0:
+                del self._tunnels_per_user[user]
 
     async def _log_in(
         self, client: socket.socket, reader: MessageReader, record: TunnelRecord
@@ -281,7 +289,6 @@ class SocksServer:
         reader: MessageReader,
         record: TunnelRecord,
         request: protocol.Request,
-        user: str,
     ) -> None:
         result = await connect_destination(request, self.config, self._resolver)
         if result.target is None:
@@ -294,7 +301,6 @@ class SocksServer:
         assert task is not None
         self._handshakes.pop(task, None)
         self._tunnels.add(task)
-        self._tunnels_per_user[user] += 1
         self.stats.open_tunnels += 1
         try:
             bound = target.getsockname()[:2]
@@ -305,9 +311,6 @@ class SocksServer:
         finally:
             target.close()
             self.stats.open_tunnels -= 1
-            self._tunnels_per_user[user] -= 1
-            if self._tunnels_per_user[user] <= 0:
-                del self._tunnels_per_user[user]
 
 
 def _listen(host: str, port: int) -> socket.socket:
