@@ -38,10 +38,17 @@ class Up:
         pytest.fail(f"`llmcloud up` printed no {text!r}; output:\n" + "".join(self.output[-40:]))
 
 
-@pytest.fixture
-def running_up(data_dir: Path) -> Iterator[Up]:
+@pytest.fixture(scope="module")
+def up_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("up-data")
+
+
+@pytest.fixture(scope="module")
+def running_up(up_data_dir: Path) -> Iterator[Up]:
+    """One `llmcloud up` for the module's tests, which only read from it."""
     web_port = free_port()
-    env = {**os.environ, "LLMCLOUD_DATA_DIR": str(data_dir), "LLMCLOUD_ENGINE_THREADS": "2"}
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LLMCLOUD_")}
+    env.update({"LLMCLOUD_DATA_DIR": str(up_data_dir), "LLMCLOUD_ENGINE_THREADS": "2"})
     command = [sys.executable, "-m", "llmcloud", "up", "--port", str(web_port)]
     process = subprocess.Popen(
         [*command, "--engine-port", str(free_port())],
@@ -71,15 +78,15 @@ def test_up_prints_https_url(running_up: Up) -> None:
     )
 
 
-def test_up_serves_localhost_certificate(running_up: Up, data_dir: Path) -> None:
-    ca_file = CAPaths(data_dir).cert
+def test_up_serves_localhost_certificate(running_up: Up, up_data_dir: Path) -> None:
+    ca_file = CAPaths(up_data_dir).cert
     url = f"https://localhost:{running_up.web_port}/healthz"
     response = httpx.get(url, verify=client_context(ca_file))
     assert response.status_code == 200
 
 
-def test_up_certificate_names_loopback_addresses(running_up: Up, data_dir: Path) -> None:
-    served = served_certificate(running_up.web_port, CAPaths(data_dir).cert, "127.0.0.1")
+def test_up_certificate_names_loopback_addresses(running_up: Up, up_data_dir: Path) -> None:
+    served = served_certificate(running_up.web_port, CAPaths(up_data_dir).cert, "127.0.0.1")
     assert "CN=localhost" in served.subject.rfc4514_string()
 
 
