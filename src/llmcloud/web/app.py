@@ -29,6 +29,7 @@ from llmcloud.monitoring.endpoint import metrics_router
 from llmcloud.monitoring.http_metrics import HttpMetricsMiddleware
 from llmcloud.settings import Settings
 from llmcloud.web import (
+    acme_challenge,
     admin_backends,
     admin_pages,
     api_keys_pages,
@@ -68,6 +69,7 @@ ROUTERS: list[APIRouter] = [
     admin_pages.router,
     admin_backends.router,
     status_page.router,
+    acme_challenge.router,
     proxy_pac.router,
 ]
 
