@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import stat
 from pathlib import Path
 
@@ -98,3 +99,20 @@ def test_load_pair_rejects_non_pem(tmp_path: Path) -> None:
     junk.write_text("hello")
     with pytest.raises(CertificateError, match=f"certificate file {junk} is not a PEM"):
         load_pair(junk, junk)
+
+
+@pytest.mark.parametrize("san", ["bad host", "-leading.example", "a..b", "ex_ample.org", ""])
+def test_issue_certificate_rejects_bad_san(ca: CAPaths, san: str) -> None:
+    with pytest.raises(CertificateError, match=re.escape(f"invalid --san {san!r}")):
+        issue_certificate(ca.data_dir, "web", ["ok.internal", san], lifetime_days=10)
+
+
+@pytest.mark.parametrize("san", ["*.chat.internal", "10.0.0.5", "::1", "localhost"])
+def test_issue_certificate_accepts_san(ca: CAPaths, san: str) -> None:
+    pair = issue_certificate(ca.data_dir, "web", [san], lifetime_days=10)
+    assert subject_alt_names(pair.leaf) == (san,)
+
+
+def test_issue_certificate_rejects_zero_lifetime(ca: CAPaths) -> None:
+    with pytest.raises(CertificateError, match="invalid lifetime 0 days; expected 1 or more"):
+        issue_certificate(ca.data_dir, "web", ["chat.internal"], lifetime_days=0)

@@ -10,6 +10,7 @@ signs only leaf certificates.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import logging
 import re
 from dataclasses import dataclass
@@ -41,6 +42,11 @@ CA_NAME = "llmcloud internal CA"
 # Clocks of clients may run a little behind the CA's.
 BACKDATE = dt.timedelta(minutes=5)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A DNS name of letters, digits and hyphens per label, optionally starting with "*.".
+HOST_PATTERN = re.compile(
+    r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+)
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,10 @@ def issue_certificate(
         )
     if not sans:
         raise CertificateError(f"certificate {name!r} needs at least one --san host name or IP")
+    for host in sans:
+        _check_san(host)
+    if lifetime_days < 1:
+        raise CertificateError(f"invalid lifetime {lifetime_days} days; expected 1 or more")
     paths = CAPaths(data_dir)
     if not paths.cert.exists():
         raise CertificateError(
@@ -138,6 +148,18 @@ def issue_certificate(
     write_public(paths.issued_cert(name), chain_pem([cert]))
     log.info("issued certificate %s for %s (valid %d days)", name, ", ".join(sans), lifetime_days)
     return load_pair(paths.issued_cert(name), paths.issued_key(name))
+
+
+def _check_san(host: str) -> None:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return
+    except ValueError:
+        pass
+    if len(host) > 253 or not HOST_PATTERN.match(host):
+        raise CertificateError(
+            f"invalid --san {host!r}; expected a host name such as chat.internal or an IP address"
+        )
 
 
 def _base_builder(
