@@ -70,6 +70,9 @@ def serve(settings: Settings) -> None:
         wrap_for_https(app, settings),
         log_config=None,
         access_log=False,
+        # create_app() honours X-Forwarded-* from trusted_proxies only; uvicorn's own
+        # handling would also trust 127.0.0.1 whatever the setting says.
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
         ws_max_size=4 * settings.web_max_prompt_length + 64 * 1024,
         **(tls.uvicorn_options() if tls else {}),
