@@ -125,3 +125,12 @@ async def test_gateway_unknown_model_adds_no_series(fakes: Callable[..., FakeBac
             await collect(gateway.chat("no-such-model-4711", HELLO))
 
     assert "no-such-model-4711" not in generate_latest(REGISTRY).decode()
+
+
+def test_web_readyz_reports_low_disk(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(monitoring_min_free_disk_percent=100)
+
+    response = client.get("/readyz")
+
+    assert response.status_code == 503
+    assert "monitoring_min_free_disk_percent" in response.json()["failed"]["disk"]
