@@ -669,6 +669,13 @@ class Settings(BaseSettings):
         "share live chat streams, so that a chat answered on one instance can be followed on "
         "another. Unset keeps them inside each instance.",
     )
+    web_chat_rate_limit: int = Field(
+        0,
+        ge=0,
+        description="Prompts (sends and regenerations) that one account may start per minute "
+        "on the chat page; past that it gets an error naming the seconds to wait. Counted "
+        "across every web instance that shares redis_url, else per instance. 0 means no limit.",
+    )
 
     @field_validator("redis_url", mode="before")
     @classmethod

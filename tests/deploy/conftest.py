@@ -19,11 +19,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from sqlalchemy.engine import make_url
 
 from llmcloud.db.testing import PostgresUnavailable, postgres_server_url, scratch_postgres_database
 
 STARTUP_TIMEOUT_SECONDS = 60.0
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture(autouse=True)
@@ -45,6 +47,16 @@ def postgres_url() -> Iterator[str]:
             safe_url = make_url(server).render_as_string(hide_password=True)
             pytest.skip(f"no PostgreSQL server reachable at {safe_url}: {exc}")
         yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The Redis server on loopback; the test is skipped, naming the error, when none answers."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis server reachable at {REDIS_URL}: {exc}")
+    return REDIS_URL
 
 
 def free_port() -> int:

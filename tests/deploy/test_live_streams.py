@@ -13,27 +13,16 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from websockets.sync.client import ClientConnection, connect
 
 from llmcloud.web.live import LiveFeed, LocalFeed, RedisFeed, live_feed_for
 from tests.deploy.conftest import free_port, start_web
 from tests.gateway.fake_backend import FakeBackend
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 SHARED_KEY = "3c" * 32
 PASSWORD = "correct horse battery"
 FAKE_MODEL = "fake-model"
 _CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis server reachable at {REDIS_URL}: {exc}")
-    return REDIS_URL
 
 
 @pytest.fixture(params=["local", "redis"])

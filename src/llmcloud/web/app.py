@@ -50,6 +50,7 @@ from llmcloud.web.middleware import (
     BodySizeLimitMiddleware,
     SecurityHeadersMiddleware,
 )
+from llmcloud.web.rate_limit import rate_limiter_for
 from llmcloud.web.security import CookieSigner
 from llmcloud.web.templating import STATIC_DIR
 
@@ -108,6 +109,7 @@ def create_app(
                 await state.gateway.start()
                 stack.push_async_callback(state.gateway.close)
             stack.push_async_callback(app.state.live.close)
+            stack.push_async_callback(app.state.rate_limiter.close)
             log.info("web app started (llmcloud %s)", __version__)
             yield
         log.info("web app stopped")
@@ -123,6 +125,7 @@ def create_app(
     app.state.web = state
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     app.state.live = live_feed_for(redis_url)
+    app.state.rate_limiter = rate_limiter_for(settings.web_chat_rate_limit, redis_url)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes(settings))
     app.add_middleware(AccessLogMiddleware)

@@ -165,6 +165,7 @@ class ChatConversation:
         if not model:
             raise InvalidClientMessage("field model is empty; pick a model in the model picker")
         await asyncio.to_thread(self._check_session)
+        await self.websocket.app.state.rate_limiter.hit(f"chat:{self.user_id}")
 
         chat = await asyncio.to_thread(chats.get_chat, self.state.db, self.user_id, self.chat_id)
         await asyncio.to_thread(
@@ -181,6 +182,7 @@ class ChatConversation:
     async def _regenerate(self, request: Regenerate) -> None:
         self._check_idle()
         await asyncio.to_thread(self._check_session)
+        await self.websocket.app.state.rate_limiter.hit(f"chat:{self.user_id}")
         chat = await asyncio.to_thread(chats.get_chat, self.state.db, self.user_id, self.chat_id)
         model = (request.model or "").strip() or chat.model
         if not model:
