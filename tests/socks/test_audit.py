@@ -108,3 +108,16 @@ def test_shutdown_closes_open_tunnels(make_proxy: Any, echo_server: EchoServer) 
     assert is_closed(client)
     assert proxy.server.stats.connections["shutdown"] == 1
     assert proxy.server.stats.open_connections == 0
+
+
+def test_clients_without_login_only_counted(make_proxy: Any, audit_messages: list[str]) -> None:
+    proxy = make_proxy(handshake_timeout=0.2)
+    # Only "no authentication" offered, a SOCKS4 greeting, and a stalled greeting.
+    for greeting, reply in ((b"\x05\x01\x00", b"\x05\xff"), (b"\x04\x01", b""), (b"\x05\x01", b"")):
+        client = open_client(proxy)
+        client.sendall(greeting)
+        assert receive_exactly(client, 2) == reply
+        assert is_closed(client)
+    stats = proxy.server.stats
+    assert wait_for(lambda: sum(stats.connections.values()) == 3)
+    assert audit_messages == []

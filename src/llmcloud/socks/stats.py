@@ -49,8 +49,10 @@ class TunnelRecord:
             stats.denied_destinations += 1
         if self.outcome == "login_failed":
             stats.failed_logins += 1
-        if self.user is None and self.outcome == "closed_in_handshake":
-            return  # scanners and half-open connections would flood the audit log
+        if self.user is None:
+            # Clients that never sent a login are only counted, because a flood of
+            # scanners or half-open connections would otherwise flood the audit log.
+            return
         audit_log.info(
             "socks user=%s client=%s destination=%s outcome=%s bytes_to_destination=%d "
             "bytes_to_client=%d duration=%.3fs",
