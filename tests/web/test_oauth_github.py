@@ -10,7 +10,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from llmcloud.auth.accounts import create_account
+from llmcloud.auth.accounts import create_account, deactivate
 from llmcloud.auth.pending_logins import PendingLogin
 from llmcloud.db.models import Outcome, Role, User
 from llmcloud.web.oauth_pages import STATE_COOKIE, pending_logins
@@ -475,3 +475,36 @@ def _password() -> str:
 
 def _csrf(client: TestClient) -> str:
     return csrf_token(client)
+
+
+def test_deactivated_account_cannot_log_in(
+    make_github_client: Callable[..., TestClient], github: FakeGitHub
+) -> None:
+    client = make_github_client(auth_new_identity_role="user")
+    assert log_in(github, client, "octocat").headers["location"] == "/chats"
+    client.post("/logout", data={"csrf_token": _csrf(client)})
+    deactivate(database(client), users(client)[-1].id)
+    response = log_in(github, client, "octocat")
+    assert response.status_code == 403
+    assert "deactivated" in response.text
+    assert audit_events(client)[-1].reason == "deactivated"
+    assert session_count(client) == 1  # only the admin's
+
+
+def test_unknown_provider_gives_404(make_github_client: Callable[..., TestClient]) -> None:
+    client = make_github_client()
+    response = client.get("/auth/nosuch/login")
+    assert response.status_code == 404
+    assert "is not configured; configured: github" in response.text
+    assert 'href="/auth/nosuch/login"' not in response.text
+
+
+def test_callback_without_code_is_rejected(
+    make_github_client: Callable[..., TestClient], github: FakeGitHub
+) -> None:
+    client = make_github_client()
+    callback = authorize(github, client, "octocat")
+    response = client.get(with_params(callback, code=None))
+    assert response.status_code == 400
+    assert audit_events(client)[-1].reason == "code_missing"
+    assert len(users(client)) == 1

@@ -150,7 +150,8 @@ def _failed(
     context = {
         "status_code": exc.status_code,
         "message": exc.message,
-        "retry_url": f"/auth/{name}/login",
+        # Only a failed log-in is worth retrying; an unknown provider is not.
+        "retry_url": f"/auth/{name}/login" if isinstance(exc, LoginFailed) else "/login",
         "reason": reason,
     }
     response = render(request, "login_error.html", context, status_code=exc.status_code)
