@@ -188,7 +188,7 @@ def test_connect_to_allowed_ipv4_relays(proxy: RunningProxy, echo_server: EchoSe
     assert receive_exactly(client, 4) == b"ping"
 
 
-def test_connect_by_name_resolves_on_proxy(proxy: RunningProxy, echo_server: EchoServer) -> None:
+def test_name_resolving_outside_list_denied(proxy: RunningProxy, echo_server: EchoServer) -> None:
     client = log_in(proxy)
     client.sendall(domain_request("localhost", echo_server.port))
     # localhost resolves to 127.0.0.1, which is not on the list; the name matches no pattern.
