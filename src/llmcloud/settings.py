@@ -24,7 +24,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from llmcloud.auth.provider_config import OidcProviderList, TrustedProxyList
+from llmcloud.auth.provider_config import BaseUrl, OidcProviderList, TrustedProxyList
 from llmcloud.gateway.config import BackendList, KeepAlive
 from llmcloud.units import parse_duration
 
@@ -315,12 +315,12 @@ class Settings(BaseSettings):
         None, description="Client secret of the GitHub OAuth app."
     )
     auth_github_display_name: str = Field("GitHub", description="Label of the GitHub button.")
-    auth_github_url: str = Field(
+    auth_github_url: BaseUrl = Field(
         "https://github.com",
         description="Base URL of GitHub's web pages (authorize and access_token); change it "
         "only for GitHub Enterprise Server.",
     )
-    auth_github_api_url: str = Field(
+    auth_github_api_url: BaseUrl = Field(
         "https://api.github.com",
         description="Base URL of GitHub's REST API; for GitHub Enterprise Server "
         "`https://HOST/api/v3`.",

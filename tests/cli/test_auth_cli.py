@@ -61,3 +61,12 @@ def test_auth_providers_rejects_missing_openid_scope(
     result = CliRunner().invoke(app, ["auth", "providers"])
     assert result.exit_code == 2
     assert "lack 'openid'" in result.output
+
+
+def test_auth_providers_rejects_github_url_without_scheme(
+    provider_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMCLOUD_AUTH_GITHUB_API_URL", "api.github.com")
+    result = CliRunner().invoke(app, ["auth", "providers"])
+    assert result.exit_code == 2
+    assert "invalid base URL 'api.github.com'" in result.output

@@ -1,4 +1,4 @@
-"""Types of the login settings: OpenID Connect providers and trusted proxy addresses."""
+"""Types of the login settings: OpenID Connect providers, base URLs, trusted proxy addresses."""
 
 from __future__ import annotations
 
@@ -114,3 +114,16 @@ def _check_networks(value: list[str]) -> list[str]:
 
 
 TrustedProxyList = Annotated[list[str], AfterValidator(_check_networks)]
+
+
+def _check_base_url(value: str) -> str:
+    url = httpx.URL(value.strip())
+    if url.scheme not in ("http", "https") or not url.host or url.query or url.fragment:
+        raise ValueError(
+            f"invalid base URL {value!r}; expected an http:// or https:// URL with a host and "
+            "no query, such as https://github.example.org"
+        )
+    return str(url).rstrip("/")
+
+
+BaseUrl = Annotated[str, AfterValidator(_check_base_url)]
