@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sqlite3
@@ -111,8 +112,12 @@ def test_full_disk_fails_run_cleanly(tmp_path: Path, filled: Database) -> None:
     def copy_to_full_disk(source: object, target: object) -> object:
         return real_copy(source, "/dev/full")  # type: ignore[arg-type]
 
+    def cross_device_link(source: object, target: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("llmcloud.backup.targets.shutil.copyfile", copy_to_full_disk)
+        patch.setattr("llmcloud.backup.targets.os.link", cross_device_link)
         with pytest.raises(BackupError, match="No space left on device"):
             operations.backup_and_prune(settings)
 

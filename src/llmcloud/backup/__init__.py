@@ -1,5 +1,5 @@
 """Backups: consistent snapshots, age encryption, targets, verification by restore, retention.
 
-`operations` holds one function per `llmcloud backup` command; `schedule`
+`operations` contains one function per `llmcloud backup` command; `schedule`
 runs backups and restore tests inside `llmcloud web` and `llmcloud up`.
 """

@@ -112,11 +112,13 @@ def read_archive(
     destination: Path,
     *,
     progress: Progress | None = None,
-) -> list[FileRecord]:
+) -> tuple[list[FileRecord], FileRecord]:
     """Decrypt and unpack the archive into `destination`, returning each file's record.
 
+    The second value is the record of the encrypted archive itself, hashed as it was read.
+
     Raises WrongKey when no identity decrypts it and IntegrityError when the
-    data is damaged or the archive holds anything but plain files and folders.
+    data is damaged or the archive contains anything but plain files and folders.
     """
     records: list[FileRecord] = []
 
@@ -134,12 +136,10 @@ def read_archive(
         except (zstandard.ZstdError, tarfile.TarError, EOFError) as exc:
             raise IntegrityError(f"{archive.name} is damaged: {exc}") from None
 
-    def decrypt(sink: IO[bytes]) -> None:
-        with open(archive, "rb") as handle:
-            _decrypt_stream(handle, sink, identities, archive.name)
-
-    _run_piped(decrypt, consume)
-    return records
+    with open(archive, "rb") as handle:
+        reader = _HashingReader(handle, None)
+        _run_piped(lambda sink: _decrypt_stream(reader, sink, identities, archive.name), consume)
+    return records, FileRecord(archive.name, reader.digest.hexdigest(), reader.size)
 
 
 def decrypt_bytes(data: bytes, identities: list[x25519.Identity], name: str) -> bytes:
@@ -151,7 +151,10 @@ def decrypt_bytes(data: bytes, identities: list[x25519.Identity], name: str) -> 
 
 
 def _decrypt_stream(
-    source: IO[bytes], sink: IO[bytes], identities: list[x25519.Identity], name: str
+    source: IO[bytes] | _HashingReader,
+    sink: IO[bytes],
+    identities: list[x25519.Identity],
+    name: str,
 ) -> None:
     try:
         pyrage.decrypt_io(source, sink, identities)

@@ -74,7 +74,7 @@ def verify(
 
 
 def list_backups(settings: Settings) -> list[BackupListing]:
-    """Return every backup on any target, oldest first, with the targets that hold it."""
+    """Return every backup on any target, oldest first, with the targets that store it."""
     holders: dict[str, list[str]] = {}
     for target in targets_from_settings(settings):
         for backup_id in target.list_ids():
@@ -86,7 +86,7 @@ def list_backups(settings: Settings) -> list[BackupListing]:
 
 
 def show_backup(settings: Settings, backup_id: str, key_file: Path | None = None) -> Manifest:
-    """Return the decrypted manifest of a backup, from the first target that holds it."""
+    """Return the decrypted manifest of a backup, from the first target that stores it."""
     identities = identities_for(settings, key_file)
     for target in targets_from_settings(settings):
         if backup_id in target.list_ids():

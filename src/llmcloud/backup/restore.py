@@ -40,7 +40,7 @@ class RestoreResult:
 
 
 def is_live(data_dir: Path) -> bool:
-    """Return whether the data dir holds an instance or a database."""
+    """Return whether the data dir contains an instance or a database."""
     return (data_dir / INSTANCE_FILE).exists() or (data_dir / DATABASE_FILE).exists()
 
 
@@ -85,7 +85,7 @@ def restore_backup(
 
 
 def check_data_dir_at_start(settings: Settings, targets: list[Target]) -> None:
-    """Raise BackupError when the data dir is empty but a configured target holds backups.
+    """Raise BackupError when the data dir is empty but a configured target stores backups.
 
     A lost data dir must not silently become a fresh instance. Creating an
     empty instance.json, or restoring, lets the service start.
@@ -100,7 +100,7 @@ def check_data_dir_at_start(settings: Settings, targets: list[Target]) -> None:
             continue
         if ids:
             raise BackupError(
-                f"data dir {settings.data_dir} is empty, but {target.name} holds backups of an "
+                f"data dir {settings.data_dir} is empty, but {target.name} stores backups of an "
                 f"instance (newest {ids[-1]}). Restore it with `llmcloud backup restore "
                 f"{ids[-1]}`, or to start a new instance on purpose run `llmcloud backup "
                 "start-fresh`"
@@ -118,9 +118,10 @@ def _replace_data(source: Path, destination: Path) -> None:
         return
     for item in sorted(source.iterdir()):
         target = destination / item.name
-        if item.is_dir():
+        if item.is_dir() and target.exists():
             shutil.copytree(item, target, dirs_exist_ok=True)
         else:
+            # A rename when scratch and destination share a filesystem, else a copy.
             shutil.move(item, target)
 
 
@@ -134,7 +135,7 @@ def _restore_database(
         url = database_url_from_settings(settings)
         if settings.database_url is None:
             raise BackupError(
-                "the backup holds a PostgreSQL dump, but database_url is unset; set it to the "
+                "the backup contains a PostgreSQL dump, but database_url is unset; set it to the "
                 "database to restore into"
             )
     restore_snapshot(snapshot_file, snapshot_kind, url)

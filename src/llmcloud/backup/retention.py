@@ -1,4 +1,4 @@
-"""Which backups to keep: the last N, and the newest of each day, week and month.
+"""Retention: the last N backups, and the newest of each day, week and month, are kept.
 
 Backup ids start with their UTC creation time (`20261204T164500Z-3fa9c1`),
 so retention needs no manifest. The newest verified backup is always kept.

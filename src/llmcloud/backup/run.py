@@ -2,7 +2,7 @@
 
 One run at a time per data dir: the run holds an exclusive lock on
 `<data_dir>/backup.lock` (verify takes the same lock). The staging folder
-under the data dir holds the encrypted files until every target has them,
+under the data dir stores the encrypted files until every target has them,
 and is emptied at the start of the next run if a killed process left it.
 """
 

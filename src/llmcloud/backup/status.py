@@ -1,6 +1,6 @@
 """The backup status file: what monitoring reads about backups.
 
-`<data_dir>/backup-status.json` holds the time of the last successful
+`<data_dir>/backup-status.json` stores the time of the last successful
 backup and of the last successful restore test, the duration and size of
 the last backup, and failure counters. A failed run only moves the failure
 fields, never the last-success time, so an alert on its age fires.

@@ -267,7 +267,12 @@ def _s3_client(settings: Settings) -> Any:
 
 
 def _copy_durably(source: Path, target: Path) -> None:
-    shutil.copyfile(source, target)
+    # The staged files never change once written, so a hard link is as good as a copy
+    # when the target is on the staging folder's filesystem.
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
     with open(target, "rb+") as handle:
         os.fsync(handle.fileno())
 

@@ -9,7 +9,6 @@ afterwards. Row counts must equal the manifest's. No live data is touched.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import shutil
@@ -42,8 +41,6 @@ from llmcloud.db.snapshot import (
 from llmcloud.settings import Settings
 
 log = logging.getLogger("llmcloud.backup")
-
-HASH_CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -93,10 +90,15 @@ def unpack_backup(
     folder = target.fetch(backup_id, scratch / "fetched")
     manifest = load_manifest(folder, identities, backup_id)
     archive = folder / ARCHIVE_FILE
-    _check_archive(archive, manifest.archive, backup_id)
+    if not archive.is_file():
+        raise IntegrityError(f"backup {backup_id}: {ARCHIVE_FILE} is missing")
 
     unpacked = scratch / "unpacked"
-    records = read_archive(archive, identities, unpacked, progress=progress)
+    try:
+        records, archive_record = read_archive(archive, identities, unpacked, progress=progress)
+    except IntegrityError as exc:
+        raise IntegrityError(f"backup {backup_id}: {exc.message}") from None
+    _check_archive(archive_record, manifest.archive, backup_id)
     _compare_files(records, manifest.files, backup_id)
     return manifest, unpacked
 
@@ -159,19 +161,11 @@ def _verify_locked(
     return VerifyResult(found_id, target.name, len(manifest.files), manifest.total_size, row_counts)
 
 
-def _check_archive(archive: Path, expected: FileRecord, backup_id: str) -> None:
-    if not archive.is_file():
-        raise IntegrityError(f"backup {backup_id}: {ARCHIVE_FILE} is missing")
-    digest = hashlib.sha256()
-    size = 0
-    with open(archive, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
-    if size != expected.size or digest.hexdigest() != expected.sha256:
+def _check_archive(found: FileRecord, expected: FileRecord, backup_id: str) -> None:
+    if found.size != expected.size or found.sha256 != expected.sha256:
         raise IntegrityError(
-            f"backup {backup_id}: {ARCHIVE_FILE} does not match its manifest (size {size}, "
-            f"expected {expected.size}; sha256 {digest.hexdigest()}, expected {expected.sha256})"
+            f"backup {backup_id}: {ARCHIVE_FILE} does not match its manifest (size {found.size}, "
+            f"expected {expected.size}; sha256 {found.sha256}, expected {expected.sha256})"
         )
 
 
@@ -204,7 +198,7 @@ def _check_database(settings: Settings, manifest: Manifest, database_file: Path)
         row_counts = _pg_restore_counts(database_file, settings.database_url.get_secret_value())
     else:
         raise BackupError(
-            f"backup {manifest.backup_id} holds a PostgreSQL dump, but database_url is unset; "
+            f"backup {manifest.backup_id} contains a PostgreSQL dump, but database_url is unset; "
             "set it to the PostgreSQL server where a scratch database may be created"
         )
     if row_counts != manifest.row_counts:

@@ -59,7 +59,11 @@ def snapshot_database(database: Database, folder: Path, *, timeout: float = 30.0
 
 
 def restore_snapshot(snapshot_file: Path, kind: SnapshotKind, database_url: str) -> None:
-    """Load a snapshot into the database at `database_url`, replacing its tables."""
+    """Load a snapshot into the database at `database_url`, replacing its tables.
+
+    A SQLite snapshot file is moved into place when it is on the same filesystem,
+    so the caller must not need it afterwards.
+    """
     if kind == "sqlite":
         target = make_url(database_url).database
         if not target:
@@ -156,7 +160,11 @@ def _copy_sqlite_file(snapshot_file: Path, target: Path) -> None:
     for suffix in ("-wal", "-shm"):
         Path(f"{target}{suffix}").unlink(missing_ok=True)
     temporary = target.with_name(f".{target.name}.restoring")
-    shutil.copyfile(snapshot_file, temporary)
+    try:
+        # Moving is much faster than copying a large file; the snapshot is not needed after.
+        os.replace(snapshot_file, temporary)
+    except OSError:
+        shutil.copyfile(snapshot_file, temporary)
     with open(temporary, "rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(temporary, target)

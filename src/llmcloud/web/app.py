@@ -21,9 +21,14 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from llmcloud import __version__
 from llmcloud.auth.passwords import DEFAULT_HASHER
 from llmcloud.auth.sessions import SessionPolicy
+from llmcloud.backup.operations import backup_before_migration
+from llmcloud.backup.restore import check_data_dir_at_start
+from llmcloud.backup.schedule import start_backup_scheduler
+from llmcloud.backup.targets import targets_from_settings
 from llmcloud.db import Database, database_url_from_settings, open_database
 from llmcloud.deploy.shared_keys import session_key
 from llmcloud.gateway import Gateway
+from llmcloud.instance import load_or_create_instance
 from llmcloud.monitoring import status_page
 from llmcloud.monitoring.endpoint import metrics_router
 from llmcloud.monitoring.http_metrics import HttpMetricsMiddleware
@@ -104,6 +109,9 @@ def create_app(
             if database is None:
                 state.database = await asyncio.to_thread(_open_database, settings)
                 stack.callback(state.database.dispose)
+                backups = start_backup_scheduler(settings)
+                if backups is not None:
+                    stack.callback(backups.shutdown, wait=False)
             if gateway is None:
                 state.gateway = Gateway.from_settings(settings)
                 await state.gateway.start()
@@ -145,6 +153,9 @@ def max_body_bytes(settings: Settings) -> int:
 
 
 def _open_database(settings: Settings) -> Database:
+    check_data_dir_at_start(settings, targets_from_settings(settings))
+    load_or_create_instance(settings.data_dir)
     database = open_database(database_url_from_settings(settings))
+    backup_before_migration(settings, database)
     database.upgrade()
     return database
