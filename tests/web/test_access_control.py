@@ -24,12 +24,14 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import sqlalchemy as sa
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from httpx import Response
 from starlette.routing import Mount
+from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
 from llmcloud.auth import accounts, api_keys
@@ -37,7 +39,7 @@ from llmcloud.auth.sessions import hash_token
 from llmcloud.db import backends as stored_backends
 from llmcloud.db import chats
 from llmcloud.db.chat_export import export_chats
-from llmcloud.db.models import ApiKey, Role, User, UserSession, utcnow
+from llmcloud.db.models import ApiKey, Identity, Role, User, UserSession, utcnow
 from llmcloud.web import create_app
 from llmcloud.web.deps import WebState
 from llmcloud.web.security import SESSION_COOKIE
@@ -53,6 +55,7 @@ WAIT = "redirect to /pending"
 OPEN = "open"
 
 Expected = int | str
+WEBSOCKET_WAIT_SECONDS = 2.0
 
 
 def session_page(ok: Expected) -> dict[str, Expected]:
@@ -136,6 +139,26 @@ TABLE: dict[tuple[str, str], dict[str, Expected]] = {
     ("GET", "/admin/backends"): admin_page(200),
     ("POST", "/admin/backends"): admin_page(303),
     ("POST", "/admin/backends/{backend_id}/remove"): admin_page(303),
+    ("GET", "/admin/charts"): admin_page(200),
+    ("GET", "/admin/charts.json"): admin_page(200),
+    ("GET", "/admin/users/{user_id}/identities"): admin_page(200),
+    ("POST", "/admin/users/{user_id}/identities/{identity_id}/unlink"): admin_page(303),
+    ("WEBSOCKET", "/ws/chats/{chat_id}/live"): {
+        "anonymous": 4401,
+        "pending": 4403,
+        "user": OPEN,
+        "admin": OPEN,
+        "deactivated": 4403,
+        "expired": 4401,
+    },
+    # Public: providers' log-in pages (here for a provider that is not configured), the ACME
+    # challenge (here for an unknown token) and the proxy auto-config.
+    ("GET", "/auth/{name}/login"): everyone(404),
+    ("GET", "/auth/{name}/callback"): everyone(404),
+    ("GET", "/.well-known/acme-challenge/{token}"): everyone(404),
+    ("GET", "/proxy.pac"): everyone(200),
+    # Served only to loopback clients without metrics_token, and the test client is not one.
+    ("GET", "/metrics"): everyone(403),
     ("GET", "/v1/models"): api(200),
     ("GET", "/v1/models/{model:path}"): api(200),
     ("POST", "/v1/chat/completions"): api(200),
@@ -268,11 +291,30 @@ def request_for(visitor: Visitor, method: str, path: str) -> Request:
         path = path.replace("{backend_id}", str(row.id))
     path = path.replace("{model:path}", FAKE_MODEL).replace("{path:path}", "embeddings")
 
+    path = path.replace("{name}", "unconfigured").replace("{token}", "unknown-token")
+
     target = None
     if "{user_id}" in path:
         target = victim(visitor, Role.USER if path.endswith("/reactivate") else Role.PENDING)
         path = path.replace("{user_id}", str(target.id))
+    if "{identity_id}" in path:
+        assert target is not None
+        path = path.replace("{identity_id}", str(linked_identity(visitor, target)))
     return path, _body_for(visitor, method, path, target)
+
+
+def linked_identity(visitor: Visitor, user: User) -> int:
+    """Link two provider identities to the account and return one's id.
+
+    Two, because the only way into an account without a password cannot be unlinked.
+    """
+    identities = [
+        Identity(user_id=user.id, provider="github", subject=visitor.unique("subject"))
+        for _ in range(2)
+    ]
+    with visitor.state.db.transaction() as session:
+        session.add_all(identities)
+    return identities[0].id
 
 
 def _body_for(visitor: Visitor, method: str, path: str, target: User | None) -> dict[str, Any]:
@@ -341,17 +383,36 @@ def send(visitor: Visitor, method: str, path: str) -> Expected:
 
 
 def _websocket_outcome(client: TestClient, url: str) -> Expected:
-    """Return "open" when the socket replies to a message, else the code it was closed with."""
+    """Return "open" when the socket stays open, else the code it was closed with.
+
+    A socket that rejects the visitor sends an error and closes at once. The chat
+    socket answers the empty message sent here with an error and stays open; the
+    live socket ignores it and stays silent, which counts as open after a wait.
+    """
     try:
         with client.websocket_connect(url, headers={"Origin": ORIGIN}) as socket:
             socket.send_text("{}")
-            first = socket.receive_json()
-            if "message type" in first["message"]:
+            first = _receive_within(socket, WEBSOCKET_WAIT_SECONDS)
+            if first is None or "message type" in first.get("text", ""):
                 return OPEN
+            if first["type"] == "websocket.close":
+                return int(first["code"])
             closing = socket.receive()
             return int(closing["code"])
     except WebSocketDisconnect as exc:
         return exc.code
+
+
+def _receive_within(socket: WebSocketTestSession, seconds: float) -> dict[str, Any] | None:
+    """Return the socket's next message, or None when none comes within `seconds`."""
+
+    async def receive() -> dict[str, Any] | None:
+        with anyio.move_on_after(seconds):
+            message: dict[str, Any] = await socket._send_rx.receive()  # no public timeout
+            return message
+        return None
+
+    return socket.portal.call(receive)
 
 
 @pytest.fixture(params=VISITORS)
