@@ -5,6 +5,7 @@ The provider's own login form is filled in over HTTP, as a browser would.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -338,3 +339,25 @@ def _request_of(client: TestClient) -> Any:
         app = client.app
 
     return _Request()
+
+
+def test_oidc_login_logs_no_code_or_secret(
+    make_oidc_client: Callable[..., TestClient],
+    browser: httpx.Client,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = make_oidc_client()
+    caplog.set_level(logging.DEBUG)
+    authorization = start(client, PROVIDER)
+    callback = follow_provider(authorization, browser, credentials("alice"))
+    assert client.get(callback).status_code == 303
+    secrets = [
+        CLIENT_SECRET,
+        callback_params(callback)["code"],
+        callback_params(callback)["state"],
+        httpx.URL(authorization).params["nonce"],
+    ]
+    server_lines = [r.getMessage() for r in caplog.records if r.name.startswith("llmcloud")]
+    assert any(line.startswith("login success provider=testidp") for line in server_lines)
+    for secret in secrets:
+        assert not [line for line in server_lines if secret in line]
