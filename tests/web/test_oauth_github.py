@@ -85,6 +85,27 @@ def test_github_login_creates_pending_account(
     assert created.role == Role.PENDING
     assert created.email == "octocat@example.org"
     assert session_count(client) == 1  # only the admin's
+    event = audit_events(client)[-1]
+    assert (event.outcome, event.reason, event.actor_user_id) == (
+        Outcome.FAILURE,
+        "pending",
+        created.id,
+    )
+
+
+def test_github_link_to_pending_account_is_audited(
+    make_github_client: Callable[..., TestClient], github: FakeGitHub
+) -> None:
+    client = make_github_client()
+    existing = create_account(
+        database(client), "person", None, role="pending", email="private.person@example.org"
+    )
+    assert log_in(github, client, "private").headers["location"] == "/pending"
+    events = [(e.action, e.outcome, e.actor_user_id) for e in audit_events(client)]
+    assert events[-2:] == [
+        ("link", Outcome.SUCCESS, existing.id),
+        ("login", Outcome.FAILURE, existing.id),
+    ]
 
 
 def test_github_login_keys_identity_by_numeric_id(

@@ -77,18 +77,23 @@ def callback(request: Request, state: State, name: str) -> Response:
         subject = profile.subject
         policy = IdentityPolicy.from_settings(state.settings, name)
         result = sign_in_with_identity(state.db, profile, policy)
-        check_can_log_in(result.user)
+        user = result.user
+        if result.linked:
+            audit.record_event(
+                state.db,
+                audit.LINK,
+                Outcome.SUCCESS,
+                provider=name,
+                user_id=user.id,
+                subject=subject,
+            )
+        check_can_log_in(user)
     except AccountPending:
-        _audit_failure(state, name, "pending", subject)
-        return _clear_state_cookie(pending_response(request, state, result.user))
+        _audit_failure(state, name, "pending", subject, user.id)
+        return _clear_state_cookie(pending_response(request, state, user))
     except ServiceError as exc:
         return _failed(request, state, name, exc, subject)
 
-    user = result.user
-    if result.linked:
-        audit.record_event(
-            state.db, audit.LINK, Outcome.SUCCESS, provider=name, user_id=user.id, subject=subject
-        )
     audit.record_event(
         state.db, audit.LOGIN, Outcome.SUCCESS, provider=name, user_id=user.id, subject=subject
     )
@@ -158,7 +163,9 @@ def _failed(
     return _clear_state_cookie(response)
 
 
-def _audit_failure(state: State, name: str, reason: str, subject: str | None) -> None:
+def _audit_failure(
+    state: State, name: str, reason: str, subject: str | None, user_id: int | None = None
+) -> None:
     # The name comes from the URL, so only a configured provider's name becomes a label value.
     known = any(provider.name == name for provider in configured_providers(state.settings))
     logins.labels(name if known else "unknown", "failure").inc()
@@ -167,6 +174,7 @@ def _audit_failure(state: State, name: str, reason: str, subject: str | None) ->
         audit.LOGIN,
         Outcome.FAILURE,
         provider=name[:32],
+        user_id=user_id,
         reason=reason,
         subject=subject,
     )
