@@ -27,6 +27,8 @@ from llmcloud.backup.errors import IntegrityError, WrongKey
 
 PIPE_BUFFER_BYTES = 1024 * 1024
 COPY_CHUNK_BYTES = 1024 * 1024
+# tarfile reads and writes streams in 10 KiB blocks by default, which costs many calls per GB.
+TAR_BUFFER_BYTES = 1024 * 1024
 
 Progress = Callable[[int], None]
 
@@ -93,7 +95,9 @@ def write_archive(
         compressor = zstandard.ZstdCompressor(level=level, threads=-1)
         with (
             compressor.stream_writer(sink, closefd=False) as compressed,
-            tarfile.open(fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+            tarfile.open(
+                fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT, bufsize=TAR_BUFFER_BYTES
+            ) as tar,
         ):
             for name, source in entries:
                 records.append(_add_file(tar, name, source, progress))
@@ -127,7 +131,7 @@ def read_archive(
         try:
             with (
                 decompressor.stream_reader(source, closefd=False) as plain,
-                tarfile.open(fileobj=plain, mode="r|") as tar,
+                tarfile.open(fileobj=plain, mode="r|", bufsize=TAR_BUFFER_BYTES) as tar,
             ):
                 for member in tar:
                     record = _extract_member(tar, member, destination, progress)
