@@ -26,9 +26,8 @@ const provider = new Provider(issuer, {
     groups: ['groups'],
   },
   scopes: ['openid', 'email', 'profile', 'groups'],
-  // By default the requested claims go into the ID token, as Keycloak, Google and Entra ID
-  // do. "claimsInUserinfoOnly": true keeps them in the userinfo response, as the
-  // OpenID Connect specification has it for the code flow.
+  // By default the requested claims go into the ID token. "claimsInUserinfoOnly": true keeps
+  // them in the userinfo response only, as oidc-provider's conformIdTokenClaims does.
   conformIdTokenClaims: Boolean(config.claimsInUserinfoOnly),
   features: { devInteractions: { enabled: false } },
   pkce: { required: () => true },

@@ -1,7 +1,7 @@
 """The authorization code flow with GitHub and OpenID Connect providers, through Authlib.
 
-Every log-in sends PKCE (S256) and a random `state`; OIDC log-ins also send
-a random `nonce`. The PKCE verifier and the nonce stay on the server in
+Every log-in sends PKCE (S256) and a random `state`, and OIDC log-ins also
+send a random `nonce`. The PKCE verifier and the nonce stay on the server in
 PendingLogins, keyed by the state, and the browser carries only the state
 in a signed cookie. A callback is accepted once: the state's entry is
 removed when it is first used, so a replayed callback fails with
@@ -33,7 +33,7 @@ MAX_ERROR_LENGTH = 64
 
 @dataclass(frozen=True)
 class Authorization:
-    """Where to send the browser, and the state that its cookie must carry back."""
+    """The provider URL for the browser, and the state that its cookie must carry back."""
 
     url: str
     state: str
@@ -151,11 +151,11 @@ def _finish_oidc(
 def _add_userinfo(
     client: OAuth2Client, endpoint: str | None, claims: dict[str, Any]
 ) -> dict[str, Any]:
-    """Fill claims missing from the ID token from the userinfo response, as providers such
-    as LifeScience AAI keep email and groups there.
+    """Fill claims missing from the ID token from the userinfo response.
 
-    The ID token's own claims win, because only they are signed. A userinfo
-    response for another `sub` is rejected (OpenID Connect Core 5.3.2).
+    Some providers return email and groups only there. The ID token's own
+    claims win, because only they are signed. A userinfo response for
+    another `sub` is rejected, because it describes another user.
     """
     if endpoint is None:
         return claims

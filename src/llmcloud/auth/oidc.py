@@ -81,7 +81,8 @@ def discover(provider: OidcProvider, client: OAuth2Client) -> Discovery:
 
 
 def _check_issuer(provider: OidcProvider, discovered: str) -> None:
-    """Require the discovered issuer to equal the configured one (OpenID Connect Discovery 4.3)."""
+    """Require the discovered issuer to equal the configured one, so that keys of a substituted
+    discovery document are never trusted."""
     if provider.issuer == provider.discovery_url:
         return
     if discovered.rstrip("/") != provider.issuer:
