@@ -173,7 +173,7 @@ class Pebble:
             process.wait(10)
 
 
-def start_pebble(work_dir: Path, http_port: int) -> Pebble:
+def start_pebble(work_dir: Path, http_port: int, authz_reuse_percent: int = 0) -> Pebble:
     """Start Pebble on loopback; HTTP-01 validation connects to 127.0.0.1:`http_port`."""
     if shutil.which("pebble") is None or shutil.which("pebble-challtestsrv") is None:
         pytest.skip("Debian package pebble is not installed (scripts/install-test-packages)")
@@ -195,7 +195,12 @@ def start_pebble(work_dir: Path, http_port: int) -> Pebble:
     }
     config_path = work_dir / "pebble.json"
     config_path.write_text(json.dumps(config))
-    env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
+    env = {
+        **os.environ,
+        "PEBBLE_VA_NOSLEEP": "1",
+        "PEBBLE_WFE_NONCEREJECT": "0",
+        "PEBBLE_AUTHZREUSE": str(authz_reuse_percent),
+    }
     dns_server = subprocess.Popen(
         [
             "pebble-challtestsrv",

@@ -235,3 +235,22 @@ def test_certs_acme_command_replaces_certificate(
     assert result.exit_code == 0, result.output
     assert str(files.cert) in result.stdout
     assert new_serial != old_serial
+
+
+def test_acme_reuses_valid_authorization(tmp_path: Path, http_port: int, data_dir: Path) -> None:
+    from tests.tls.conftest import run_web
+
+    pebble = start_pebble(tmp_path / "reuse-pebble", http_port, authz_reuse_percent=100)
+    # A plain-HTTP web app on the validation port answers the challenges.
+    web = run_web(data_dir, tmp_path, web_port=str(http_port))
+    web.port = http_port
+    try:
+        web.wait_ready(None, https=False)
+        client = acme_client(data_dir, pebble)
+        cert, key = data_dir / "certs" / "x.pem", data_dir / "secrets" / "x-key.pem"
+        first = client.issue([DOMAIN], cert, key)
+        second = client.issue([DOMAIN], cert, key)
+    finally:
+        web.stop()
+        pebble.stop()
+    assert second.serial_number != first.serial_number

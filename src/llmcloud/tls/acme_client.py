@@ -151,6 +151,9 @@ class AcmeClient:
     ) -> list[str]:
         tokens = []
         for authorization in order.authorizations:
+            # A CA may reuse an authorization that an earlier order validated.
+            if authorization.body.status == messages.STATUS_VALID:
+                continue
             domain = authorization.body.identifier.value
             challenge = _http01(authorization, domain)
             response, validation = challenge.response_and_validation(acme.net.key)
