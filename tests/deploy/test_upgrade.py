@@ -158,3 +158,21 @@ def test_current_database_skips_backup(old_database: Database, tmp_path: Path) -
 
     assert calls == []
     assert not result.backed_up
+
+
+def test_default_hook_writes_backup_before_migration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "data"
+    database = open_database(f"sqlite:///{data_dir / 'llmcloud.db'}")
+    database.upgrade()
+    _add_migration(tmp_path, monkeypatch, fails=False)
+    targets = tmp_path / "backups"
+    settings = Settings(data_dir=data_dir, backup_targets=[str(targets)])
+
+    result = migrate_with_backup(settings, database)
+    database.dispose()
+
+    assert result.backed_up
+    assert result.after == NEWER_REVISION
+    assert any(targets.iterdir())
