@@ -220,3 +220,14 @@ def test_killed_run_leaves_nothing_that_looks_valid(
     assert len(operations.list_backups(settings)) == 1
     assert operations.backup_and_prune(settings).backup_id
     assert not (settings.data_dir / "backup-staging").exists()
+
+
+def test_verify_removes_scratch_left_by_killed_run(settings: Settings, filled: Database) -> None:
+    operations.backup_and_prune(settings)
+    stale = settings.data_dir / "backup-scratch-left"
+    (stale / "unpacked").mkdir(parents=True)
+
+    operations.verify(settings)
+
+    assert not stale.exists()
+    assert not list(settings.data_dir.glob("backup-scratch-*"))

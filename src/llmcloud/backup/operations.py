@@ -7,6 +7,7 @@ targets and keys from the settings and calls the module that does the work.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from llmcloud.backup.retention import RetentionPolicy, backup_time, backups_to_d
 from llmcloud.backup.run import BackupResult, run_backup
 from llmcloud.backup.status import read_status
 from llmcloud.backup.targets import Target, targets_from_settings
-from llmcloud.backup.verify import VerifyResult, load_manifest, scratch_folder, verify_backup
+from llmcloud.backup.verify import VerifyResult, load_manifest, verify_backup
 from llmcloud.db import Database
 from llmcloud.settings import Settings
 
@@ -90,8 +91,8 @@ def show_backup(settings: Settings, backup_id: str, key_file: Path | None = None
     identities = identities_for(settings, key_file)
     for target in targets_from_settings(settings):
         if backup_id in target.list_ids():
-            with scratch_folder(settings) as scratch:
-                folder = _fetch_manifest_only(target, backup_id, scratch)
+            with tempfile.TemporaryDirectory(prefix="llmcloud-backup-show-") as scratch:
+                folder = _fetch_manifest_only(target, backup_id, Path(scratch))
                 return load_manifest(folder, identities, backup_id)
     raise BackupError(f"backup {backup_id} not found; `llmcloud backup list` shows the ids")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pyrage import x25519  # type: ignore[import-untyped]
 
+from llmcloud.backup.archive import Progress
 from llmcloud.backup.errors import BackupError
 from llmcloud.backup.run import DATA_FOLDERS, backup_lock, run_backup
 from llmcloud.backup.targets import Target
@@ -52,6 +53,7 @@ def restore_backup(
     *,
     data_dir: Path | None = None,
     force: bool = False,
+    progress: Progress | None = None,
 ) -> RestoreResult:
     """Restore backup `backup_id` into `data_dir` (default: the configured data dir).
 
@@ -72,8 +74,9 @@ def restore_backup(
 
     target, found_id = find_backup(targets, backup_id)
     destination.mkdir(parents=True, exist_ok=True)
-    with backup_lock(destination), scratch_folder(settings) as scratch:
-        manifest, unpacked = unpack_backup(target, found_id, identities, scratch)
+    # Unpacking inside the destination lets every restored file be moved into place by rename.
+    with backup_lock(destination), scratch_folder(destination) as scratch:
+        manifest, unpacked = unpack_backup(target, found_id, identities, scratch, progress)
         _replace_data(unpacked / "data", destination)
         _restore_database(
             settings, destination, unpacked / manifest.database_file, manifest.database_kind

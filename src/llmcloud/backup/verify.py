@@ -42,6 +42,8 @@ from llmcloud.settings import Settings
 
 log = logging.getLogger("llmcloud.backup")
 
+SCRATCH_PREFIX = "backup-scratch-"
+
 
 @dataclass(frozen=True)
 class VerifyResult:
@@ -137,9 +139,16 @@ def newest_verified(data_dir: Path) -> str | None:
 
 
 @contextmanager
-def scratch_folder(settings: Settings) -> Iterator[Path]:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="backup-scratch-", dir=settings.data_dir))
+def scratch_folder(parent: Path) -> Iterator[Path]:
+    """Yield a new folder under `parent` for unpacking a backup, and remove it afterwards.
+
+    Call it while holding `parent`'s backup lock: folders that a killed
+    process left behind there are removed first.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(f"{SCRATCH_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=parent))
     try:
         yield folder
     finally:
@@ -154,7 +163,7 @@ def _verify_locked(
     progress: Progress | None,
 ) -> VerifyResult:
     target, found_id = find_backup(targets, backup_id)
-    with scratch_folder(settings) as scratch:
+    with scratch_folder(settings.data_dir) as scratch:
         manifest, unpacked = unpack_backup(target, found_id, identities, scratch, progress)
         database_file = unpacked / manifest.database_file
         row_counts = _check_database(settings, manifest, database_file)

@@ -128,7 +128,7 @@ def restore(
     from llmcloud.backup.targets import targets_from_settings
 
     settings = settings_or_exit()
-    with _errors_as_exit():
+    with _errors_as_exit(), _progress("Restoring") as progress:
         identities = identities_for(settings, key)
         result = restore_backup(
             settings,
@@ -137,6 +137,7 @@ def restore(
             backup_id,
             data_dir=to,
             force=force,
+            progress=progress,
         )
     if result.safety_backup_id:
         typer.echo(f"the data dir was backed up first as {result.safety_backup_id}")
@@ -187,7 +188,7 @@ def export_key() -> None:
 
 @app.command("start-fresh")
 def start_fresh() -> None:
-    """Mark an empty data dir as a new instance, although the targets hold older backups."""
+    """Mark an empty data dir as a new instance, although the targets store older backups."""
     from llmcloud.instance import load_or_create_instance
 
     settings = settings_or_exit()
