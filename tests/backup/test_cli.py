@@ -66,3 +66,22 @@ def test_cli_systemd_units_written(env: dict[str, str], tmp_path: Path) -> None:
 
     assert result.exit_code == 0, result.output
     assert "backup run" in (tmp_path / "u" / "llmcloud-backup.service").read_text()
+
+
+def test_cli_restore_with_exported_key(
+    env: dict[str, str], settings: Settings, filled: Database, tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    runner.invoke(app, ["backup", "run"])
+    exported = runner.invoke(app, ["backup", "export-key"])
+    key = tmp_path / "exported.age"
+    key.write_text(exported.stdout)
+    backup_id = json.loads(runner.invoke(app, ["backup", "list", "--json"]).stdout)[0]["backup_id"]
+
+    restored = runner.invoke(
+        app, ["backup", "restore", backup_id, "--to", str(tmp_path / "new"), "--key", str(key)]
+    )
+
+    assert restored.exit_code == 0, restored.output
+    assert (tmp_path / "new" / "llmcloud.db").is_file()
+    assert (tmp_path / "new" / "instance.json").is_file()

@@ -52,3 +52,13 @@ def test_start_check_rejects_empty_data_dir_with_backups(
 
 def test_backup_before_migration_skips_current_schema(settings: Settings, filled: Database) -> None:
     assert operations.backup_before_migration(settings, filled) is None
+
+
+def test_backup_before_migration_backs_up_old_schema(settings: Settings, filled: Database) -> None:
+    with filled.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = 'older'")
+
+    result = operations.backup_before_migration(settings, filled)
+
+    assert result is not None
+    assert operations.show_backup(settings, result.backup_id).schema_revision == "older"
