@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -8,8 +9,15 @@ import pytest
 from llmcloud.backup import operations
 from llmcloud.backup.errors import BackupError
 from llmcloud.backup.restore import check_data_dir_at_start
-from llmcloud.backup.schedule import parse_cron, start_backup_scheduler
-from llmcloud.backup.targets import targets_from_settings
+from llmcloud.backup.run import backup_lock
+from llmcloud.backup.schedule import (
+    _scheduled_backup,
+    _scheduled_verify,
+    parse_cron,
+    start_backup_scheduler,
+)
+from llmcloud.backup.status import read_status
+from llmcloud.backup.targets import ARCHIVE_FILE, targets_from_settings
 from llmcloud.db import Database
 from llmcloud.settings import ConfigError, Settings
 from tests.backup.conftest import backup_settings
@@ -62,3 +70,28 @@ def test_backup_before_migration_backs_up_old_schema(settings: Settings, filled:
 
     assert result is not None
     assert operations.show_backup(settings, result.backup_id).schema_revision == "older"
+
+
+def test_scheduled_backup_skips_while_locked(
+    settings: Settings, filled: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="llmcloud.backup")
+    with backup_lock(settings.data_dir):
+        _scheduled_backup(settings)
+
+    assert "scheduled backup skipped" in caplog.text
+    assert operations.list_backups(settings) == []
+
+
+def test_scheduled_verify_logs_failure(
+    settings: Settings, filled: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    _scheduled_backup(settings)
+    for archive in Path(settings.backup_targets[0]).glob(f"*/{ARCHIVE_FILE}"):
+        archive.write_bytes(b"not an age file")
+
+    _scheduled_verify(settings)
+
+    assert "scheduled restore test failed" in caplog.text
+    assert read_status(settings.data_dir).verify_failures_total == 1
+    assert read_status(settings.data_dir).last_success_at is not None
