@@ -18,7 +18,7 @@ from llmcloud.backup.schedule import (
 )
 from llmcloud.backup.status import read_status
 from llmcloud.backup.targets import ARCHIVE_FILE, targets_from_settings
-from llmcloud.db import Database
+from llmcloud.db import Database, open_database
 from llmcloud.settings import ConfigError, Settings
 from tests.backup.conftest import backup_settings
 
@@ -95,3 +95,18 @@ def test_scheduled_verify_logs_failure(
     assert "scheduled restore test failed" in caplog.text
     assert read_status(settings.data_dir).verify_failures_total == 1
     assert read_status(settings.data_dir).last_success_at is not None
+
+
+def test_start_check_accepts_new_data_dir_on_used_postgres(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    database = open_database(postgres_url)
+    database.upgrade()
+    database.dispose()
+    settings = backup_settings(tmp_path, database_url=postgres_url)
+    operations.backup_and_prune(settings)
+    second = backup_settings(tmp_path, database_url=postgres_url, data_dir=tmp_path / "second")
+
+    check_data_dir_at_start(second, targets_from_settings(second))
+
+    assert not (tmp_path / "second" / "instance.json").exists()

@@ -93,7 +93,9 @@ def check_data_dir_at_start(settings: Settings, targets: list[Target]) -> None:
     A lost data dir must not silently become a fresh instance. Creating an
     empty instance.json, or restoring, lets the service start.
     """
-    if is_live(settings.data_dir):
+    # A PostgreSQL database with tables is the instance's state, for example for a second
+    # web instance that starts on a new machine beside the first.
+    if is_live(settings.data_dir) or _postgres_has_tables(settings):
         return
     for target in targets:
         try:
