@@ -97,9 +97,7 @@ def test_scheduled_verify_logs_failure(
     assert read_status(settings.data_dir).last_success_at is not None
 
 
-def test_start_check_accepts_new_data_dir_on_used_postgres(
-    tmp_path: Path, postgres_url: str
-) -> None:
+def test_start_check_accepts_shared_postgres(tmp_path: Path, postgres_url: str) -> None:
     database = open_database(postgres_url)
     database.upgrade()
     database.dispose()
