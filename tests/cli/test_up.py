@@ -32,10 +32,15 @@ class UpProcess:
     web_port: int
     engine_port: int
     output: list[str]
+    data_dir: Path
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}"
+        return f"https://127.0.0.1:{self.web_port}"
+
+    def get(self, path: str) -> httpx.Response:
+        """GET from the web app, trusting only the internal CA that `up` created."""
+        return httpx.get(self.url + path, verify=str(self.data_dir / "certs" / "ca.pem"))
 
     def wait_for_line(self, text: str, seconds: float = STARTUP_SECONDS) -> None:
         deadline = time.monotonic() + seconds
@@ -84,7 +89,7 @@ def running_up(tmp_path: Path) -> Iterator[UpProcess]:
     assert process.stdout is not None
     reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)  # type: ignore[arg-type]
     reader.start()
-    up = UpProcess(process, web_port, engine_port, output)
+    up = UpProcess(process, web_port, engine_port, output, tmp_path / "data")
     yield up
     if process.poll() is None:
         process.kill()
@@ -103,9 +108,9 @@ def test_up_prints_url_and_first_step(running_up: UpProcess) -> None:
 
 def test_up_serves_web_app_and_engine(running_up: UpProcess) -> None:
     running_up.wait_for_line("Press Ctrl-C")
-    assert httpx.get(f"{running_up.url}/healthz").json() == {"status": "ok"}
-    assert httpx.get(f"{running_up.url}/readyz").json()["backends"] == ["engine"]
-    assert httpx.get(f"{running_up.url}/signup").status_code == 200
+    assert running_up.get("/healthz").json() == {"status": "ok"}
+    assert running_up.get("/readyz").json()["backends"] == ["engine"]
+    assert running_up.get("/signup").status_code == 200
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
