@@ -101,7 +101,7 @@ def _disk_usage(data_dir: Path) -> Any:
 
 
 def _watch_gpus() -> None:
-    """Point the GPU gauges at NVML when nvidia-ml-py is installed and a GPU is present."""
+    """Point the GPU gauges at NVML when a GPU and its driver are present."""
     try:
         import pynvml  # type: ignore[import-not-found,unused-ignore]
 
