@@ -103,7 +103,7 @@ def _disk_usage(data_dir: Path) -> Any:
 def _watch_gpus() -> None:
     """Point the GPU gauges at NVML when a GPU and its driver are present."""
     try:
-        import pynvml  # type: ignore[import-not-found,unused-ignore]
+        import pynvml
 
         pynvml.nvmlInit()
         count = int(pynvml.nvmlDeviceGetCount())
