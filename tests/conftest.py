@@ -12,7 +12,7 @@ import pytest
 import uvicorn
 
 from llmcloud.engine.app import create_app
-from llmcloud.engine.server import bind_socket
+from llmcloud.listen import bind_socket
 from llmcloud.settings import Settings
 
 BUNDLED_MODEL = "smollm2:135m"
@@ -37,7 +37,7 @@ class RunningServer:
     """A uvicorn server on a free loopback port, run in a thread."""
 
     def __init__(self, app: object) -> None:
-        self.sock = bind_socket("127.0.0.1", 0)
+        self.sock = bind_socket("127.0.0.1", 0, setting="port")
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")  # type: ignore[arg-type]

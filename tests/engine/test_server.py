@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from llmcloud.cli import app
-from llmcloud.engine.server import StartupError, bind_socket, check_startup, is_loopback
+from llmcloud.engine.server import StartupError, check_startup
+from llmcloud.listen import is_loopback
 from tests.conftest import engine_settings
 
 
@@ -41,12 +41,3 @@ def test_cli_refuses_public_host_without_token(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "needs a Bearer token" in result.output
-
-
-def test_port_in_use_is_reported() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        with pytest.raises(StartupError, match=f"port {port}"):
-            bind_socket("127.0.0.1", port)

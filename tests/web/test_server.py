@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from llmcloud.settings import Settings
-from llmcloud.web.server import StartupError, bind_socket, open_and_migrate, serve
+from llmcloud.web.server import StartupError, open_and_migrate, serve
 
 
 def test_serve_rejects_unsupported_database(tmp_path: Path) -> None:
@@ -29,12 +28,3 @@ def test_open_and_migrate_creates_sqlite_schema(tmp_path: Path) -> None:
         assert database.current_revision() == database.head_revision()
     finally:
         database.dispose()
-
-
-def test_bind_socket_reports_port_in_use() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        with pytest.raises(StartupError, match=f"port {port} on 127.0.0.1 is already in use"):
-            bind_socket("127.0.0.1", port)

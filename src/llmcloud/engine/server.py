@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import errno
-import ipaddress
 import logging
-import socket
 from typing import Any
 
 import uvicorn
 
 from llmcloud.engine.app import create_app
+from llmcloud.listen import ListenError, bind_socket, is_loopback
 from llmcloud.settings import Settings
 from llmcloud.tls.errors import CertificateError
 from llmcloud.tls.serving import engine_certificate
@@ -20,15 +18,6 @@ logger = logging.getLogger("llmcloud.engine")
 
 class StartupError(Exception):
     """A reason the engine cannot start, worded for the operator."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_startup(settings: Settings) -> None:
@@ -43,25 +32,6 @@ def check_startup(settings: Settings) -> None:
         raise StartupError(f"cannot create the model store {settings.models_dir}: {exc}") from None
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise StartupError(
-                f"port {port} on {host} is already in use; is another engine or Ollama running? "
-                "Stop it or pick another port with --port"
-            ) from None
-        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
 def serve(settings: Settings) -> None:
     """Run the engine until interrupted."""
     check_startup(settings)
@@ -69,7 +39,10 @@ def serve(settings: Settings) -> None:
         certificate = engine_certificate(settings)
     except CertificateError as exc:
         raise StartupError(exc.message) from None
-    sock = bind_socket(settings.engine_host, settings.engine_port)
+    try:
+        sock = bind_socket(settings.engine_host, settings.engine_port, setting="engine_port")
+    except ListenError as exc:
+        raise StartupError(str(exc)) from None
     logger.info(
         "engine listening on %s://%s:%s (data dir %s)",
         "https" if certificate else "http",

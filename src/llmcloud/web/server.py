@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import logging
-import socket
 
 import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
@@ -13,6 +11,7 @@ from llmcloud.auth.secret_key import SecretKeyError
 from llmcloud.db import Database, database_url_from_settings, open_database
 from llmcloud.deploy.shared_keys import SharedKeyMismatchError, check_session_key
 from llmcloud.deploy.upgrade import UpgradeError, migrate_with_backup
+from llmcloud.listen import ListenError, bind_socket
 from llmcloud.settings import ConfigError, Settings
 from llmcloud.tls.errors import TLSError
 from llmcloud.tls.serving import https_for, wrap_for_https
@@ -23,25 +22,6 @@ log = logging.getLogger("llmcloud.web")
 
 class StartupError(Exception):
     """A reason the web app cannot start, worded for the operator."""
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise StartupError(
-                f"port {port} on {host} is already in use; stop the other program or pick "
-                "another port with --port (setting web_port)"
-            ) from None
-        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
 
 
 def serve(settings: Settings) -> None:
@@ -62,7 +42,10 @@ def serve(settings: Settings) -> None:
     except TLSError as exc:
         database.dispose()
         raise StartupError(exc.message) from None
-    sock = bind_socket(settings.web_host, settings.web_port)
+    try:
+        sock = bind_socket(settings.web_host, settings.web_port, setting="web_port")
+    except ListenError as exc:
+        raise StartupError(str(exc)) from None
     host, port = sock.getsockname()[:2]
     scheme = "https" if tls else "http"
     log.info("web app listening on %s://%s:%s (data dir %s)", scheme, host, port, settings.data_dir)
