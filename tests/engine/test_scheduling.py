@@ -191,3 +191,15 @@ def test_engine_token_required(tmp_path: Path) -> None:
     assert denied.headers["www-authenticate"] == "Bearer"
     assert allowed.status_code == 200
     assert health.status_code == 200
+
+
+def test_request_without_keep_alive_gets_default(small_engine: RunningServer) -> None:
+    httpx.post(
+        small_engine.url + "/api/generate",
+        json={"model": BUNDLED_MODEL, "keep_alive": "1s"},
+        timeout=60,
+    )
+    _quick(small_engine.url)
+    time.sleep(2.5)
+    # The second request named no keep_alive, so the engine default (5 minutes) applies to it.
+    assert BUNDLED_MODEL in _loaded(small_engine.url)

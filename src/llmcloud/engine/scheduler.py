@@ -108,8 +108,11 @@ class Scheduler:
                     model.in_flight += 1
                     _report_slots(model)
                     model.last_used = time.monotonic()
-                    if keep_alive is not None:
-                        model.keep_alive = keep_alive
+                    # As in Ollama, a request without keep_alive gets the default again
+                    # rather than whatever the previous request asked for.
+                    model.keep_alive = (
+                        self.settings.keep_alive_seconds if keep_alive is None else keep_alive
+                    )
                     return model, 0
                 await self._make_room()
                 model = await self._load(entry, num_ctx, keep_alive)
