@@ -11,10 +11,28 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import sys
 import time
 from typing import Any
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is at the time of each record.
+
+    A handler that kept the stream it was created with would write into a
+    closed file once that stream is replaced, as test runners and Typer's
+    CliRunner do while threads of a server are still logging.
+    """
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
 
 
 class JsonFormatter(logging.Formatter):
@@ -43,13 +61,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
                 "text": {"format": TEXT_FORMAT},
                 "json": {"()": JsonFormatter},
             },
-            "handlers": {
-                "stderr": {
-                    "class": "logging.StreamHandler",
-                    "formatter": formatter,
-                    "stream": "ext://sys.stderr",
-                }
-            },
+            "handlers": {"stderr": {"()": StderrHandler, "formatter": formatter}},
             "loggers": {
                 "llmcloud": {"handlers": ["stderr"], "level": level, "propagate": False},
                 "uvicorn": {"handlers": ["stderr"], "level": level, "propagate": False},
