@@ -6,6 +6,7 @@ import os
 import platform
 import re
 import subprocess
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,12 +140,14 @@ def concurrency_table(results: list[ConcurrencyResult]) -> str:
 
 
 def error_samples(overheads: list[OverheadResult], streams: list[ConcurrencyResult]) -> str:
-    samples = [error for result in overheads for error in result.errors[:3]]
-    samples += [error for result in streams for error in result.errors[:3]]
-    if not samples:
+    """List the distinct errors, cut to 200 characters, each with how often it occurred."""
+    errors = [error for result in overheads for error in result.errors]
+    errors += [error for result in streams for error in result.errors]
+    if not errors:
         return ""
-    shown = "\n".join(f"- `{sample[:200]}`" for sample in samples[:10])
-    return f"\nFirst errors seen:\n\n{shown}\n"
+    counts = Counter(error[:200] for error in errors)
+    shown = "\n".join(f"- {count} times: `{error}`" for error, count in counts.most_common(5))
+    return f"\nErrors seen:\n\n{shown}\n"
 
 
 def gateway_section(
