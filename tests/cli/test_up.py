@@ -84,6 +84,7 @@ def running_up(tmp_path: Path) -> Iterator[UpProcess]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
     output: list[str] = []
     assert process.stdout is not None
@@ -91,9 +92,15 @@ def running_up(tmp_path: Path) -> Iterator[UpProcess]:
     reader.start()
     up = UpProcess(process, web_port, engine_port, output, tmp_path / "data")
     yield up
+    # Stop `up` the way an operator would, so that it stops its children; if it hangs, kill its
+    # whole process group, children included, so that no engine or web app outlives the test.
     if process.poll() is None:
-        process.kill()
-        process.wait()
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def is_listening(port: int) -> bool:
