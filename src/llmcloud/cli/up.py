@@ -13,6 +13,7 @@ stops them in order.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -192,7 +193,10 @@ class Supervisor:
     def _start(self, part: Part) -> None:
         log.info("starting the %s: %s", part.name, " ".join(part.argv[1:]))
         part.process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-            part.argv, env={**os.environ, **part.env}, start_new_session=True
+            part.argv,
+            env={**os.environ, **part.env},
+            start_new_session=True,
+            preexec_fn=_stop_with_parent if sys.platform == "linux" else None,
         )
 
     def _wait_healthy(self, part: Part) -> bool:
@@ -266,3 +270,13 @@ def _client_host(host: str) -> str:
     if ":" in host and not host.startswith("["):
         return f"[{host}]"
     return host
+
+
+def _stop_with_parent() -> None:
+    """Ask Linux to send SIGTERM to this child when `up` dies, even by SIGKILL.
+
+    Without it a killed supervisor leaves the engine and web app running and holding their
+    ports. PR_SET_PDEATHSIG is option 1 of prctl(2).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)
