@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import BUNDLED_MODEL, RunningServer
+from tests.conftest import BUNDLED_MODEL, RunningServer, start_engine
 
 
 def samples(engine: RunningServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -21,7 +23,17 @@ def value(engine: RunningServer, name: str, **labels: str) -> float:
     return samples(engine).get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def test_engine_records_generation_metrics(engine: RunningServer) -> None:
+def test_engine_records_generation_metrics(tmp_path: Path) -> None:
+    # A fresh engine: gauges such as llmcloud_models_loaded read the scheduler of the most
+    # recently started engine in this process, and other tests start engines of their own.
+    engine = start_engine(tmp_path)
+    try:
+        _check_generation_metrics(engine)
+    finally:
+        engine.stop()
+
+
+def _check_generation_metrics(engine: RunningServer) -> None:
     labels = {"component": "engine", "model": BUNDLED_MODEL}
     before_tokens = value(engine, "llmcloud_llm_generated_tokens_total", **labels)
     before_ttft = value(engine, "llmcloud_llm_time_to_first_token_seconds_count", **labels)

@@ -36,6 +36,8 @@ def watch_data_dir(data_dir: Path) -> None:
 
 
 def watch_scheduler(scheduler: Scheduler) -> None:
+    # NOTE: sources are process-wide, so with several engine apps in one process (as in tests)
+    # the gauge follows the most recently started one. A deployed engine is one per process.
     metrics.models_loaded.set_source(lambda: {(): float(len(scheduler.running()))})
 
 
