@@ -139,7 +139,8 @@ def test_chat_streams_chunks_until_done(shared: EngineClient) -> None:
 
     assert chunks[-1]["done"] is True
     assert all(chunk["done"] is False for chunk in chunks[:-1])
-    assert chunks[-1]["eval_count"] == len(chunks) - 1
+    # A token can end inside a UTF-8 character, and its text then goes out with the next one.
+    assert 1 <= len(chunks) - 1 <= chunks[-1]["eval_count"]
 
 
 def test_chat_unknown_model_raises_before_streaming(shared: EngineClient) -> None:
