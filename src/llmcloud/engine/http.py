@@ -9,6 +9,7 @@ Ollama's routes answer `{"error": "..."}`; OpenAI's routes answer
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -110,8 +111,13 @@ def _error_headers(exc: EngineError) -> dict[str, str]:
     return {}
 
 
+# One encoder for every line: json.dumps with options builds a new encoder on each call, and
+# streaming calls this once per generated token.
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def ndjson_line(data: dict[str, Any]) -> bytes:
-    return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    return (_COMPACT_JSON.encode(data) + "\n").encode()
 
 
 def sse_event(data: dict[str, Any] | str) -> bytes:
@@ -121,10 +127,14 @@ def sse_event(data: dict[str, Any] | str) -> bytes:
 
 def rfc3339_now() -> str:
     """The current time as Ollama writes `created_at`: RFC 3339 in UTC with nanoseconds."""
-    now_ns = time.time_ns()
-    seconds, nanos = divmod(now_ns, 1_000_000_000)
-    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{nanos:09d}Z"
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    return f"{_utc_seconds(seconds)}.{nanos:09d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_seconds(seconds: int) -> str:
+    # Streaming stamps every token, and formatting a datetime costs more than the rest of a line.
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 class DeferredResponse(Response):

@@ -27,7 +27,7 @@ from llmcloud.engine.http import (
     read_json,
     rfc3339_now,
 )
-from llmcloud.engine.runtime import Chunk, Finished
+from llmcloud.engine.runtime import Chunk, Event, Finished
 from llmcloud.engine.scheduler import Scheduler
 from llmcloud.engine.schemas import (
     OllamaChatRequest,
@@ -232,18 +232,35 @@ def _respond(
 async def _stream(
     generation: Generation, name: str, shape: Shape, started: int, with_context: bool
 ) -> AsyncIterator[bytes]:
+    lines: list[bytes] = []
     try:
         async for event in generation:
-            if isinstance(event, Chunk):
-                yield ndjson_line(
-                    {"model": name, "created_at": rfc3339_now(), **shape(event.text), "done": False}
-                )
-            elif event.error is not None:
-                yield ndjson_line({"error": event.error})
-            else:
-                yield ndjson_line(_final(generation, event, name, shape(""), started, with_context))
+            lines.append(_event_line(generation, event, name, shape, started, with_context))
+            # The runner hands over several tokens' events at once, and one write sends them all.
+            if generation.job.events.empty():
+                yield b"".join(lines)
+                lines.clear()
+        if lines:
+            yield b"".join(lines)
     finally:
         await generation.aclose()
+
+
+def _event_line(
+    generation: Generation,
+    event: Event,
+    name: str,
+    shape: Shape,
+    started: int,
+    with_context: bool,
+) -> bytes:
+    if isinstance(event, Chunk):
+        return ndjson_line(
+            {"model": name, "created_at": rfc3339_now(), **shape(event.text), "done": False}
+        )
+    if event.error is not None:
+        return ndjson_line({"error": event.error})
+    return ndjson_line(_final(generation, event, name, shape(""), started, with_context))
 
 
 async def _collect(
