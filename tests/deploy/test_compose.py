@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -21,6 +20,15 @@ COMPOSE_ENV = {
     "LLMCLOUD_ENGINE_TOKEN": "test-engine-token",
     "LLMCLOUD_SESSION_SECRET_KEY": "ab" * 32,
     "POSTGRES_PASSWORD": "test-password",
+}
+# Variables that the file reads, kept out of the `config` runs unless a test sets them.
+_COMPOSE_VARIABLES = {
+    *COMPOSE_ENV,
+    "LLMCLOUD_PRIVATE_ADDRESS",
+    "LLMCLOUD_ENGINE_URL",
+    "LLMCLOUD_PUBLIC_URL",
+    "LLMCLOUD_IMAGE",
+    "COMPOSE_PROJECT_NAME",
 }
 # ${NAME:-default} and ${NAME:?message}, as Compose interpolates them.
 _VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*)|:\?[^}]*)?\}")
@@ -112,48 +120,80 @@ def test_dockerfile_installs_from_lock_with_hashes() -> None:
     assert "USER llmcloud" in text
 
 
-def _docker_compose_available() -> str | None:
-    """Return why `docker compose` cannot run here, or None when it can."""
+def _compose_command() -> list[str]:
+    """Return the command of a Compose implementation, or skip the test naming what is missing.
+
+    The Docker CLI plugin (`docker compose`, Compose v2) comes first. Otherwise the standalone
+    `docker-compose` runs: Debian 12's package, Compose 1.29, which scripts/install-test-packages
+    installs.
+    """
+    reasons = []
     if shutil.which("docker") is None:
-        return "the docker client is not installed"
-    probe = subprocess.run(
-        ["docker", "compose", "version"], capture_output=True, text=True, check=False
+        reasons.append("the docker client is not installed")
+    else:
+        probe = subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, text=True, check=False
+        )
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+        reasons.append(f"the docker compose plugin is not installed: {probe.stderr.strip()}")
+
+    standalone = shutil.which("docker-compose")
+    if standalone is not None:
+        return [standalone]
+    reasons.append("docker-compose is not installed (scripts/install-test-packages installs it)")
+    pytest.skip("; ".join(reasons))
+
+
+def _host_address(port: str | dict[str, Any]) -> str:
+    """Return the host address of a port as `config` prints it.
+
+    Compose v2 prints the long form (a mapping with host_ip), Compose 1.29 the short form
+    "127.0.0.1:11434:11434/tcp".
+    """
+    if isinstance(port, dict):
+        return str(port.get("host_ip", ""))
+    parts = port.split(":")
+    return parts[0] if len(parts) == 3 else ""
+
+
+def _run_compose_config(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [
+        *_compose_command(),
+        "--project-name",
+        "llmcloud",
+        "-f",
+        str(COMPOSE_FILE),
+        "--profile",
+        "engine",
+        "--profile",
+        "web",
+        "config",
+    ]
+    variables = {key: value for key, value in os.environ.items() if key not in _COMPOSE_VARIABLES}
+    return subprocess.run(
+        command, capture_output=True, text=True, check=False, env={**variables, **environment}
     )
-    if probe.returncode != 0:
-        return f"the docker compose plugin is not installed: {probe.stderr.strip()}"
-    return None
 
 
 def test_docker_compose_config_accepts_file() -> None:
-    reason = _docker_compose_available()
-    if reason is not None:
-        pytest.skip(reason)
-
-    result = subprocess.run(
-        [
-            "docker",
-            "compose",
-            "-f",
-            str(COMPOSE_FILE),
-            "--profile",
-            "engine",
-            "--profile",
-            "web",
-            "config",
-            "--format",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, **COMPOSE_ENV},
-    )
+    result = _run_compose_config(COMPOSE_ENV)
     assert result.returncode == 0, result.stderr
 
-    services = json.loads(result.stdout)["services"]
+    services = yaml.safe_load(result.stdout)["services"]
+    assert set(services) == {"engine", "web-1", "web-2", "postgres", "redis"}
     host_addresses = {
-        port.get("host_ip", "")
-        for service in services.values()
-        for port in service.get("ports", [])
+        _host_address(port) for service in services.values() for port in service.get("ports", [])
     }
     assert host_addresses == {"127.0.0.1"}
+
+
+def test_docker_compose_config_requires_engine_token() -> None:
+    environment = {
+        key: value for key, value in COMPOSE_ENV.items() if key != "LLMCLOUD_ENGINE_TOKEN"
+    }
+
+    result = _run_compose_config(environment)
+
+    assert result.returncode != 0
+    assert "set LLMCLOUD_ENGINE_TOKEN in .env" in result.stderr
