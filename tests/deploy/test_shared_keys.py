@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from llmcloud.db import Database, open_database
 from llmcloud.deploy.shared_keys import (
@@ -22,8 +23,19 @@ KEY_A = "a1" * 32
 KEY_B = "b2" * 32
 
 
+# key_fingerprints as releases before migration 0002 created it on first use.
+_OLDER_METADATA = sa.MetaData()
+_OLDER_TABLE = sa.Table(
+    "key_fingerprints",
+    _OLDER_METADATA,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("recorded_at", sa.String(40), nullable=False),
+)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'llmcloud.db'}"
     else:
@@ -31,6 +43,16 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
     opened = open_database(url)
     yield opened
     opened.dispose()
+
+
+@pytest.fixture
+def database(empty_database: Database) -> Database:
+    empty_database.upgrade()
+    return empty_database
+
+
+def _has_fingerprint_table(database: Database) -> bool:
+    return sa.inspect(database.engine).has_table("key_fingerprints")
 
 
 def test_session_key_comes_from_setting(tmp_path: Path) -> None:
@@ -107,3 +129,37 @@ def test_check_session_key_uses_setting(database: Database, tmp_path: Path) -> N
 
     with pytest.raises(SharedKeyMismatchError):
         check_session_key(database, Settings(data_dir=tmp_path / "b"))
+
+
+def test_upgrade_from_0001_creates_fingerprint_table(empty_database: Database) -> None:
+    empty_database.upgrade("0001")
+    assert not _has_fingerprint_table(empty_database)
+
+    empty_database.upgrade()
+
+    assert _has_fingerprint_table(empty_database)
+    check_key(empty_database, "session_key", bytes.fromhex(KEY_A))
+    assert read_record(empty_database, "session_key") is not None
+
+
+def test_upgrade_keeps_table_of_older_release(empty_database: Database) -> None:
+    empty_database.upgrade("0001")
+    with empty_database.transaction() as session:
+        _OLDER_METADATA.create_all(session.connection())
+        session.execute(
+            sa.insert(_OLDER_TABLE).values(
+                name="session_key",
+                fingerprint=fingerprint(bytes.fromhex(KEY_A)),
+                recorded_at="2026-01-02T03:04:05+00:00",
+            )
+        )
+
+    empty_database.upgrade()
+
+    assert empty_database.current_revision() == empty_database.head_revision()
+    record = read_record(empty_database, "session_key")
+    assert record is not None
+    assert record.fingerprint == fingerprint(bytes.fromhex(KEY_A))
+    assert record.recorded_at == "2026-01-02T03:04:05+00:00"
+    with pytest.raises(SharedKeyMismatchError):
+        check_key(empty_database, "session_key", bytes.fromhex(KEY_B))

@@ -255,3 +255,16 @@ class AuditEvent(Base):
     provider: Mapped[str | None] = mapped_column(sa.String(32))
     outcome: Mapped[Outcome] = mapped_column(_enum(Outcome, "outcome"))
     reason: Mapped[str | None] = mapped_column(sa.String(64))
+
+
+class KeyFingerprint(Base):
+    """The fingerprint of a secret key that every web instance on this database must share.
+
+    `recorded_at` is ISO 8601 text in UTC, as releases before this table's migration wrote it.
+    """
+
+    __tablename__ = "key_fingerprints"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(sa.String(64))
+    recorded_at: Mapped[str] = mapped_column(sa.String(40))

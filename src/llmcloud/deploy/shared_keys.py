@@ -27,23 +27,13 @@ from sqlalchemy.exc import IntegrityError
 
 from llmcloud.auth.secret_key import SESSION_KEY_NAME, load_or_create_secret_key
 from llmcloud.db import Database
+from llmcloud.db.models import KeyFingerprint
 from llmcloud.settings import Settings
 
 log = logging.getLogger("llmcloud.deploy")
 
 _FINGERPRINT_LABEL = b"llmcloud key fingerprint v1"
 _SHOWN_DIGITS = 12
-
-# NOTE: this table is created on first use with CREATE TABLE IF NOT EXISTS and is not part of
-# the Alembic migrations, so `llmcloud.db` schema tools do not list it.
-_metadata = sa.MetaData()
-key_fingerprints = sa.Table(
-    "key_fingerprints",
-    _metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("fingerprint", sa.String(64), nullable=False),
-    sa.Column("recorded_at", sa.String(40), nullable=False),
-)
 
 
 class SharedKeyMismatchError(Exception):
@@ -97,21 +87,11 @@ def check_key(database: Database, name: str, key: bytes) -> None:
 
 
 def read_record(database: Database, name: str) -> KeyRecord | None:
-    _create_table(database)
     with database.session() as session:
-        row = session.execute(
-            sa.select(key_fingerprints).where(key_fingerprints.c.name == name)
-        ).one_or_none()
+        row = session.get(KeyFingerprint, name)
     if row is None:
         return None
     return KeyRecord(name=row.name, fingerprint=row.fingerprint, recorded_at=row.recorded_at)
-
-
-def _create_table(database: Database) -> None:
-    # The lock keeps two instances that start together from both running CREATE TABLE.
-    with database.transaction() as session:
-        database.lock(session, "llmcloud.deploy.key_fingerprints")
-        _metadata.create_all(session.connection(), checkfirst=True)
 
 
 def _read_or_insert(database: Database, name: str, expected: str) -> KeyRecord:
@@ -123,7 +103,7 @@ def _read_or_insert(database: Database, name: str, expected: str) -> KeyRecord:
     try:
         with database.transaction() as session:
             session.execute(
-                sa.insert(key_fingerprints).values(
+                sa.insert(KeyFingerprint).values(
                     name=record.name, fingerprint=record.fingerprint, recorded_at=record.recorded_at
                 )
             )
