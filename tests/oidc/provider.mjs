@@ -2,9 +2,20 @@
 //
 // Usage: node provider.mjs CONFIG.json
 // CONFIG.json holds {"port": N, "clients": [...], "accounts": {"LOGIN": {"password": "...",
-// "claims": {...}}}, "claimsInUserinfoOnly": false}. The provider listens on 127.0.0.1 only,
-// shows its own plain login form at /interaction/UID, and grants consent by itself once an
-// account has logged in.
+// "claims": {...}}}, "claimsInUserinfoOnly": false} and optionally the faults below. The
+// provider listens on 127.0.0.1 only, shows its own plain login form at /interaction/UID, and
+// grants consent by itself once an account has logged in.
+//
+// The ID-token tests configure faults through the provider's own settings or its
+// post-middleware (provider.use). Every token is still issued and signed by oidc-provider.
+//   "idTokenTtlSeconds": N        the IdToken TTL (oidc-provider's ttl.IdToken, default 3600)
+//   "clockOffsetSeconds": N       the provider's clock runs N seconds ahead (negative: behind)
+//   "discoveryIssuer": "URL"      the issuer that the discovery document names instead of the
+//                                 real one; a path is taken relative to the provider's URL
+//   "jwksWithoutSigningKey": true the JWKS contains other keys under the signing keys' kids
+//   "idTokenAudienceClient": "ID" the token response carries an ID token that the provider
+//                                 issued to that other registered client
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import Provider from 'oidc-provider';
@@ -12,6 +23,14 @@ import Provider from 'oidc-provider';
 const config = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 const issuer = `http://127.0.0.1:${config.port}`;
 const accounts = config.accounts;
+
+if (config.clockOffsetSeconds) {
+  // oidc-provider reads the time through Date.now (its epochTime helper).
+  const realNow = Date.now;
+  Date.now = () => realNow() + config.clockOffsetSeconds * 1000;
+}
+
+const ttl = config.idTokenTtlSeconds ? { ttl: { IdToken: config.idTokenTtlSeconds } } : {};
 
 const provider = new Provider(issuer, {
   clients: config.clients,
@@ -33,7 +52,40 @@ const provider = new Provider(issuer, {
   pkce: { required: () => true },
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
   cookies: { keys: ['llmcloud-test-cookie-key'] },
+  ...ttl,
 });
+
+// Post-middleware: it runs after oidc-provider has built a route's response.
+provider.use(async (ctx, next) => {
+  await next();
+  const route = ctx.oidc?.route;
+  if (route === 'discovery' && config.discoveryIssuer) {
+    ctx.body.issuer = new URL(config.discoveryIssuer, issuer).href;
+  } else if (route === 'jwks' && config.jwksWithoutSigningKey) {
+    ctx.body.keys = ctx.body.keys.map(substituteKey);
+  } else if (route === 'token' && config.idTokenAudienceClient && ctx.body?.id_token) {
+    ctx.body.id_token = await reissueIdToken(ctx, ctx.body.id_token, config.idTokenAudienceClient);
+  }
+});
+
+// A public RSA key that signed nothing, published under the kid of a real signing key.
+function substituteKey(key) {
+  const { publicKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+  return { ...publicKey.export({ format: 'jwk' }), kid: key.kid, use: 'sig', alg: 'RS256' };
+}
+
+// Issue an ID token with the same claims to another registered client, so its `aud` differs.
+async function reissueIdToken(ctx, idToken, clientId) {
+  const client = await provider.Client.find(clientId);
+  const payload = JSON.parse(Buffer.from(idToken.split('.')[1], 'base64url').toString('utf8'));
+  const token = new provider.IdToken({ sub: payload.sub }, { ctx, client });
+  token.scope = 'openid';
+  const reserved = new Set(['aud', 'azp', 'exp', 'iat', 'iss', 'sub', 'at_hash', 'c_hash']);
+  for (const [claim, value] of Object.entries(payload)) {
+    if (!reserved.has(claim)) token.set(claim, value);
+  }
+  return token.issue({ use: 'idtoken' });
+}
 
 function escapeHtml(text) {
   return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);

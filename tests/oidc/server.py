@@ -49,7 +49,9 @@ class OidcProviderProcess:
         accounts: dict[str, Any],
         *,
         claims_in_userinfo_only: bool = False,
+        faults: dict[str, Any] | None = None,
     ):
+        """`faults` are the fault options of provider.mjs, such as {"idTokenTtlSeconds": 60}."""
         self.port = free_port()
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.config_file = config_dir / "oidc-provider.json"
@@ -58,6 +60,7 @@ class OidcProviderProcess:
             "clients": clients,
             "accounts": accounts,
             "claimsInUserinfoOnly": claims_in_userinfo_only,
+            **(faults or {}),
         }
         self.config_file.write_text(json.dumps(config))
         self.log_file = config_dir / "oidc-provider.log"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,9 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from llmcloud.auth.accounts import create_account
-from llmcloud.auth.pending_logins import PendingLogin
-from llmcloud.db.models import Role
-from llmcloud.web.oauth_pages import pending_logins
+from llmcloud.db.models import Outcome, Role
 from tests.oidc.server import OidcProviderProcess, free_port
 from tests.web.conftest import ORIGIN, csrf_token, sign_up
 from tests.web.oauth_helpers import (
@@ -72,6 +71,20 @@ def client_registration() -> dict[str, Any]:
     }
 
 
+OTHER_CLIENT_ID = "another-app"
+
+
+def other_client_registration() -> dict[str, Any]:
+    """Another application registered at the same provider."""
+    return {
+        "client_id": OTHER_CLIENT_ID,
+        "client_secret": "another-app-secret",
+        "redirect_uris": ["http://127.0.0.1:9/callback"],
+        "grant_types": ["authorization_code"],
+        "response_types": ["code"],
+    }
+
+
 def credentials(login: str) -> dict[str, str]:
     return {"login": login, "password": ACCOUNTS[login]["password"]}
 
@@ -99,6 +112,24 @@ def userinfo_provider(
     ).start()
     yield process
     process.stop()
+
+
+@pytest.fixture
+def faulty_provider(tmp_path: Path) -> Iterator[Callable[..., OidcProviderProcess]]:
+    """A factory of providers started with the fault options of tests/oidc/provider.mjs."""
+    started: list[OidcProviderProcess] = []
+
+    def start_provider(**faults: Any) -> OidcProviderProcess:
+        config_dir = tmp_path / f"oidc-faulty-{len(started)}"
+        config_dir.mkdir()
+        clients = [client_registration(), other_client_registration()]
+        process = OidcProviderProcess(config_dir, clients, ACCOUNTS, faults=faults)
+        started.append(process.start())
+        return process
+
+    yield start_provider
+    for process in started:
+        process.stop()
 
 
 def provider_settings(issuer: str, **changes: Any) -> dict[str, Any]:
@@ -232,22 +263,6 @@ def test_oidc_unverified_email_never_links(
     assert users(client)[-1].email is None
 
 
-def test_oidc_wrong_nonce_is_rejected(
-    make_oidc_client: Callable[..., TestClient], browser: httpx.Client
-) -> None:
-    client = make_oidc_client()
-    callback = authorize(client, browser, "alice")
-    state = callback_params(callback)["state"]
-    store = pending_logins(_request_of(client))
-    login = store.take(state)
-    assert login is not None
-    store.add(state, PendingLogin(**{**login.__dict__, "nonce": "another-nonce"}))
-    response = client.get(callback)
-    assert response.status_code == 401
-    assert audit_events(client)[-1].reason == "id_token_wrong_nonce"
-    assert len(users(client)) == 1
-
-
 def test_oidc_used_code_is_rejected(
     make_oidc_client: Callable[..., TestClient], browser: httpx.Client
 ) -> None:
@@ -334,13 +349,6 @@ def test_oidc_logout_and_login_again(
     assert len(identities(client)) == 1
 
 
-def _request_of(client: TestClient) -> Any:
-    class _Request:
-        app = client.app
-
-    return _Request()
-
-
 def test_oidc_login_logs_no_code_or_secret(
     make_oidc_client: Callable[..., TestClient],
     browser: httpx.Client,
@@ -361,3 +369,101 @@ def test_oidc_login_logs_no_code_or_secret(
     assert any(line.startswith("login success provider=testidp") for line in server_lines)
     for secret in secrets:
         assert not [line for line in server_lines if secret in line]
+
+
+def assert_login_rejected(
+    client: TestClient, response: httpx.Response, status: int, reason: str
+) -> None:
+    """Check the error page, that nothing was created, and the audit event of a failed log-in."""
+    assert response.status_code == status
+    assert f"<code>{reason}</code>" in response.text
+    assert f'href="/auth/{PROVIDER}/login"' in response.text
+    assert len(users(client)) == 1  # only the admin
+    assert list(identities(client)) == []
+    assert session_count(client) == 1  # only the admin's
+    event = audit_events(client)[-1]
+    assert event.action == "login"
+    assert event.outcome == Outcome.FAILURE
+    assert event.provider == PROVIDER
+    assert event.reason == reason
+
+
+def test_oidc_id_token_for_another_client_is_rejected(
+    make_oidc_client: Callable[..., TestClient],
+    browser: httpx.Client,
+    faulty_provider: Callable[..., OidcProviderProcess],
+) -> None:
+    provider = faulty_provider(idTokenAudienceClient=OTHER_CLIENT_ID)
+    client = make_oidc_client(provider_settings(provider.issuer))
+    response = log_in(client, browser, "alice")
+    assert_login_rejected(client, response, 401, "id_token_wrong_audience")
+
+
+def test_oidc_id_token_from_another_issuer_is_rejected(
+    make_oidc_client: Callable[..., TestClient],
+    browser: httpx.Client,
+    faulty_provider: Callable[..., OidcProviderProcess],
+) -> None:
+    # Configured with the full discovery URL, llmcloud takes the issuer that the document names,
+    # which here differs from the `iss` that the provider puts into its ID tokens.
+    provider = faulty_provider(discoveryIssuer="/tenant-a/v2.0")
+    discovery_url = f"{provider.issuer}/.well-known/openid-configuration"
+    client = make_oidc_client(provider_settings(discovery_url))
+    response = log_in(client, browser, "alice")
+    assert_login_rejected(client, response, 401, "id_token_wrong_issuer")
+
+
+def test_oidc_expired_id_token_is_rejected(
+    make_oidc_client: Callable[..., TestClient],
+    browser: httpx.Client,
+    faulty_provider: Callable[..., OidcProviderProcess],
+) -> None:
+    # The provider's clock runs 10 minutes behind, so its 60-second ID tokens arrive expired by
+    # far more than the accepted clock difference of LEEWAY_SECONDS.
+    provider = faulty_provider(clockOffsetSeconds=-600, idTokenTtlSeconds=60)
+    client = make_oidc_client(provider_settings(provider.issuer))
+    response = log_in(client, browser, "alice")
+    assert_login_rejected(client, response, 401, "id_token_expired")
+
+
+def test_oidc_small_clock_difference_is_accepted(
+    make_oidc_client: Callable[..., TestClient],
+    browser: httpx.Client,
+    faulty_provider: Callable[..., OidcProviderProcess],
+) -> None:
+    # 30 seconds behind with a 10-second TTL: expired 20 seconds ago, within LEEWAY_SECONDS.
+    provider = faulty_provider(clockOffsetSeconds=-30, idTokenTtlSeconds=10)
+    client = make_oidc_client(provider_settings(provider.issuer))
+    assert log_in(client, browser, "alice").headers["location"] == "/chats"
+
+
+def test_oidc_id_token_bad_signature_is_rejected(
+    make_oidc_client: Callable[..., TestClient],
+    browser: httpx.Client,
+    faulty_provider: Callable[..., OidcProviderProcess],
+) -> None:
+    provider = faulty_provider(jwksWithoutSigningKey=True)
+    client = make_oidc_client(provider_settings(provider.issuer))
+    response = log_in(client, browser, "alice")
+    assert_login_rejected(client, response, 401, "id_token_bad_signature")
+
+
+def test_oidc_wrong_nonce_is_rejected(
+    make_oidc_client: Callable[..., TestClient], browser: httpx.Client
+) -> None:
+    # The browser swaps the nonce of the authorization request, so the provider signs another one.
+    client = make_oidc_client()
+    authorization = httpx.URL(start(client, PROVIDER))
+    changed = authorization.copy_set_param("nonce", "a-nonce-of-the-attacker")
+    response = client.get(follow_provider(str(changed), browser, credentials("alice")))
+    assert_login_rejected(client, response, 401, "id_token_wrong_nonce")
+
+
+def test_oidc_missing_nonce_is_rejected(
+    make_oidc_client: Callable[..., TestClient], browser: httpx.Client
+) -> None:
+    client = make_oidc_client()
+    authorization = httpx.URL(start(client, PROVIDER))
+    changed = authorization.copy_remove_param("nonce")
+    response = client.get(follow_provider(str(changed), browser, credentials("alice")))
+    assert_login_rejected(client, response, 401, "id_token_wrong_nonce")
