@@ -667,7 +667,8 @@ class Settings(BaseSettings):
         None,
         description="Redis URL, such as `redis://127.0.0.1:6379/0`, through which web instances "
         "share live chat streams, so that a chat answered on one instance can be followed on "
-        "another. Unset keeps them inside each instance.",
+        "another, and claim each alert notification, so that one instance sends it. Unset "
+        "keeps both inside each instance.",
     )
     web_chat_rate_limit: int = Field(
         0,

@@ -94,3 +94,22 @@ def test_builtin_alerts_quiet_on_healthy_sample() -> None:
     )
 
     assert conditions.evaluate(healthy) == {}
+
+
+def rule_pending_seconds() -> dict[str, float]:
+    """Return the `for:` of each rule that has one, in seconds (promtool durations s, m, h)."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    document = yaml.safe_load((RULES_DIR / "alerts.yml").read_text())
+    return {
+        rule["alert"]: float(rule["for"][:-1]) * units[rule["for"][-1]]
+        for group in document["groups"]
+        for rule in group["rules"]
+        if "for" in rule
+    }
+
+
+def test_builtin_pending_durations_match_rules() -> None:
+    expected = rule_pending_seconds()
+    del expected["PartDown"]  # the built-in alerter runs inside the part; it has no such alert
+
+    assert expected == conditions.PENDING_SECONDS

@@ -2,8 +2,8 @@
 
 Each condition looks at the newest sample and returns the alerts that fire,
 keyed by alert name and subject, with a one-line description. The thresholds
-are the ones in the shipped Prometheus rules; a test checks that both name
-the same alerts.
+and the pending durations are the ones in the shipped Prometheus rules; tests
+check that both name the same alerts and give them the same `for:` durations.
 """
 
 from __future__ import annotations
@@ -18,6 +18,16 @@ CERTIFICATE_DAYS_LIMIT = 14.0
 DISK_FREE_PERCENT_LIMIT = 10.0
 RESTORE_AGE_LIMIT_SECONDS = 7 * 86400.0
 SOCKS_DENIED_PER_SECOND_LIMIT = 0.2
+
+# Seconds that a condition must hold before its alert fires: the `for:` of each rule in
+# deploy/prometheus/alerts.yml. An alert not listed fires at its first failing sample.
+PENDING_SECONDS: dict[str, float] = {
+    "BackendDown": 120.0,
+    "NoBackendUp": 60.0,
+    "HighErrorRate": 300.0,
+    "SlowFirstToken": 600.0,
+    "DiskLow": 300.0,
+}
 
 # (alert name, subject) to description.
 Firing = dict[tuple[str, str], str]

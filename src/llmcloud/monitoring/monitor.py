@@ -29,6 +29,7 @@ class Monitor:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await self.alerter.close()
 
     async def tick(self) -> None:
         sample = await asyncio.to_thread(self.sampler.take)
