@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmcloud.monitoring import metrics
+from llmcloud.monitoring.gpus import open_gpus
 from llmcloud.settings import Settings
 
 if TYPE_CHECKING:
@@ -103,32 +104,11 @@ def _disk_usage(data_dir: Path) -> Any:
 
 
 def _watch_gpus() -> None:
-    """Point the GPU gauges at NVML when a GPU and its driver are present."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        count = int(pynvml.nvmlDeviceGetCount())
-    except Exception as exc:  # ImportError, or NVMLError without a driver or device
-        logger.debug("no GPU metrics: %s", exc)
-        return
-    if count == 0:
-        return
-    handles = [pynvml.nvmlDeviceGetHandleByIndex(index) for index in range(count)]
-
-    def read(field: Callable[[Any], float]) -> Callable[[], Samples]:
-        return lambda: {(str(index),): field(handle) for index, handle in enumerate(handles)}
-
-    metrics.gpu_utilization.set_source(
-        read(lambda handle: pynvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0)
-    )
-    metrics.gpu_memory_used.set_source(
-        read(lambda handle: float(pynvml.nvmlDeviceGetMemoryInfo(handle).used))
-    )
-    metrics.gpu_memory_total.set_source(
-        read(lambda handle: float(pynvml.nvmlDeviceGetMemoryInfo(handle).total))
-    )
-    logger.info("GPU metrics on for %d GPUs", count)
+    """Point the GPU gauges at NVML when a GPU and its driver are present, else clear them."""
+    reader = open_gpus()
+    metrics.gpu_utilization.set_source(reader.utilization if reader else None)
+    metrics.gpu_memory_used.set_source(reader.memory_used if reader else None)
+    metrics.gpu_memory_total.set_source(reader.memory_total if reader else None)
 
 
 def watch_socks(stats: SocksStats) -> None:
