@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from tests.deploy.conftest import start_web
+from tests.gateway.fake_backend import FakeBackend
 
 SHARED_KEY = "5e" * 32
 OTHER_KEY = "07" * 32
 PASSWORD = "correct horse battery"
+_CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 def test_session_is_valid_on_both_instances(tmp_path: Path, postgres_url: str) -> None:
@@ -74,3 +80,69 @@ def test_instance_with_key_file_must_match_setting(tmp_path: Path, postgres_url:
 
     assert second.process.returncode == 2
     assert "secrets/session_key" in errors
+
+
+def _stored_backend_ids(page: str) -> list[str]:
+    return re.findall(r'action="/admin/backends/(\d+)/remove"', page)
+
+
+def _wait_for_page(client: httpx.Client, url: str, condition: Callable[[str], bool]) -> str:
+    """Return the backends page of `url` once `condition` holds for it, or the last one seen."""
+    deadline = time.monotonic() + 20.0
+    page = client.get(f"{url}/admin/backends").text
+    while not condition(page) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        page = client.get(f"{url}/admin/backends").text
+    return page
+
+
+def test_backend_change_reaches_other_instance(tmp_path: Path, postgres_url: str) -> None:
+    configured = FakeBackend(("configured-model",)).start()
+    added = FakeBackend(("added-model",)).start()
+    settings = {
+        "database_url": postgres_url,
+        "session_secret_key": SHARED_KEY,
+        "gateway_backends": json.dumps(
+            [{"name": "configured", "kind": "openai", "base_url": configured.url}]
+        ),
+    }
+    first = start_web(tmp_path / "first", **settings)
+    second = start_web(tmp_path / "second", **settings)
+    try:
+        with httpx.Client(timeout=10.0) as client:
+            client.post(
+                f"{first.url}/signup",
+                data={"username": "alice", "password": PASSWORD, "password_confirm": PASSWORD},
+                headers={"Origin": first.url},
+            )
+            csrf = _CSRF_FIELD.search(client.get(f"{first.url}/admin/backends").text)
+            assert csrf is not None
+            form = {"csrf_token": csrf.group(1), "kind": "openai", "weight": "1"}
+            added_response = client.post(
+                f"{first.url}/admin/backends",
+                data={**form, "name": "added", "base_url": added.url},
+                headers={"Origin": first.url},
+            )
+            after_add = _wait_for_page(client, second.url, lambda page: "added-model" in page)
+            backend_ids = _stored_backend_ids(after_add)
+
+            removed_response = client.post(
+                f"{first.url}/admin/backends/{backend_ids[0]}/remove",
+                data={"csrf_token": csrf.group(1)},
+                headers={"Origin": first.url},
+            )
+            after_remove = _wait_for_page(
+                client, second.url, lambda page: "added-model" not in page
+            )
+    finally:
+        first.stop()
+        second.stop()
+        configured.stop()
+        added.stop()
+
+    assert added_response.status_code == 303
+    assert "added-model" in after_add
+    assert len(backend_ids) == 1
+    assert removed_response.status_code == 303
+    assert "added-model" not in after_remove
+    assert "configured-model" in after_remove

@@ -11,13 +11,15 @@ validation, is left out with a warning, and this page shows why.
 The stored rows have no `max_parallel` or `ca_bundle` column, so backends
 added here get the defaults of `llmcloud.gateway.Backend`.
 
-NOTE: a change reaches only the gateway of the process that served the
-admin's request. Other web processes on the same database use it after
-their next restart.
+Other web processes on the same database pick a change up by reading the
+table again every `gateway_health_interval` seconds, the same pace at which
+their gateways notice a backend's health change. The gateway's list is
+replaced only when the rows changed, and a failed read keeps the current list.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -27,6 +29,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import SecretStr, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from llmcloud.db import backends as stored_backends
@@ -73,6 +76,10 @@ def merge_backends(configured: Sequence[Backend], rows: Sequence[BackendRow]) ->
 async def apply_backends(state: WebState) -> MergedBackends:
     """Read the stored backends and give the gateway the merged list."""
     rows = await run_in_threadpool(stored_backends.list_backends, state.db)
+    return _apply_rows(state, rows)
+
+
+def _apply_rows(state: WebState, rows: Sequence[BackendRow]) -> MergedBackends:
     merged = merge_backends(default_backends(state.settings), rows)
     for row_id, reason in merged.skipped.items():
         log.warning("stored backend %s left out of the gateway: %s", row_id, reason)
@@ -80,16 +87,67 @@ async def apply_backends(state: WebState) -> MergedBackends:
     return merged
 
 
+RowSignature = tuple[tuple[object, ...], ...]
+
+
+def _signature(rows: Sequence[BackendRow]) -> RowSignature:
+    """Return every stored value that the gateway's list depends on, to detect a change."""
+    return tuple(
+        (row.id, row.name, row.kind, row.base_url, row.api_key, row.weight, row.enabled)
+        for row in rows
+    )
+
+
+async def follow_stored_backends(state: WebState, interval: float, seen: RowSignature) -> None:
+    """Apply the stored backends whenever they differ from `seen`, checking every `interval` s.
+
+    Runs until cancelled. This is how a change made on another web instance reaches this
+    instance's gateway. A database error is logged once per outage, and the gateway keeps
+    its current backends until a read succeeds again.
+    """
+    failing = False
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            rows = await run_in_threadpool(stored_backends.list_backends, state.db)
+        except SQLAlchemyError as exc:
+            if not failing:
+                log.warning(
+                    "reading the stored backends failed, so the gateway keeps its list: %s", exc
+                )
+            failing = True
+            continue
+        if failing:
+            log.info("reading the stored backends works again")
+            failing = False
+
+        signature = _signature(rows)
+        if signature == seen:
+            continue
+        seen = signature
+        merged = _apply_rows(state, rows)
+        log.info("stored backends changed, so the gateway now uses %d", len(merged.stored_ids))
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Add the stored backends to the gateway once the app has opened both."""
+    """Add the stored backends to the gateway once the app has opened both, then follow them."""
     state: WebState = app.state.web
     rows = await run_in_threadpool(stored_backends.list_backends, state.db)
     # Without stored rows the gateway keeps exactly what the app gave it.
     if rows:
-        merged = await apply_backends(state)
+        merged = _apply_rows(state, rows)
         log.info("gateway uses %d stored backends", len(merged.stored_ids))
-    yield
+
+    follower = asyncio.create_task(
+        follow_stored_backends(state, state.settings.gateway_health_interval, _signature(rows)),
+        name="stored-backends",
+    )
+    try:
+        yield
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
 
 
 router = APIRouter(lifespan=lifespan)
