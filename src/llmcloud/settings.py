@@ -343,7 +343,10 @@ class Settings(BaseSettings):
         "or a JSON list in the environment. Each has `name` (used in URLs), `issuer` (issuer "
         "URL or discovery URL), `client_id`, and optionally `client_secret`, `display_name`, "
         "`scopes` (default openid, email, profile), `groups_claim` (default `groups`), "
-        "`admin_groups` and `user_groups` (groups that give those roles at every login).",
+        "`admin_groups` and `user_groups`. When either list is set, the groups claim decides "
+        "the role at every login through that provider: admin for `admin_groups`, user for "
+        "`user_groups`, and, while `user_groups` is set, auth_new_identity_role for an account "
+        "in neither list. The last active admin keeps its role. See docs/login-providers.md.",
     )
     auth_allowed_email_domains: list[str] = Field(
         default_factory=list,

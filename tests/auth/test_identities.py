@@ -6,10 +6,11 @@ from dataclasses import replace
 
 import pytest
 
-from llmcloud.auth.accounts import create_account
+from llmcloud.auth.accounts import create_account, deactivate, set_role
 from llmcloud.auth.errors import Conflict, NotFound
 from llmcloud.auth.identities import (
     IdentityPolicy,
+    RoleChange,
     list_identities,
     sign_in_with_identity,
     unlink_identity,
@@ -168,10 +169,84 @@ def test_user_group_approves_pending(db: Database) -> None:
     assert result.user.role == Role.USER
 
 
-def test_group_mapping_never_lowers_admin(db: Database) -> None:
+NO_GROUPS: frozenset[str] = frozenset()
+ADMINS = frozenset({"admins"})
+STAFF = frozenset({"staff"})
+
+
+@pytest.mark.parametrize(
+    ("admin_groups", "user_groups", "role", "groups", "expected"),
+    [
+        # Both lists set: the groups decide every role.
+        (ADMINS, STAFF, Role.PENDING, ("admins",), Role.ADMIN),
+        (ADMINS, STAFF, Role.ADMIN, ("staff",), Role.USER),
+        (ADMINS, STAFF, Role.ADMIN, (), Role.PENDING),
+        (ADMINS, STAFF, Role.USER, ("other",), Role.PENDING),
+        # Only admin_groups: the admin role follows the groups, other roles stay.
+        (ADMINS, NO_GROUPS, Role.ADMIN, (), Role.USER),
+        (ADMINS, NO_GROUPS, Role.USER, (), Role.USER),
+        (ADMINS, NO_GROUPS, Role.PENDING, ("staff",), Role.PENDING),
+        # Only user_groups: admins given by hand stay admins.
+        (NO_GROUPS, STAFF, Role.ADMIN, (), Role.ADMIN),
+        (NO_GROUPS, STAFF, Role.PENDING, ("staff",), Role.USER),
+        (NO_GROUPS, STAFF, Role.USER, (), Role.PENDING),
+        # No mapping: the groups claim changes nothing.
+        (NO_GROUPS, NO_GROUPS, Role.USER, ("admins",), Role.USER),
+    ],
+)
+def test_group_mapping_sets_role(
+    db: Database,
+    admin_groups: frozenset[str],
+    user_groups: frozenset[str],
+    role: Role,
+    groups: tuple[str, ...],
+    expected: Role,
+) -> None:
+    account = sign_in_with_identity(db, PROFILE, POLICY).user
+    set_role(db, account.id, role)
+    policy = replace(POLICY, admin_groups=admin_groups, user_groups=user_groups)
+    result = sign_in_with_identity(db, replace(PROFILE, groups=groups), policy)
+    assert result.user.role == expected
+
+
+def test_group_mapping_reports_role_change(db: Database) -> None:
     sign_in_with_identity(db, replace(PROFILE, groups=("admins",)), POLICY)
     result = sign_in_with_identity(db, replace(PROFILE, groups=("staff",)), POLICY)
+    assert result.role_change == RoleChange(Role.ADMIN, Role.USER, applied=True)
+    assert result.role_change.reason == "admin_to_user"
+
+
+def test_group_mapping_without_change_reports_none(db: Database) -> None:
+    sign_in_with_identity(db, replace(PROFILE, groups=("staff",)), POLICY)
+    result = sign_in_with_identity(db, replace(PROFILE, groups=("staff",)), POLICY)
+    assert result.role_change is None
+
+
+def test_no_group_gives_new_identity_role(db: Database) -> None:
+    policy = replace(POLICY, new_role=Role.USER)
+    sign_in_with_identity(db, replace(PROFILE, groups=("admins",)), policy)
+    result = sign_in_with_identity(db, PROFILE, policy)
+    assert result.user.role == Role.USER
+
+
+def test_group_mapping_keeps_last_admin(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = sign_in_with_identity(database, PROFILE, POLICY)
+    assert first.user.role == Role.ADMIN  # the first account of all
+    result = sign_in_with_identity(database, replace(PROFILE, groups=("staff",)), POLICY)
     assert result.user.role == Role.ADMIN
+    assert result.role_change == RoleChange(Role.ADMIN, Role.USER, applied=False)
+    assert result.role_change.reason == "last_active_admin"
+    assert "last active admin" in caplog.text
+
+
+def test_group_mapping_demotes_deactivated_admin(db: Database) -> None:
+    account = sign_in_with_identity(db, replace(PROFILE, groups=("admins",)), POLICY).user
+    deactivate(db, account.id)
+    result = sign_in_with_identity(db, PROFILE, POLICY)
+    assert result.user.role == Role.PENDING
+    assert result.role_change == RoleChange(Role.ADMIN, Role.PENDING, applied=True)
 
 
 def test_unlink_removes_identity(db: Database) -> None:

@@ -22,7 +22,12 @@ import Provider from 'oidc-provider';
 
 const config = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 const issuer = `http://127.0.0.1:${config.port}`;
-const accounts = config.accounts;
+
+// The accounts are read again on each use, so that a test can change someone's claims (such as
+// their groups) between two log-ins by rewriting CONFIG.json.
+function readAccounts() {
+  return JSON.parse(fs.readFileSync(process.argv[2], 'utf8')).accounts;
+}
 
 if (config.clockOffsetSeconds) {
   // oidc-provider reads the time through Date.now (its epochTime helper).
@@ -35,8 +40,8 @@ const ttl = config.idTokenTtlSeconds ? { ttl: { IdToken: config.idTokenTtlSecond
 const provider = new Provider(issuer, {
   clients: config.clients,
   findAccount: async (ctx, id) => {
-    if (!accounts[id]) return undefined;
-    return { accountId: id, claims: async () => ({ sub: id, ...accounts[id].claims }) };
+    if (!readAccounts()[id]) return undefined;
+    return { accountId: id, claims: async () => ({ sub: id, ...readAccounts()[id].claims }) };
   },
   claims: {
     openid: ['sub'],
@@ -126,6 +131,7 @@ async function interaction(req, res, isLoginPost) {
   if (!isLoginPost) return sendLoginForm(res, details.uid, '');
   const form = await readForm(req);
   const login = form.get('login') || '';
+  const accounts = readAccounts();
   if (!accounts[login] || accounts[login].password !== form.get('password')) {
     return sendLoginForm(res, details.uid, 'Invalid login or password', 401);
   }

@@ -6,6 +6,7 @@ use. The provider's accounts and clients come from a JSON config file.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import socket
@@ -58,11 +59,12 @@ class OidcProviderProcess:
         config = {
             "port": self.port,
             "clients": clients,
-            "accounts": accounts,
+            "accounts": copy.deepcopy(accounts),
             "claimsInUserinfoOnly": claims_in_userinfo_only,
             **(faults or {}),
         }
         self.config_file.write_text(json.dumps(config))
+        self.config = config
         self.log_file = config_dir / "oidc-provider.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -80,6 +82,13 @@ class OidcProviderProcess:
             )
         self._wait_until_ready()
         return self
+
+    def set_claims(self, login: str, **claims: Any) -> None:
+        """Change claims of an account at the provider; its next log-in carries them."""
+        self.config["accounts"][login]["claims"].update(claims)
+        written = self.config_file.with_suffix(".tmp")
+        written.write_text(json.dumps(self.config))
+        written.replace(self.config_file)
 
     def stop(self) -> None:
         if self.process is not None:

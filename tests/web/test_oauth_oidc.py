@@ -15,7 +15,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from llmcloud.auth.accounts import create_account
+from llmcloud.auth.accounts import create_account, set_role
 from llmcloud.db.models import Outcome, Role
 from tests.oidc.server import OidcProviderProcess, free_port
 from tests.web.conftest import ORIGIN, csrf_token, sign_up
@@ -115,19 +115,19 @@ def userinfo_provider(
 
 
 @pytest.fixture
-def faulty_provider(tmp_path: Path) -> Iterator[Callable[..., OidcProviderProcess]]:
-    """A factory of providers started with the fault options of tests/oidc/provider.mjs."""
+def start_provider(tmp_path: Path) -> Iterator[Callable[..., OidcProviderProcess]]:
+    """A factory of providers of one test, with the fault options of tests/oidc/provider.mjs."""
     started: list[OidcProviderProcess] = []
 
-    def start_provider(**faults: Any) -> OidcProviderProcess:
-        config_dir = tmp_path / f"oidc-faulty-{len(started)}"
+    def start(**faults: Any) -> OidcProviderProcess:
+        config_dir = tmp_path / f"oidc-{len(started)}"
         config_dir.mkdir()
         clients = [client_registration(), other_client_registration()]
         process = OidcProviderProcess(config_dir, clients, ACCOUNTS, faults=faults)
         started.append(process.start())
         return process
 
-    yield start_provider
+    yield start
     for process in started:
         process.stop()
 
@@ -237,9 +237,12 @@ def test_oidc_new_identity_without_groups_is_pending(
 
 
 def test_oidc_links_verified_mixed_case_email(
-    make_oidc_client: Callable[..., TestClient], browser: httpx.Client
+    make_oidc_client: Callable[..., TestClient],
+    browser: httpx.Client,
+    oidc_provider: OidcProviderProcess,
 ) -> None:
-    client = make_oidc_client()
+    # Without user_groups, carol's lack of groups leaves the linked account a user.
+    client = make_oidc_client(provider_settings(oidc_provider.issuer, user_groups=[]))
     existing = create_account(database(client), "carol", None, email="carol@example.org")
     assert log_in(client, browser, "carol").headers["location"] == "/chats"
     assert identities(client)[0].user_id == existing.id
@@ -391,9 +394,9 @@ def assert_login_rejected(
 def test_oidc_id_token_for_another_client_is_rejected(
     make_oidc_client: Callable[..., TestClient],
     browser: httpx.Client,
-    faulty_provider: Callable[..., OidcProviderProcess],
+    start_provider: Callable[..., OidcProviderProcess],
 ) -> None:
-    provider = faulty_provider(idTokenAudienceClient=OTHER_CLIENT_ID)
+    provider = start_provider(idTokenAudienceClient=OTHER_CLIENT_ID)
     client = make_oidc_client(provider_settings(provider.issuer))
     response = log_in(client, browser, "alice")
     assert_login_rejected(client, response, 401, "id_token_wrong_audience")
@@ -402,11 +405,11 @@ def test_oidc_id_token_for_another_client_is_rejected(
 def test_oidc_id_token_from_another_issuer_is_rejected(
     make_oidc_client: Callable[..., TestClient],
     browser: httpx.Client,
-    faulty_provider: Callable[..., OidcProviderProcess],
+    start_provider: Callable[..., OidcProviderProcess],
 ) -> None:
     # Configured with the full discovery URL, llmcloud takes the issuer that the document names,
     # which here differs from the `iss` that the provider puts into its ID tokens.
-    provider = faulty_provider(discoveryIssuer="/tenant-a/v2.0")
+    provider = start_provider(discoveryIssuer="/tenant-a/v2.0")
     discovery_url = f"{provider.issuer}/.well-known/openid-configuration"
     client = make_oidc_client(provider_settings(discovery_url))
     response = log_in(client, browser, "alice")
@@ -416,11 +419,11 @@ def test_oidc_id_token_from_another_issuer_is_rejected(
 def test_oidc_expired_id_token_is_rejected(
     make_oidc_client: Callable[..., TestClient],
     browser: httpx.Client,
-    faulty_provider: Callable[..., OidcProviderProcess],
+    start_provider: Callable[..., OidcProviderProcess],
 ) -> None:
     # The provider's clock runs 10 minutes behind, so its 60-second ID tokens arrive expired by
     # far more than the accepted clock difference of LEEWAY_SECONDS.
-    provider = faulty_provider(clockOffsetSeconds=-600, idTokenTtlSeconds=60)
+    provider = start_provider(clockOffsetSeconds=-600, idTokenTtlSeconds=60)
     client = make_oidc_client(provider_settings(provider.issuer))
     response = log_in(client, browser, "alice")
     assert_login_rejected(client, response, 401, "id_token_expired")
@@ -429,10 +432,10 @@ def test_oidc_expired_id_token_is_rejected(
 def test_oidc_small_clock_difference_is_accepted(
     make_oidc_client: Callable[..., TestClient],
     browser: httpx.Client,
-    faulty_provider: Callable[..., OidcProviderProcess],
+    start_provider: Callable[..., OidcProviderProcess],
 ) -> None:
     # 30 seconds behind with a 10-second TTL: expired 20 seconds ago, within LEEWAY_SECONDS.
-    provider = faulty_provider(clockOffsetSeconds=-30, idTokenTtlSeconds=10)
+    provider = start_provider(clockOffsetSeconds=-30, idTokenTtlSeconds=10)
     client = make_oidc_client(provider_settings(provider.issuer))
     assert log_in(client, browser, "alice").headers["location"] == "/chats"
 
@@ -440,9 +443,9 @@ def test_oidc_small_clock_difference_is_accepted(
 def test_oidc_id_token_bad_signature_is_rejected(
     make_oidc_client: Callable[..., TestClient],
     browser: httpx.Client,
-    faulty_provider: Callable[..., OidcProviderProcess],
+    start_provider: Callable[..., OidcProviderProcess],
 ) -> None:
-    provider = faulty_provider(jwksWithoutSigningKey=True)
+    provider = start_provider(jwksWithoutSigningKey=True)
     client = make_oidc_client(provider_settings(provider.issuer))
     response = log_in(client, browser, "alice")
     assert_login_rejected(client, response, 401, "id_token_bad_signature")
@@ -467,3 +470,69 @@ def test_oidc_missing_nonce_is_rejected(
     changed = authorization.copy_remove_param("nonce")
     response = client.get(follow_provider(str(changed), browser, credentials("alice")))
     assert_login_rejected(client, response, 401, "id_token_wrong_nonce")
+
+
+def log_out(client: TestClient) -> None:
+    assert client.post("/logout", data={"csrf_token": csrf_token(client)}).status_code == 303
+
+
+def role_changes(client: TestClient) -> list[tuple[Outcome, str | None]]:
+    return [(e.outcome, e.reason) for e in audit_events(client) if e.action == "role_change"]
+
+
+def test_oidc_admin_leaving_admin_group_becomes_user(
+    make_oidc_client: Callable[..., TestClient],
+    browser: httpx.Client,
+    start_provider: Callable[..., OidcProviderProcess],
+) -> None:
+    provider = start_provider()
+    client = make_oidc_client(provider_settings(provider.issuer))
+    assert log_in(client, browser, "boss").headers["location"] == "/chats"
+    assert users(client)[-1].role == Role.ADMIN
+    log_out(client)
+
+    provider.set_claims("boss", groups=["llmcloud-users"])
+    assert log_in(client, browser, "boss").headers["location"] == "/chats"
+    assert users(client)[-1].role == Role.USER
+    assert role_changes(client) == [
+        (Outcome.SUCCESS, "pending_to_admin"),
+        (Outcome.SUCCESS, "admin_to_user"),
+    ]
+
+
+def test_oidc_account_leaving_all_groups_becomes_pending(
+    make_oidc_client: Callable[..., TestClient],
+    browser: httpx.Client,
+    start_provider: Callable[..., OidcProviderProcess],
+) -> None:
+    provider = start_provider()
+    client = make_oidc_client(provider_settings(provider.issuer))
+    assert log_in(client, browser, "alice").headers["location"] == "/chats"
+
+    provider.set_claims("alice", groups=[])
+    assert log_in(client, browser, "alice").headers["location"] == "/pending"
+    assert users(client)[-1].role == Role.PENDING
+    assert session_count(client) == 1  # only the admin's: alice's sessions ended
+    assert client.get("/chats").status_code == 303
+    assert role_changes(client)[-1] == (Outcome.SUCCESS, "user_to_pending")
+    assert audit_events(client)[-1].reason == "pending"
+
+
+def test_oidc_last_admin_keeps_role(
+    make_oidc_client: Callable[..., TestClient],
+    browser: httpx.Client,
+    start_provider: Callable[..., OidcProviderProcess],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    provider = start_provider()
+    client = make_oidc_client(provider_settings(provider.issuer))
+    assert log_in(client, browser, "boss").headers["location"] == "/chats"
+    set_role(database(client), users(client)[0].id, Role.USER)  # boss is now the only admin
+    log_out(client)
+
+    provider.set_claims("boss", groups=[])
+    assert log_in(client, browser, "boss").headers["location"] == "/chats"
+    assert users(client)[-1].role == Role.ADMIN
+    assert role_changes(client)[-1] == (Outcome.FAILURE, "last_active_admin")
+    warnings = [r for r in caplog.records if r.name == "llmcloud.auth" and r.levelname == "WARNING"]
+    assert any("last active admin" in r.getMessage() for r in warnings)

@@ -361,15 +361,20 @@ def _parse_role(role: Role | str) -> Role:
         raise InvalidInput(message) from None
 
 
-def _check_not_last_admin(session: Session, user: User, action: str) -> None:
+def is_last_active_admin(session: Session, user: User) -> bool:
+    """Return whether `user` is the only active admin. Callers hold ACCOUNTS_LOCK."""
     if user.role != Role.ADMIN or not user.is_active:
-        return
+        return False
     active_admins = session.scalar(
         sa.select(sa.func.count())
         .select_from(User)
         .where(User.role == Role.ADMIN, User.deactivated_at.is_(None))
     )
-    if (active_admins or 0) <= 1:
+    return (active_admins or 0) <= 1
+
+
+def _check_not_last_admin(session: Session, user: User, action: str) -> None:
+    if is_last_active_admin(session, user):
         raise Conflict(
             f"cannot {action} {quote_value(user.username)}, the only active admin; "
             "make another account admin first"

@@ -20,6 +20,7 @@ audit_log = logging.getLogger("llmcloud.audit")
 LOGIN = "login"
 LINK = "link"
 UNLINK = "unlink"
+ROLE_CHANGE = "role_change"
 
 
 def record_event(

@@ -11,9 +11,17 @@ admin, as with local sign-up.
 
 The email allow lists apply to every provider and every login: when either
 list is set, only a verified email from an allowed domain or on the list of
-addresses passes. An OIDC groups claim can raise the role at every login:
-a member of `admin_groups` becomes admin, of `user_groups` a user. The
-mapping never lowers a role, so an admin keeps the role given by hand.
+addresses passes.
+
+An OIDC provider's groups claim decides the role at every login through it,
+for the part of the mapping that is configured. With `admin_groups` set, a
+member becomes admin and an admin outside those groups loses the role. With
+`user_groups` set, a member becomes a user and an account in neither list
+gets `auth_new_identity_role` (pending by default), so a role given by hand
+lasts only until the next login. Whatever is not configured keeps the role
+that an admin gave. The last active admin is never demoted: the login
+proceeds with the role kept and a warning in the log. A missing groups claim
+counts as no groups.
 """
 
 from __future__ import annotations
@@ -26,12 +34,17 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from llmcloud.auth.accounts import ACCOUNTS_LOCK, MAX_USERNAME_LENGTH, MIN_USERNAME_LENGTH
+from llmcloud.auth.accounts import (
+    ACCOUNTS_LOCK,
+    MAX_USERNAME_LENGTH,
+    MIN_USERNAME_LENGTH,
+    is_last_active_admin,
+)
 from llmcloud.auth.errors import Conflict, NotFound
 from llmcloud.auth.identity_profile import ProviderProfile
 from llmcloud.auth.login_errors import forbidden
 from llmcloud.db.database import Database
-from llmcloud.db.models import Identity, Role, User, utcnow
+from llmcloud.db.models import Identity, Role, User, UserSession, utcnow
 from llmcloud.settings import Settings
 
 log = logging.getLogger("llmcloud.auth")
@@ -64,10 +77,30 @@ class IdentityPolicy:
 
 
 @dataclass(frozen=True)
+class RoleChange:
+    """A role change that the groups claim caused at login.
+
+    `applied` is false when the account kept `old_role` because it is the last active admin.
+    """
+
+    old_role: Role
+    new_role: Role
+    applied: bool
+
+    @property
+    def reason(self) -> str:
+        """The audit reason code, such as `admin_to_user` or `last_active_admin`."""
+        if not self.applied:
+            return "last_active_admin"
+        return f"{self.old_role.value}_to_{self.new_role.value}"
+
+
+@dataclass(frozen=True)
 class SignInResult:
     user: User
     linked: bool
     created: bool
+    role_change: RoleChange | None = None
 
 
 def sign_in_with_identity(
@@ -98,11 +131,11 @@ def sign_in_with_identity(
         identity.email = profile.email
         identity.email_verified = profile.email_verified
         identity.last_login_at = utcnow()
-        _apply_group_roles(user, profile, policy)
+        role_change = _apply_group_roles(session, user, profile, policy)
         if user.is_active and user.role != Role.PENDING:
             user.last_login_at = utcnow()
         session.flush()
-    return SignInResult(user=user, linked=linked, created=created)
+    return SignInResult(user=user, linked=linked, created=created, role_change=role_change)
 
 
 def list_identities(db: Database, user_id: int) -> Sequence[Identity]:
@@ -208,11 +241,47 @@ def _free_username(session: Session, profile: ProviderProfile) -> str:
     raise Conflict(f"no free username left for {base!r}")
 
 
-def _apply_group_roles(user: User, profile: ProviderProfile, policy: IdentityPolicy) -> None:
-    groups = set(profile.groups)
-    if groups & policy.admin_groups and user.role != Role.ADMIN:
-        user.role = Role.ADMIN
-        log.info("account %s made admin by its %s groups", user.id, profile.provider)
-    elif groups & policy.user_groups and user.role == Role.PENDING:
-        user.role = Role.USER
-        log.info("account %s made user by its %s groups", user.id, profile.provider)
+def _apply_group_roles(
+    session: Session, user: User, profile: ProviderProfile, policy: IdentityPolicy
+) -> RoleChange | None:
+    """Set the role that the groups claim gives, by the rules in the module docstring."""
+    if not policy.admin_groups and not policy.user_groups:
+        return None
+    new_role = _mapped_role(user.role, frozenset(profile.groups), policy)
+    if new_role == user.role:
+        return None
+
+    old_role = user.role
+    if old_role == Role.ADMIN and is_last_active_admin(session, user):
+        log.warning(
+            "account %s stays admin although its %s groups give the role %s, because it is "
+            "the last active admin; make another account admin first",
+            user.id,
+            profile.provider,
+            new_role,
+        )
+        return RoleChange(old_role, new_role, applied=False)
+
+    user.role = new_role
+    if new_role == Role.PENDING:
+        session.execute(sa.delete(UserSession).where(UserSession.user_id == user.id))
+    log.info(
+        "role of account %s changed from %s to %s by its %s groups",
+        user.id,
+        old_role,
+        new_role,
+        profile.provider,
+    )
+    return RoleChange(old_role, new_role, applied=True)
+
+
+def _mapped_role(current: Role, groups: frozenset[str], policy: IdentityPolicy) -> Role:
+    if groups & policy.admin_groups:
+        return Role.ADMIN
+    if current == Role.ADMIN and not policy.admin_groups:
+        return Role.ADMIN
+    if groups & policy.user_groups:
+        return Role.USER
+    if policy.user_groups:
+        return policy.new_role
+    return Role.USER if current == Role.ADMIN else current

@@ -20,6 +20,7 @@ from llmcloud.auth.accounts import check_can_log_in, get_account
 from llmcloud.auth.errors import AccountDeactivated, AccountPending, ServiceError
 from llmcloud.auth.identities import (
     IdentityPolicy,
+    SignInResult,
     list_identities,
     sign_in_with_identity,
     unlink_identity,
@@ -78,15 +79,7 @@ def callback(request: Request, state: State, name: str) -> Response:
         policy = IdentityPolicy.from_settings(state.settings, name)
         result = sign_in_with_identity(state.db, profile, policy)
         user = result.user
-        if result.linked:
-            audit.record_event(
-                state.db,
-                audit.LINK,
-                Outcome.SUCCESS,
-                provider=name,
-                user_id=user.id,
-                subject=subject,
-            )
+        _audit_sign_in(state, name, result, subject)
         check_can_log_in(user)
     except AccountPending:
         _audit_failure(state, name, "pending", subject, user.id)
@@ -161,6 +154,30 @@ def _failed(
     }
     response = render(request, "login_error.html", context, status_code=exc.status_code)
     return _clear_state_cookie(response)
+
+
+def _audit_sign_in(state: State, name: str, result: SignInResult, subject: str) -> None:
+    """Record the link and the role change that a provider log-in caused, if any."""
+    if result.linked:
+        audit.record_event(
+            state.db,
+            audit.LINK,
+            Outcome.SUCCESS,
+            provider=name,
+            user_id=result.user.id,
+            subject=subject,
+        )
+    change = result.role_change
+    if change is not None:
+        audit.record_event(
+            state.db,
+            audit.ROLE_CHANGE,
+            Outcome.SUCCESS if change.applied else Outcome.FAILURE,
+            provider=name,
+            user_id=result.user.id,
+            reason=change.reason,
+            subject=subject,
+        )
 
 
 def _audit_failure(
