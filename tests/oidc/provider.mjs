@@ -15,6 +15,8 @@
 //   "jwksWithoutSigningKey": true the JWKS contains other keys under the signing keys' kids
 //   "idTokenAudienceClient": "ID" the token response carries an ID token that the provider
 //                                 issued to that other registered client
+//   "withoutIdToken": true        the token response carries no ID token
+//   "userinfoSubject": "SUB"      the userinfo response names this `sub` instead of the real one
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -70,6 +72,10 @@ provider.use(async (ctx, next) => {
     ctx.body.keys = ctx.body.keys.map(substituteKey);
   } else if (route === 'token' && config.idTokenAudienceClient && ctx.body?.id_token) {
     ctx.body.id_token = await reissueIdToken(ctx, ctx.body.id_token, config.idTokenAudienceClient);
+  } else if (route === 'token' && config.withoutIdToken && ctx.body) {
+    delete ctx.body.id_token;
+  } else if (route === 'userinfo' && config.userinfoSubject && ctx.body) {
+    ctx.body.sub = config.userinfoSubject;
   }
 });
 

@@ -451,6 +451,29 @@ def test_oidc_id_token_bad_signature_is_rejected(
     assert_login_rejected(client, response, 401, "id_token_bad_signature")
 
 
+def test_oidc_token_response_without_id_token(
+    make_oidc_client: Callable[..., TestClient],
+    browser: httpx.Client,
+    start_provider: Callable[..., OidcProviderProcess],
+) -> None:
+    provider = start_provider(withoutIdToken=True)
+    client = make_oidc_client(provider_settings(provider.issuer))
+    response = log_in(client, browser, "alice")
+    assert_login_rejected(client, response, 502, "id_token_missing")
+
+
+def test_oidc_userinfo_of_another_subject_is_rejected(
+    make_oidc_client: Callable[..., TestClient],
+    browser: httpx.Client,
+    start_provider: Callable[..., OidcProviderProcess],
+) -> None:
+    # Email and groups come only from userinfo here, which describes someone else.
+    provider = start_provider(claimsInUserinfoOnly=True, userinfoSubject="boss")
+    client = make_oidc_client(provider_settings(provider.issuer))
+    response = log_in(client, browser, "alice")
+    assert_login_rejected(client, response, 401, "userinfo_subject_mismatch")
+
+
 def test_oidc_wrong_nonce_is_rejected(
     make_oidc_client: Callable[..., TestClient], browser: httpx.Client
 ) -> None:
