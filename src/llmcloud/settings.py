@@ -670,8 +670,10 @@ class Settings(BaseSettings):
         None,
         description="Redis URL, such as `redis://127.0.0.1:6379/0`, through which web instances "
         "share live chat streams, so that a chat answered on one instance can be followed on "
-        "another, and claim each alert notification, so that one instance sends it. Unset "
-        "keeps both inside each instance.",
+        "another, and claim each alert notification, so that one instance sends it. The "
+        "gateways of all instances also share their queues through it, so queue positions, "
+        "gateway_max_queue_per_model and each backend's max_parallel hold for the deployment. "
+        "Unset keeps all of these inside each instance.",
     )
     web_chat_rate_limit: int = Field(
         0,

@@ -40,6 +40,8 @@ class Ticket:
     """Place in the model's queue, 1 for the next; 0 when not waiting."""
     finished: bool = False
     """Set once the request gave back its slot or left the queue."""
+    shared_id: str | None = None
+    """Id of the ticket in the deployment-wide queue in Redis; None when it waits here only."""
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -124,15 +126,30 @@ class Dispatcher:
             if not remaining:
                 del self._queues[model]
 
-    def _assign(self, ticket: Ticket) -> bool:
-        backend = self._pick(ticket)
-        if backend is None:
-            return False
+    def take_slot(self, ticket: Ticket, backend: BackendClient) -> None:
+        """Count a slot on `backend` as the ticket's and wake the request that waits for it."""
         backend.state.outstanding += 1
         backend.state.last_picked = next(self._picks)
         ticket.backend = backend
         ticket.position = 0
         ticket.changed.set()
+
+    def candidates(self, ticket: Ticket) -> list[BackendClient]:
+        """Return the backends that may serve the ticket, the preferred ones first on a tie.
+
+        Of two backends equally busy, the one with fewer recent failures comes first, then
+        the one picked least recently.
+        """
+        return sorted(
+            self._candidates(ticket),
+            key=lambda backend: (backend.state.consecutive_failures, backend.state.last_picked),
+        )
+
+    def _assign(self, ticket: Ticket) -> bool:
+        backend = self._pick(ticket)
+        if backend is None:
+            return False
+        self.take_slot(ticket, backend)
         return True
 
     def _pick(self, ticket: Ticket) -> BackendClient | None:

@@ -20,6 +20,7 @@ from llmcloud.gateway.dispatch import Dispatcher
 from llmcloud.gateway.errors import InvalidBackends, NoBackendAvailable, UnknownModel
 from llmcloud.gateway.events import ChatEvent
 from llmcloud.gateway.relay import ChatRelay
+from llmcloud.gateway.shared_queue import SharedQueue
 from llmcloud.gateway.status import GatewayStatus, ModelInfo, backend_status, merge_models
 from llmcloud.monitoring.llm_metrics import observe_gateway_chat
 
@@ -47,6 +48,9 @@ class Gateway:
     connection to it is refused, or after failures_before_unhealthy failed
     requests in a row; a passing health check brings it back. Times are seconds.
 
+    With `redis_url`, the queues, max_queue_per_model and each backend's max_parallel hold
+    for every gateway on that Redis together (see llmcloud.gateway.shared_queue).
+
     A gateway belongs to one event loop, the one that runs `start()`.
     """
 
@@ -61,6 +65,7 @@ class Gateway:
         connect_timeout: float = 3.0,
         first_token_timeout: float = 120.0,
         failures_before_unhealthy: int = 3,
+        redis_url: str | None = None,
     ) -> None:
         _check_positive(
             health_interval=health_interval,
@@ -77,12 +82,21 @@ class Gateway:
         self.first_token_timeout = first_token_timeout
         self.failures_before_unhealthy = failures_before_unhealthy
         self._dispatcher = Dispatcher(max_queue_per_model, BUSY_RETRY_AFTER_SECONDS)
+        self._shared: SharedQueue | None = None
+        if redis_url:
+            self._shared = SharedQueue.from_url(
+                redis_url,
+                self._dispatcher,
+                max_queue_per_model=max_queue_per_model,
+                busy_retry_after=BUSY_RETRY_AFTER_SECONDS,
+            )
         self._relay = ChatRelay(
             self._dispatcher,
             keep_alive=keep_alive_wire_value(keep_alive),
             first_token_timeout=first_token_timeout,
             check_model=self._check_model,
             release=self._release,
+            shared=self._shared,
         )
         self._clients: dict[str, BackendClient] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
@@ -99,6 +113,7 @@ class Gateway:
             max_queue_per_model=settings.gateway_max_queue_per_model,
             connect_timeout=settings.gateway_connect_timeout,
             first_token_timeout=settings.gateway_first_token_timeout,
+            redis_url=settings.redis_url.get_secret_value() if settings.redis_url else None,
         )
 
     # Lifecycle
@@ -106,6 +121,8 @@ class Gateway:
     async def start(self) -> None:
         """Check every backend once, then keep checking them in the background."""
         self._started = True
+        if self._shared is not None:
+            self._shared.start()
         clients = [client for client in self._clients.values() if client.config.enabled]
         await asyncio.gather(*(self._check(client) for client in clients))
         for client in clients:
@@ -130,6 +147,8 @@ class Gateway:
         await asyncio.gather(*watchers, return_exceptions=True)
         await asyncio.gather(*self._closing, return_exceptions=True)
         await asyncio.gather(*(client.aclose() for client in self._clients.values()))
+        if self._shared is not None:
+            await self._shared.close()
         logger.info("gateway closed")
 
     def set_backends(self, backends: Iterable[Backend]) -> None:
@@ -171,10 +190,17 @@ class Gateway:
         return merge_models(list(self._clients.values()))
 
     def status(self) -> GatewayStatus:
-        """Return every backend's config and health, and the queue lengths, for the admin page."""
+        """Return every backend's config and health, and the queue lengths, for the admin page.
+
+        With Redis, the queue lengths count this instance's waiting requests only.
+        """
+        queued = self._dispatcher.queued()
+        if self._shared is not None:
+            for model, count in self._shared.queued().items():
+                queued[model] = queued.get(model, 0) + count
         return GatewayStatus(
             backends=tuple(backend_status(client) for client in self._clients.values()),
-            queued=self._dispatcher.queued(),
+            queued=queued,
         )
 
     def chat(

@@ -24,6 +24,7 @@ from llmcloud.gateway.dispatch import Dispatcher, Ticket
 from llmcloud.gateway.events import ChatEvent, Done, Durations, Failed, Queued, Started, Token
 from llmcloud.gateway.protocols import StreamParser, StreamResult, UpstreamError
 from llmcloud.gateway.request import ChatRequest, build_chat_request
+from llmcloud.gateway.shared_queue import SharedQueue
 
 logger = logging.getLogger("llmcloud.gateway")
 
@@ -65,8 +66,10 @@ class ChatRelay:
         first_token_timeout: float,
         check_model: Callable[[str], None],
         release: Callable[[BackendClient], None],
+        shared: SharedQueue | None = None,
     ) -> None:
         self.dispatcher = dispatcher
+        self.shared = shared
         self.keep_alive = keep_alive
         self.first_token_timeout = first_token_timeout
         self.check_model = check_model
@@ -81,7 +84,7 @@ class ChatRelay:
     ) -> AsyncGenerator[ChatEvent, None]:
         request = build_chat_request(model, messages, options, system)
         self.check_model(request.model)
-        chat = _Chat(request, self.dispatcher.submit(request.model), time.perf_counter_ns())
+        chat = _Chat(request, await self._submit(request.model), time.perf_counter_ns())
         try:
             async with aclosing(self._connect(chat)) as early_events:
                 async for event in early_events:
@@ -125,9 +128,15 @@ class ChatRelay:
         """
         failures: dict[str, BackendFailure] = {}
         while True:
-            async with aclosing(self._queue_positions(chat.ticket)) as positions:
+            async with aclosing(self._positions(chat.ticket)) as positions:
                 async for position in positions:
                     yield Queued(position)
+            if not chat.ticket.settled:
+                # The shared queue failed while the request waited: wait on this instance.
+                chat.ticket = self.dispatcher.submit(
+                    chat.request.model, chat.ticket.exclude, retry_of=chat.ticket
+                )
+                continue
             backend = chat.ticket.backend
             if backend is None:
                 yield _failed_everywhere(chat.request.model, failures)
@@ -148,9 +157,20 @@ class ChatRelay:
                     failure.message,
                 )
                 exclude = frozenset(failures)
-                chat.ticket = self.dispatcher.submit(
-                    chat.request.model, exclude, retry_of=chat.ticket
-                )
+                chat.ticket = await self._submit(chat.request.model, exclude, chat.ticket)
+
+    async def _submit(
+        self, model: str, exclude: frozenset[str] = frozenset(), retry_of: Ticket | None = None
+    ) -> Ticket:
+        """Claim a slot or a place in the queue, deployment-wide when Redis is configured."""
+        if self.shared is not None:
+            return await self.shared.submit(model, exclude, retry_of=retry_of)
+        return self.dispatcher.submit(model, exclude, retry_of=retry_of)
+
+    def _positions(self, ticket: Ticket) -> AsyncGenerator[int, None]:
+        if self.shared is not None and ticket.shared_id is not None:
+            return self.shared.positions(ticket)
+        return self._queue_positions(ticket)
 
     async def _queue_positions(self, ticket: Ticket) -> AsyncGenerator[int, None]:
         """Yield the ticket's queue position each time it changes, until it is settled."""
@@ -203,9 +223,11 @@ class ChatRelay:
         if ticket.finished:
             return
         ticket.finished = True
+        if self.shared is not None and ticket.shared_id is not None:
+            self.shared.finish(ticket)
         if ticket.backend is not None:
             self.release(ticket.backend)
-        else:
+        elif ticket.shared_id is None:
             self.dispatcher.leave(ticket)
 
 
