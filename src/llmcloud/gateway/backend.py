@@ -1,4 +1,4 @@
-"""One backend at run time: its HTTP client, its health and the requests it is serving."""
+"""One backend at run time: its connection pool, its health and the requests it is serving."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import httpx
 from llmcloud import __version__
 from llmcloud.gateway.config import Backend
 from llmcloud.gateway.errors import InvalidBackends
+from llmcloud.gateway.http import ConnectError, ConnectionPool, ConnectTimeout, HTTPError, Response
 from llmcloud.gateway.protocols import UpstreamError, error_message, protocol_for
 from llmcloud.monitoring.metrics import backend_errors
 
@@ -22,6 +23,8 @@ logger = logging.getLogger("llmcloud.gateway")
 
 # Keep-alive connections kept open beyond the ones in use, for health checks and bursts.
 _SPARE_CONNECTIONS = 4
+# The largest model list that a health check reads.
+_MAX_MODEL_LIST_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -55,7 +58,7 @@ class BackendFailure(Exception):
 
 
 class BackendClient:
-    """A backend's config, live state and connection pool (one httpx.AsyncClient)."""
+    """A backend's config, live state and connection pool."""
 
     def __init__(
         self,
@@ -76,15 +79,13 @@ class BackendClient:
         headers = {"User-Agent": f"llmcloud-gateway/{__version__}"}
         if config.api_key is not None:
             headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
-        self.http = httpx.AsyncClient(
-            base_url=config.api_base_url(),
+        self.http = ConnectionPool(
+            config.api_base_url(),
             headers=headers,
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            limits=httpx.Limits(
-                max_connections=config.max_parallel + _SPARE_CONNECTIONS,
-                max_keepalive_connections=config.max_parallel + _SPARE_CONNECTIONS,
-            ),
-            verify=_tls_context(config),
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_idle=config.max_parallel + _SPARE_CONNECTIONS,
+            ssl_context=_tls_context(config),
         )
 
     @property
@@ -104,23 +105,42 @@ class BackendClient:
     # Health
 
     async def check_health(self) -> None:
-        """Fetch the model list and update the state: healthy with its models, or the error."""
+        """Fetch the model list and update the state: healthy with its models, or the error.
+
+        A check that times out while the backend's streams deliver data leaves
+        a healthy backend in rotation: a loaded server, or a loaded event loop
+        in this process, can delay the model list, but data that arrives
+        shows that the backend is up.
+        """
+        started = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(self.health_timeout):
                 models = await self._fetch_models()
         except TimeoutError:
-            self._mark_unhealthy(f"health check timed out after {self.health_timeout:g} s")
-        except (httpx.HTTPError, UpstreamError, ValueError) as exc:
+            if self.state.healthy and self.http.last_received >= started:
+                logger.info(
+                    "health check of backend %s timed out after %g s; it stays in rotation "
+                    "because its streams delivered data meanwhile",
+                    self.name,
+                    self.health_timeout,
+                )
+            else:
+                self._mark_unhealthy(f"health check timed out after {self.health_timeout:g} s")
+        except (HTTPError, UpstreamError, ValueError) as exc:
             self._mark_unhealthy(f"health check failed: {describe_http_error(exc)}")
         else:
             self._mark_healthy(models)
         self.state.last_check = time.time()
 
     async def _fetch_models(self) -> frozenset[str]:
-        response = await self.http.get(self.protocol.models_path)
+        response = await self.http.request("GET", self.protocol.models_path)
+        try:
+            content = await response.read(_MAX_MODEL_LIST_BYTES)
+        finally:
+            response.close()
         if response.status_code != 200:
-            raise UpstreamError(_status_text(response, response.content))
-        return frozenset(self.protocol.model_names(response.json()))
+            raise UpstreamError(_status_text(response, content))
+        return frozenset(self.protocol.model_names(json.loads(content)))
 
     def _mark_healthy(self, models: frozenset[str]) -> None:
         if not self.state.healthy:
@@ -139,12 +159,12 @@ class BackendClient:
 
     # Requests
 
-    async def open_chat(self, body: dict[str, Any]) -> httpx.Response:
+    async def open_chat(self, body: dict[str, Any]) -> Response:
         """Send a streaming chat request and return the response once its status is 200."""
-        request = self.http.build_request("POST", self.protocol.chat_path, json=body)
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         try:
-            response = await self.http.send(request, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            response = await self.http.request("POST", self.protocol.chat_path, data)
+        except (ConnectError, ConnectTimeout) as exc:
             self.record_failure(describe_http_error(exc), down=True)
             raise BackendFailure(describe_http_error(exc), retry=True) from None
         if response.status_code == 200:
@@ -153,9 +173,7 @@ class BackendClient:
         content = await _read_some(response)
         raise self._status_failure(body["model"], response, content)
 
-    def _status_failure(
-        self, model: str, response: httpx.Response, content: bytes
-    ) -> BackendFailure:
+    def _status_failure(self, model: str, response: Response, content: bytes) -> BackendFailure:
         status = response.status_code
         message = _status_text(response, content)
         if status == 404:
@@ -185,42 +203,41 @@ class BackendClient:
 
 
 def describe_http_error(exc: BaseException) -> str:
-    """Describe a transport error in a few words, naming its kind when httpx gives no text."""
+    """Describe a transport error in a few words, naming its kind."""
     text = str(exc)
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
 
 
-def _status_text(response: httpx.Response, content: bytes) -> str:
+def _status_text(response: Response, content: bytes) -> str:
     try:
         detail = error_message(json.loads(content))
     except ValueError:
         detail = content[:300].decode("utf-8", "replace").strip() or "(empty body)"
-    return f"HTTP {response.status_code} from {response.request.url.path}: {detail}"
+    return f"HTTP {response.status_code} from {response.path}: {detail}"
 
 
-async def _read_some(response: httpx.Response, limit: int = 4096) -> bytes:
+async def _read_some(response: Response, limit: int = 4096) -> bytes:
     """Read at most `limit` bytes of an error body, then close the response."""
-    content = bytearray()
     try:
-        async for chunk in response.aiter_bytes():
-            content.extend(chunk)
-            if len(content) >= limit:
-                break
-    except httpx.HTTPError:
-        pass
+        return await response.read(limit)
+    except HTTPError:
+        return b""
     finally:
-        await response.aclose()
-    return bytes(content[:limit])
+        response.close()
 
 
-def _tls_context(config: Backend) -> ssl.SSLContext | bool:
-    if config.ca_bundle is None:
-        return True
+def _tls_context(config: Backend) -> ssl.SSLContext:
+    """Return the TLS settings: the CA bundle when one is set, else httpx's default CAs."""
     try:
-        return ssl.create_default_context(cafile=str(config.ca_bundle))
+        if config.ca_bundle is None:
+            context = httpx.create_ssl_context()
+        else:
+            context = ssl.create_default_context(cafile=str(config.ca_bundle))
     except (OSError, ssl.SSLError) as exc:
         raise InvalidBackends(
             f"backend {config.name}: cannot load the CA bundle {config.ca_bundle}: {exc}; "
             "expected a PEM file of CA certificates"
         ) from None
+    context.set_alpn_protocols(["http/1.1"])
+    return context

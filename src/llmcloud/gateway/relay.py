@@ -1,8 +1,8 @@
 """One chat from queue to last token: admission, failover before the first token, relay.
 
-The relay keeps no buffer: each line read from the backend (httpx's
-aiter_lines) is parsed and handed on as one event before the next is read.
-Failover is possible until the first token arrives, because until then the
+The relay keeps no buffer: the lines that arrived from the backend
+together are parsed and handed on, one event per token, before the next
+read. Failover is possible until the first token arrives, because until then the
 user has seen nothing; after it, a backend failure ends the chat with
 Failed(partial=True).
 """
@@ -12,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from llmcloud.gateway.backend import BackendClient, BackendFailure, describe_http_error
 from llmcloud.gateway.dispatch import Dispatcher, Ticket
 from llmcloud.gateway.events import ChatEvent, Done, Durations, Failed, Queued, Started, Token
+from llmcloud.gateway.http import HTTPError, Response
 from llmcloud.gateway.protocols import StreamParser, StreamResult, UpstreamError
 from llmcloud.gateway.request import ChatRequest, build_chat_request
 from llmcloud.gateway.shared_queue import SharedQueue
@@ -38,8 +37,9 @@ class Upstream:
     """A backend's response whose first token (or end) has arrived."""
 
     backend: BackendClient
-    response: httpx.Response
-    lines: AsyncIterator[str]
+    response: Response
+    rest: list[str]
+    """Lines that arrived with the first token and follow it."""
     parser: StreamParser
     first_text: str | None
     sent_ns: int
@@ -93,28 +93,34 @@ class ChatRelay:
             if upstream is None:
                 return
 
-            # The per-token path: one parsed line, one event, nothing else.
+            # The per-token path: one parsed line, one event, one read per batch of lines.
             try:
                 yield Started(upstream.backend.name)
                 if upstream.first_text:
                     yield Token(upstream.first_text)
                 parser = upstream.parser
+                response = upstream.response
+                lines = upstream.rest
                 final: Done | Failed
                 try:
-                    if parser.result is None:
-                        async for line in upstream.lines:
+                    while parser.result is None:
+                        for line in lines:
                             text = parser.feed(line)
                             if text:
                                 yield Token(text)
                             if parser.result is not None:
                                 break
+                        else:
+                            lines = await response.read_lines()
+                            if not lines:
+                                break
                     result = parser.finish()
-                except (httpx.HTTPError, UpstreamError) as exc:
+                except (HTTPError, UpstreamError) as exc:
                     final = _failed_midway(upstream.backend, describe_http_error(exc))
                 else:
                     final = await _finish_answer(upstream, result, chat.arrived_ns)
             finally:
-                await upstream.response.aclose()
+                upstream.response.close()
             # The slot is free before the last event, so a consumer that stops there keeps no slot.
             self._finish(chat.ticket)
             yield final
@@ -190,31 +196,34 @@ class ChatRelay:
         body = backend.protocol.chat_body(request, self.keep_alive)
         parser = backend.protocol.parser()
         sent_ns = time.perf_counter_ns()
-        response: httpx.Response | None = None
+        response: Response | None = None
         try:
             async with asyncio.timeout(self.first_token_timeout):
                 response = await backend.open_chat(body)
-                lines = response.aiter_lines()
-                async for line in lines:
-                    text = parser.feed(line)
-                    if text or parser.result is not None:
-                        first_ns = time.perf_counter_ns()
-                        return Upstream(backend, response, lines, parser, text, sent_ns, first_ns)
+                while lines := await response.read_lines():
+                    for index, line in enumerate(lines):
+                        text = parser.feed(line)
+                        if text or parser.result is not None:
+                            first_ns = time.perf_counter_ns()
+                            rest = lines[index + 1 :]
+                            return Upstream(
+                                backend, response, rest, parser, text, sent_ns, first_ns
+                            )
                 if parser.finish() is not None:
                     first_ns = time.perf_counter_ns()
-                    return Upstream(backend, response, lines, parser, None, sent_ns, first_ns)
+                    return Upstream(backend, response, [], parser, None, sent_ns, first_ns)
                 error = "the stream ended before the first token"
         except TimeoutError:
             error = f"no first token within {self.first_token_timeout:g} s"
-        except (httpx.HTTPError, UpstreamError) as exc:
+        except (HTTPError, UpstreamError) as exc:
             error = describe_http_error(exc)
         except BaseException:
             if response is not None:
-                await response.aclose()
+                response.close()
             raise
 
         if response is not None:
-            await response.aclose()
+            response.close()
         backend.record_failure(error)
         raise BackendFailure(error, retry=True)
 
@@ -237,19 +246,9 @@ async def _finish_answer(
     if result is None:
         return _failed_midway(upstream.backend, "the stream ended before the answer was complete")
     done = _done(result, upstream, arrived_ns)
-    await _drain(upstream.lines)
+    await upstream.response.drain(_DRAIN_SECONDS)
     upstream.backend.record_success()
     return done
-
-
-async def _drain(lines: AsyncIterator[str]) -> None:
-    """Read the end of a response after its last line, so that its connection can be reused."""
-    try:
-        async with asyncio.timeout(_DRAIN_SECONDS):
-            async for _ in lines:
-                pass
-    except (TimeoutError, httpx.HTTPError):
-        pass
 
 
 def _done(result: StreamResult, upstream: Upstream, arrived_ns: int) -> Done:
