@@ -399,6 +399,13 @@ class Settings(BaseSettings):
         "`<data_dir>/secrets/backup.age`, created on the first backup. Keep a copy off this "
         "machine: backups cannot be restored without it.",
     )
+    backup_passphrase: SecretStr | None = Field(
+        None,
+        description="Passphrase that encrypts backups instead of an identity file. The backup "
+        "key is then kept only encrypted with this passphrase (age's scrypt recipient), in "
+        "`<data_dir>/secrets/backup-passphrase-key.age` and as `key.age` beside every backup, "
+        "so the passphrase alone restores them. Set either this or backup_identity_file.",
+    )
     backup_recipients: list[str] = Field(
         default_factory=list,
         description="Extra age public keys (`age1...`) that can also decrypt every backup, such "
@@ -412,6 +419,12 @@ class Settings(BaseSettings):
     backup_s3_region: str | None = Field(None, description="Region of the S3 bucket.")
     backup_restic_password: SecretStr | None = Field(
         None, description="Password of the restic repository of a `restic:` target."
+    )
+    backup_model_blobs: bool = Field(
+        False,
+        description="Also back up the model store's blobs (the model files). Each blob is "
+        "stored once per target, encrypted, under `blobs/`, and shared by every backup that "
+        "references it. Off means models must be pulled again after a restore.",
     )
     backup_compression_level: int = Field(
         3, ge=1, le=19, description="zstd compression level of backup archives."
@@ -622,6 +635,7 @@ class Settings(BaseSettings):
         "database_url",
         "auth_github_client_secret",
         "backup_restic_password",
+        "backup_passphrase",
         mode="before",
     )
     @classmethod

@@ -17,8 +17,10 @@ from llmcloud.backup.errors import BackupError
 from llmcloud.backup.restore import restore_backup
 from llmcloud.backup.targets import ARCHIVE_FILE, targets_from_settings
 from llmcloud.db import Database, open_database
+from llmcloud.engine.store import ModelStore
 from llmcloud.settings import Settings
 from tests.backup.conftest import backup_settings, dump_tables
+from tests.engine.gguf_builder import write_gguf
 
 
 @pytest.fixture
@@ -123,3 +125,67 @@ def test_backup_decrypts_with_age_and_tar(settings: Settings, filled: Database) 
 
     assert (out / "data" / "uploads" / "a" / "file.txt").read_text() == "upload"
     assert (out / "database" / "llmcloud.db").stat().st_size > 0
+
+
+def _blob_model_store(settings: Settings) -> set[str]:
+    store = ModelStore(settings.models_dir)
+    source = write_gguf(settings.data_dir.parent / "tiny.gguf")
+    store.create("tiny:1", files={"tiny.gguf": store.import_file(source)})
+    return store.referenced_digests()
+
+
+def test_s3_target_stores_and_restores_blobs(
+    tmp_path: Path, s3_endpoint: str, filled: Database
+) -> None:
+    settings = backup_settings(
+        tmp_path,
+        backup_targets=["s3://backups/x"],
+        backup_s3_endpoint_url=s3_endpoint,
+        backup_s3_region="us-east-1",
+        backup_model_blobs=True,
+    )
+    digests = _blob_model_store(settings)
+    operations.backup_and_prune(settings)
+    result = operations.backup_and_prune(settings)
+    other = tmp_path / "restored"
+
+    restore_backup(
+        settings,
+        targets_from_settings(settings),
+        operations.identities_for(settings),
+        result.backup_id,
+        data_dir=other,
+    )
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket="backups")["Contents"]]
+    assert len([key for key in keys if key.startswith("x/blobs/")]) == len(digests)
+    assert [entry.name.display for entry in ModelStore(other / "models").list()] == ["tiny:1"]
+
+
+@pytest.mark.skipif(shutil.which("restic") is None, reason="restic is not installed")
+def test_restic_target_stores_verifies_and_prunes_blobs(tmp_path: Path, filled: Database) -> None:
+    repository = f"restic:{tmp_path / 'restic-repo'}"
+    settings = backup_settings(
+        tmp_path,
+        backup_targets=[repository],
+        backup_restic_password="a restic password",
+        backup_model_blobs=True,
+    )
+    digests = _blob_model_store(settings)
+    operations.backup_and_prune(settings)
+    target = targets_from_settings(settings)[0]
+    stored = target.list_blobs()
+
+    verified = operations.verify(settings)
+    shown = operations.show_backup(settings, target.list_ids()[0])
+    ModelStore(settings.models_dir).delete("tiny:1")
+    for backup_id in target.list_ids():
+        target.delete(backup_id)
+    operations.prune(settings)
+
+    assert len(stored) == len(digests)
+    assert verified.blobs == len(digests)
+    assert len(shown.blobs) == len(digests)
+    assert target.list_ids() == []
+    assert target.list_blobs() == set()

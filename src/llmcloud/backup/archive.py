@@ -40,7 +40,7 @@ class FileRecord:
     size: int
 
 
-class _HashingWriter:
+class HashingWriter:
     """A file-like sink that hashes and counts what passes through to `target`."""
 
     def __init__(self, target: IO[bytes], progress: Progress | None = None) -> None:
@@ -60,7 +60,7 @@ class _HashingWriter:
         self.target.flush()
 
 
-class _HashingReader:
+class HashingReader:
     def __init__(self, source: IO[bytes], progress: Progress | None) -> None:
         self.source = source
         self.digest = hashlib.sha256()
@@ -103,7 +103,7 @@ def write_archive(
                 records.append(_add_file(tar, name, source, progress))
 
     with open(output, "wb") as handle:
-        sink = _HashingWriter(handle)
+        sink = HashingWriter(handle)
         _run_piped(produce, lambda source: pyrage.encrypt_io(source, sink, recipients))
         handle.flush()
         os.fsync(handle.fileno())
@@ -141,8 +141,8 @@ def read_archive(
             raise IntegrityError(f"{archive.name} is damaged: {exc}") from None
 
     with open(archive, "rb") as handle:
-        reader = _HashingReader(handle, None)
-        _run_piped(lambda sink: _decrypt_stream(reader, sink, identities, archive.name), consume)
+        reader = HashingReader(handle, None)
+        _run_piped(lambda sink: decrypt_stream(reader, sink, identities, archive.name), consume)
     return records, FileRecord(archive.name, reader.digest.hexdigest(), reader.size)
 
 
@@ -154,9 +154,9 @@ def decrypt_bytes(data: bytes, identities: list[x25519.Identity], name: str) -> 
     return plain
 
 
-def _decrypt_stream(
-    source: IO[bytes] | _HashingReader,
-    sink: IO[bytes],
+def decrypt_stream(
+    source: IO[bytes] | HashingReader,
+    sink: IO[bytes] | HashingWriter,
     identities: list[x25519.Identity],
     name: str,
 ) -> None:
@@ -188,7 +188,7 @@ def _add_file(
         info = tar.gettarinfo(fileobj=handle, arcname=name)
         info.uid = info.gid = 0
         info.uname = info.gname = ""
-        reader = _HashingReader(handle, progress)
+        reader = HashingReader(handle, progress)
         tar.addfile(info, reader)
     if reader.size != info.size:
         raise IntegrityError(f"{source} changed size while it was archived; run the backup again")
@@ -212,7 +212,7 @@ def _extract_member(
     source = tar.extractfile(member)
     assert source is not None
     with open(target, "wb") as handle:
-        sink = _HashingWriter(handle, progress)
+        sink = HashingWriter(handle, progress)
         while chunk := source.read(COPY_CHUNK_BYTES):
             sink.write(chunk)
     os.chmod(target, member.mode & 0o777)

@@ -2,23 +2,29 @@
 
 It names the format version, the instance, the schema revision, the creation
 time, every file with its sha256 and size, the archive's own sha256 and size,
-and the row count of every table. age's authenticated encryption means a
+the row count of every table, where the settings file was, and the model
+blobs stored beside the backup. age's authenticated encryption means a
 changed byte makes it fail to decrypt, so a manifest that opens is intact.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyrage  # type: ignore[import-untyped]
 from pyrage import x25519
 
 from llmcloud.backup.archive import FileRecord, decrypt_bytes
+from llmcloud.backup.blobs import BlobRecord
 from llmcloud.backup.errors import BackupError, IntegrityError
+from llmcloud.backup.targets import BLOB_NAME_PATTERN
 
-FORMAT_VERSION = 1
+# Format 2 adds model blobs; a backup without them is written as format 1, which
+# llmcloud versions that predate blobs can still read.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -32,10 +38,17 @@ class Manifest:
     files: list[FileRecord]
     archive: FileRecord
     row_counts: dict[str, int]
-    format: int = FORMAT_VERSION
+    # The settings file's path when the backup was taken, and its name in the archive.
+    settings_file: str | None = None
+    settings_entry: str | None = None
+    blobs: list[BlobRecord] = field(default_factory=list)
+
+    @property
+    def format(self) -> int:
+        return FORMAT_VERSION if self.blobs else 1
 
     def to_json(self) -> bytes:
-        document = {
+        document: dict[str, Any] = {
             "format": self.format,
             "backup_id": self.backup_id,
             "instance_id": self.instance_id,
@@ -45,7 +58,14 @@ class Manifest:
             "files": [_record_to_dict(record) for record in self.files],
             "archive": _record_to_dict(self.archive),
             "row_counts": self.row_counts,
+            "settings_file": self.settings_file,
+            "settings_entry": self.settings_entry,
         }
+        if self.blobs:
+            document["blobs"] = [
+                {"digest": blob.digest, "size": blob.size, "object": blob.object}
+                for blob in self.blobs
+            ]
         return json.dumps(document, indent=2, sort_keys=True).encode()
 
     @property
@@ -67,10 +87,11 @@ def decrypt_manifest(data: bytes, identities: list[x25519.Identity], name: str) 
 
 
 def _parse(document: dict[str, Any]) -> Manifest:
-    if document["format"] != FORMAT_VERSION:
+    if document["format"] not in READABLE_FORMATS:
         raise BackupError(
             f"backup format {document['format']} is not supported by this llmcloud, which reads "
-            f"format {FORMAT_VERSION}; restore it with a matching llmcloud version"
+            f"formats {', '.join(map(str, READABLE_FORMATS))}; restore it with a matching "
+            "llmcloud version"
         )
     return Manifest(
         backup_id=str(document["backup_id"]),
@@ -82,7 +103,21 @@ def _parse(document: dict[str, Any]) -> Manifest:
         files=[_record_from_dict(item) for item in document["files"]],
         archive=_record_from_dict(document["archive"]),
         row_counts={str(k): int(v) for k, v in document["row_counts"].items()},
+        settings_file=document.get("settings_file"),
+        settings_entry=document.get("settings_entry"),
+        blobs=[_blob_from_dict(item) for item in document.get("blobs", [])],
     )
+
+
+def _blob_from_dict(item: dict[str, Any]) -> BlobRecord:
+    # Anyone with the public key can write a manifest that decrypts, so names become paths
+    # only after this check.
+    record = BlobRecord(str(item["digest"]), int(item["size"]), str(item["object"]))
+    if not BLOB_NAME_PATTERN.match(record.object) or record.digest.replace(":", "-") not in (
+        record.object
+    ):
+        raise ValueError(f"invalid model blob {record.object!r} for {record.digest!r}")
+    return record
 
 
 def _record_to_dict(record: FileRecord) -> dict[str, Any]:

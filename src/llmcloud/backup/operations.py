@@ -15,15 +15,17 @@ from pathlib import Path
 from pyrage import x25519  # type: ignore[import-untyped]
 
 from llmcloud.backup.archive import Progress
+from llmcloud.backup.blobs import remove_unused_blobs
 from llmcloud.backup.errors import BackupError
-from llmcloud.backup.keys import identity_path, load_identity
+from llmcloud.backup.keys import decryption_identities, passphrase_of
 from llmcloud.backup.manifest import Manifest
 from llmcloud.backup.retention import RetentionPolicy, backup_time, backups_to_delete
 from llmcloud.backup.run import BackupResult, run_backup
 from llmcloud.backup.status import read_status
 from llmcloud.backup.targets import Target, targets_from_settings
-from llmcloud.backup.verify import VerifyResult, load_manifest, verify_backup
+from llmcloud.backup.verify import VerifyResult, load_manifest, verify_backup, with_backup_key
 from llmcloud.db import Database
+from llmcloud.db.errors import ServiceError
 from llmcloud.settings import Settings
 
 log = logging.getLogger("llmcloud.backup")
@@ -37,7 +39,7 @@ class BackupListing:
 
 
 def identities_for(settings: Settings, key_file: Path | None = None) -> list[x25519.Identity]:
-    return [load_identity(key_file or identity_path(settings))]
+    return decryption_identities(settings, key_file)
 
 
 def policy_from_settings(settings: Settings) -> RetentionPolicy:
@@ -89,18 +91,21 @@ def list_backups(settings: Settings) -> list[BackupListing]:
 def show_backup(settings: Settings, backup_id: str, key_file: Path | None = None) -> Manifest:
     """Return the decrypted manifest of a backup, from the first target that stores it."""
     identities = identities_for(settings, key_file)
+    passphrase = passphrase_of(settings)
     for target in targets_from_settings(settings):
         if backup_id in target.list_ids():
             with tempfile.TemporaryDirectory(prefix="llmcloud-backup-show-") as scratch:
                 folder = _fetch_manifest_only(target, backup_id, Path(scratch))
-                return load_manifest(folder, identities, backup_id)
+                keys = with_backup_key(folder, identities, passphrase, backup_id)
+                return load_manifest(folder, keys, backup_id)
     raise BackupError(f"backup {backup_id} not found; `llmcloud backup list` shows the ids")
 
 
 def prune(settings: Settings, targets: list[Target] | None = None) -> list[str]:
     """Delete the backups that retention does not keep, on every target; returns their ids.
 
-    The newest verified backup is never deleted.
+    The newest verified backup is never deleted. Model blobs that no
+    remaining backup references are deleted afterwards.
     """
     policy = policy_from_settings(settings)
     protected = read_status(settings.data_dir).last_verified_id
@@ -110,7 +115,32 @@ def prune(settings: Settings, targets: list[Target] | None = None) -> list[str]:
             target.delete(backup_id)
             log.info("backup %s pruned from %s", backup_id, target.name)
             deleted.append(backup_id)
+        _prune_blobs(settings, target)
     return deleted
+
+
+def _prune_blobs(settings: Settings, target: Target) -> None:
+    """Delete the blobs that no remaining backup on `target` references.
+
+    The references are in the encrypted manifests, so a manifest that cannot
+    be read stops the blob pruning of that target: deleting then could break it.
+    """
+    if not target.list_blobs():
+        return
+    referenced: set[str] = set()
+    try:
+        identities = identities_for(settings)
+        passphrase = passphrase_of(settings)
+        for backup_id in target.list_ids():
+            with tempfile.TemporaryDirectory(prefix="llmcloud-backup-prune-") as scratch:
+                folder = _fetch_manifest_only(target, backup_id, Path(scratch))
+                keys = with_backup_key(folder, identities, passphrase, backup_id)
+                manifest = load_manifest(folder, keys, backup_id)
+            referenced |= {blob.object for blob in manifest.blobs}
+    except ServiceError as exc:
+        log.warning("model blobs on %s not pruned: %s", target.name, exc.message)
+        return
+    remove_unused_blobs(target, referenced)
 
 
 def backup_before_migration(settings: Settings, database: Database) -> BackupResult | None:
@@ -127,5 +157,4 @@ def backup_before_migration(settings: Settings, database: Database) -> BackupRes
 
 
 def _fetch_manifest_only(target: Target, backup_id: str, scratch: Path) -> Path:
-    # NOTE: S3 and restic targets download the whole backup here, archive included.
-    return target.fetch(backup_id, scratch)
+    return target.fetch(backup_id, scratch, manifest_only=True)

@@ -4,6 +4,12 @@ A restore unpacks and checks the whole backup in a scratch folder first, so
 a damaged backup changes nothing. It writes only into a new or empty data
 dir, unless forced; a forced restore over a live data dir takes a backup of
 it first.
+
+A settings file that lived inside the data dir is archived under its path
+there and so comes back under its own name. One that lived elsewhere (such
+as /etc/llmcloud/llmcloud.toml) is written as `llmcloud.toml.restored` in the
+data dir instead, because a restore writes only into the data dir, and the
+result names both paths so the operator can move it into place.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from pyrage import x25519  # type: ignore[import-untyped]
 
 from llmcloud.backup.archive import Progress
 from llmcloud.backup.errors import BackupError
-from llmcloud.backup.run import DATA_FOLDERS, backup_lock, run_backup
+from llmcloud.backup.keys import passphrase_of
+from llmcloud.backup.run import CONFIG_ENTRY, DATA_FOLDERS, DATA_PREFIX, backup_lock, run_backup
 from llmcloud.backup.targets import Target
 from llmcloud.backup.verify import find_backup, scratch_folder, unpack_backup
 from llmcloud.db import database_url_from_settings, open_database
@@ -30,6 +37,7 @@ log = logging.getLogger("llmcloud.backup")
 
 # Files and folders of a data dir that a restore replaces.
 RESTORED_ITEMS = (DATABASE_FILE, f"{DATABASE_FILE}-wal", f"{DATABASE_FILE}-shm", INSTANCE_FILE)
+RESTORED_CONFIG_NAME = "llmcloud.toml.restored"
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,15 @@ class RestoreResult:
     backup_id: str
     data_dir: Path
     safety_backup_id: str | None
+    # Where the settings file was written, and where it was when the backup was taken.
     config_file: Path | None
+    original_config_file: str | None = None
+    blobs: int = 0
+
+    @property
+    def config_in_place(self) -> bool:
+        """Whether the settings file came back under its own name inside the data dir."""
+        return self.config_file is not None and self.config_file.name != RESTORED_CONFIG_NAME
 
 
 def is_live(data_dir: Path) -> bool:
@@ -75,16 +91,37 @@ def restore_backup(
     target, found_id = find_backup(targets, backup_id)
     destination.mkdir(parents=True, exist_ok=True)
     # Unpacking inside the destination lets every restored file be moved into place by rename.
+    passphrase = passphrase_of(settings)
     with backup_lock(destination), scratch_folder(destination) as scratch:
-        manifest, unpacked = unpack_backup(target, found_id, identities, scratch, progress)
+        manifest, unpacked = unpack_backup(
+            target,
+            found_id,
+            identities,
+            scratch,
+            progress,
+            passphrase=passphrase,
+            blobs_into=unpacked_blobs(scratch),
+        )
         _replace_data(unpacked / "data", destination)
         _restore_database(
             settings, destination, unpacked / manifest.database_file, manifest.database_kind
         )
-        config_file = _restore_config(unpacked / "config" / "llmcloud.toml", destination)
+        config_file = _restore_config(unpacked, destination, manifest.settings_entry)
 
     log.info("backup %s restored into %s", found_id, destination)
-    return RestoreResult(found_id, destination, safety_backup_id, config_file)
+    return RestoreResult(
+        found_id,
+        destination,
+        safety_backup_id,
+        config_file,
+        manifest.settings_file,
+        len(manifest.blobs),
+    )
+
+
+def unpacked_blobs(scratch: Path) -> Path:
+    """Return where unpacked model blobs go, so that the data's move puts them in the store."""
+    return scratch / "unpacked" / "data" / "models" / "blobs"
 
 
 def check_data_dir_at_start(settings: Settings, targets: list[Target]) -> None:
@@ -146,11 +183,17 @@ def _restore_database(
     restore_snapshot(snapshot_file, snapshot_kind, url)
 
 
-def _restore_config(source: Path, destination: Path) -> Path | None:
-    if not source.is_file():
+def _restore_config(unpacked: Path, destination: Path, entry: str | None) -> Path | None:
+    """Return where the settings file is now: put back by `_replace_data`, or written here."""
+    if entry is None:
+        # Backups from before the entry was recorded kept the file in one place only.
+        entry = CONFIG_ENTRY if (unpacked / CONFIG_ENTRY).is_file() else None
+    if entry is None:
         return None
-    target = destination / "llmcloud.toml.restored"
-    shutil.copyfile(source, target)
+    if entry.startswith(DATA_PREFIX):
+        return destination / entry.removeprefix(DATA_PREFIX)
+    target = destination / RESTORED_CONFIG_NAME
+    shutil.copyfile(unpacked / entry, target)
     return target
 
 

@@ -20,15 +20,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pyrage import x25519  # type: ignore[import-untyped]
-
 from llmcloud.backup.archive import Progress, write_archive
+from llmcloud.backup.blobs import BlobRecord, local_blobs, store_blobs
 from llmcloud.backup.errors import BackupBusy, BackupError
-from llmcloud.backup.keys import identity_path, load_or_create_identity, recipients_for
+from llmcloud.backup.keys import EncryptionKeys, load_or_create_keys
 from llmcloud.backup.manifest import Manifest, encrypt_manifest
 from llmcloud.backup.retention import ID_TIME_FORMAT
 from llmcloud.backup.status import read_status, update_status
-from llmcloud.backup.targets import ARCHIVE_FILE, MANIFEST_FILE, FolderTarget, Target
+from llmcloud.backup.targets import ARCHIVE_FILE, KEY_FILE, MANIFEST_FILE, FolderTarget, Target
 from llmcloud.db import database_url_from_settings, open_database
 from llmcloud.db.errors import ServiceError
 from llmcloud.db.snapshot import snapshot_database
@@ -41,6 +40,10 @@ LOCK_FILE = "backup.lock"
 STAGING_DIR = "backup-staging"
 # Parts of the data dir that a backup captures, besides the database and instance.json.
 DATA_FOLDERS = ("secrets", "certs", "uploads", "models/manifests")
+# Where the settings file goes in the archive when it lives outside the data dir.
+CONFIG_ENTRY = "config/llmcloud.toml"
+# Archive names under this prefix are paths inside the data dir.
+DATA_PREFIX = "data/"
 
 
 @dataclass(frozen=True)
@@ -142,19 +145,21 @@ def _run_locked(
     for warning in warnings:
         log.warning("%s", warning)
 
-    identity, created = load_or_create_identity(identity_path(settings))
-    if created and on_key_created is not None:
-        on_key_created(identity_path(settings))
-    recipients = recipients_for(identity, settings)
+    keys = load_or_create_keys(settings)
+    if keys.created_file is not None and on_key_created is not None:
+        on_key_created(keys.created_file)
     instance = load_or_create_instance(settings.data_dir)
 
     staging_root = settings.data_dir / STAGING_DIR
     shutil.rmtree(staging_root, ignore_errors=True)
     backup_id = new_backup_id()
     staged = staging_root / backup_id
+    failures: dict[str, str] = {}
     try:
-        manifest = _build(settings, backup_id, instance.id, staged, recipients, progress)
-        published = _publish(backup_id, staged, targets)
+        staged.mkdir(parents=True)
+        blobs = _store_model_blobs(settings, targets, keys, staging_root, failures, progress)
+        manifest = _build(settings, backup_id, instance.id, staged, keys, blobs, progress)
+        published = _publish(backup_id, staged, targets, failures)
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
 
@@ -168,12 +173,28 @@ def _run_locked(
     )
 
 
+def _store_model_blobs(
+    settings: Settings,
+    targets: list[Target],
+    keys: EncryptionKeys,
+    staging_root: Path,
+    failures: dict[str, str],
+    progress: Progress | None,
+) -> list[BlobRecord]:
+    if not settings.backup_model_blobs:
+        return []
+    return store_blobs(
+        local_blobs(settings), targets, keys.recipients, staging_root, failures, progress
+    )
+
+
 def _build(
     settings: Settings,
     backup_id: str,
     instance_id: str,
     staged: Path,
-    recipients: list[x25519.Recipient],
+    keys: EncryptionKeys,
+    blobs: list[BlobRecord],
     progress: Progress | None,
 ) -> Manifest:
     created_at = datetime.now(UTC).isoformat()
@@ -186,11 +207,13 @@ def _build(
         database.dispose()
 
     database_file = f"database/{snapshot.path.name}"
-    entries = [(database_file, snapshot.path), *_data_entries(settings)]
+    config_file = _config_file()
+    settings_entry = None if config_file is None else config_entry(settings.data_dir, config_file)
+    entries = [(database_file, snapshot.path), *_data_entries(settings, config_file)]
     records, archive = write_archive(
         entries,
         staged / ARCHIVE_FILE,
-        recipients,
+        keys.recipients,
         level=settings.backup_compression_level,
         progress=progress,
     )
@@ -204,12 +227,17 @@ def _build(
         files=records,
         archive=archive,
         row_counts=snapshot.row_counts,
+        settings_file=None if config_file is None else str(config_file),
+        settings_entry=settings_entry,
+        blobs=blobs,
     )
-    _write_durably(staged / MANIFEST_FILE, encrypt_manifest(manifest, recipients))
+    if keys.passphrase_key_file is not None:
+        _write_durably(staged / KEY_FILE, keys.passphrase_key_file.read_bytes())
+    _write_durably(staged / MANIFEST_FILE, encrypt_manifest(manifest, keys.recipients))
     return manifest
 
 
-def _data_entries(settings: Settings) -> list[tuple[str, Path]]:
+def _data_entries(settings: Settings, config_file: Path | None) -> list[tuple[str, Path]]:
     data_dir = settings.data_dir
     entries = []
     instance_file = data_dir / "instance.json"
@@ -222,32 +250,51 @@ def _data_entries(settings: Settings) -> list[tuple[str, Path]]:
         for path in sorted(root.rglob("*")):
             if path.is_file() and not path.is_symlink():
                 entries.append((f"data/{path.relative_to(data_dir).as_posix()}", path))
-    config_file = _config_file()
-    if config_file is not None:
-        entries.append(("config/llmcloud.toml", config_file))
+    names = {name for name, _ in entries}
+    if config_file is not None and config_entry(data_dir, config_file) not in names:
+        entries.append((config_entry(data_dir, config_file), config_file))
     return entries
+
+
+def config_entry(data_dir: Path, config_file: Path) -> str:
+    """Return the settings file's name in the archive.
+
+    A settings file inside the data dir is archived under its path there, so
+    that a restore puts it back under its own name; any other goes to
+    `config/llmcloud.toml`.
+    """
+    resolved, root = config_file.resolve(), data_dir.resolve()
+    if resolved.is_relative_to(root):
+        return f"{DATA_PREFIX}{resolved.relative_to(root).as_posix()}"
+    return CONFIG_ENTRY
 
 
 def _config_file() -> Path | None:
     explicit = os.environ.get(CONFIG_ENV)
     path = Path(explicit) if explicit else default_config_file()
-    return path if path.is_file() else None
+    return path.absolute() if path.is_file() else None
 
 
-def _publish(backup_id: str, staged: Path, targets: list[Target]) -> list[str]:
-    published, failures = [], []
+def _publish(
+    backup_id: str, staged: Path, targets: list[Target], failures: dict[str, str]
+) -> list[str]:
+    """Publish to every target whose model blobs were stored; `failures` names the others."""
+    published = []
     for target in targets:
+        if target.name in failures:
+            continue
         try:
             target.publish(backup_id, staged)
             published.append(target.name)
         except (ServiceError, OSError) as exc:
             detail = exc.message if isinstance(exc, ServiceError) else str(exc)
             log.error("backup %s could not be stored in %s: %s", backup_id, target.name, detail)
-            failures.append(f"{target.name}: {detail}")
+            failures[target.name] = detail
     if failures:
         stored = ", ".join(published) or "no target"
+        details = "; ".join(f"{name}: {detail}" for name, detail in failures.items())
         raise BackupError(
-            f"backup {backup_id} failed on {len(failures)} target(s): {'; '.join(failures)}; "
+            f"backup {backup_id} failed on {len(failures)} target(s): {details}; "
             f"stored in {stored}. Older backups are unchanged; fix the target and run again"
         )
     return published

@@ -2,7 +2,8 @@
 
 `verify_backup` fetches the backup from a target, decrypts the manifest,
 checks the archive's sha256, unpacks every file into a scratch folder while
-hashing it, and loads the database copy: SQLite gets `PRAGMA integrity_check`,
+hashing it, decrypts and hashes every model blob the manifest names, and
+loads the database copy: SQLite gets `PRAGMA integrity_check`,
 a PostgreSQL dump is restored into a scratch database that is dropped
 afterwards. Row counts must equal the manifest's. No live data is touched.
 """
@@ -25,11 +26,13 @@ from pyrage import x25519  # type: ignore[import-untyped]
 from sqlalchemy.engine import make_url
 
 from llmcloud.backup.archive import FileRecord, Progress, read_archive
-from llmcloud.backup.errors import BackupError, BackupNotFound, IntegrityError
+from llmcloud.backup.blobs import check_blobs
+from llmcloud.backup.errors import BackupError, BackupNotFound, IntegrityError, WrongKey
+from llmcloud.backup.keys import passphrase_of, unlock_passphrase_key
 from llmcloud.backup.manifest import Manifest, decrypt_manifest
 from llmcloud.backup.run import backup_lock
 from llmcloud.backup.status import read_status, update_status
-from llmcloud.backup.targets import ARCHIVE_FILE, MANIFEST_FILE, Target
+from llmcloud.backup.targets import ARCHIVE_FILE, KEY_FILE, MANIFEST_FILE, Target
 from llmcloud.db import open_database
 from llmcloud.db.errors import ServiceError
 from llmcloud.db.snapshot import (
@@ -52,6 +55,7 @@ class VerifyResult:
     files: int
     size: int
     row_counts: dict[str, int]
+    blobs: int = 0
 
 
 def find_backup(targets: list[Target], backup_id: str | None) -> tuple[Target, str]:
@@ -74,7 +78,23 @@ def load_manifest(folder: Path, identities: list[x25519.Identity], backup_id: st
     path = folder / MANIFEST_FILE
     if not path.is_file():
         raise IntegrityError(f"backup {backup_id}: {MANIFEST_FILE} is missing")
+    if not identities:
+        raise WrongKey(
+            f"no key to decrypt backup {backup_id}: it has no {KEY_FILE} for backup_passphrase; "
+            "pass the age identity file it was encrypted to with --key"
+        )
     return decrypt_manifest(path.read_bytes(), identities, f"{backup_id}/{MANIFEST_FILE}")
+
+
+def with_backup_key(
+    folder: Path, identities: list[x25519.Identity], passphrase: str | None, backup_id: str
+) -> list[x25519.Identity]:
+    """Add the identity in the backup's key.age, unlocked with `passphrase`, to `identities`."""
+    key_file = folder / KEY_FILE
+    if passphrase is None or not key_file.is_file():
+        return identities
+    name = f"{backup_id}/{KEY_FILE}"
+    return [*identities, unlock_passphrase_key(key_file.read_bytes(), passphrase, name)]
 
 
 def unpack_backup(
@@ -83,13 +103,18 @@ def unpack_backup(
     identities: list[x25519.Identity],
     scratch: Path,
     progress: Progress | None = None,
+    *,
+    passphrase: str | None = None,
+    blobs_into: Path | None = None,
 ) -> tuple[Manifest, Path]:
     """Fetch, decrypt and unpack a backup into `scratch/unpacked`, checking every checksum.
 
-    Returns the manifest and the unpacked folder. Raises IntegrityError naming
-    the missing or damaged piece.
+    Every model blob the manifest names is decrypted and checked as well, and
+    written into `blobs_into` when given. Returns the manifest and the
+    unpacked folder. Raises IntegrityError naming the missing or damaged piece.
     """
     folder = target.fetch(backup_id, scratch / "fetched")
+    identities = with_backup_key(folder, identities, passphrase, backup_id)
     manifest = load_manifest(folder, identities, backup_id)
     archive = folder / ARCHIVE_FILE
     if not archive.is_file():
@@ -102,6 +127,7 @@ def unpack_backup(
         raise IntegrityError(f"backup {backup_id}: {exc.message}") from None
     _check_archive(archive_record, manifest.archive, backup_id)
     _compare_files(records, manifest.files, backup_id)
+    check_blobs(manifest.blobs, target, identities, scratch, blobs_into, backup_id)
     return manifest, unpacked
 
 
@@ -163,11 +189,21 @@ def _verify_locked(
     progress: Progress | None,
 ) -> VerifyResult:
     target, found_id = find_backup(targets, backup_id)
+    passphrase = passphrase_of(settings)
     with scratch_folder(settings.data_dir) as scratch:
-        manifest, unpacked = unpack_backup(target, found_id, identities, scratch, progress)
+        manifest, unpacked = unpack_backup(
+            target, found_id, identities, scratch, progress, passphrase=passphrase
+        )
         database_file = unpacked / manifest.database_file
         row_counts = _check_database(settings, manifest, database_file)
-    return VerifyResult(found_id, target.name, len(manifest.files), manifest.total_size, row_counts)
+    return VerifyResult(
+        found_id,
+        target.name,
+        len(manifest.files),
+        manifest.total_size,
+        row_counts,
+        len(manifest.blobs),
+    )
 
 
 def _check_archive(found: FileRecord, expected: FileRecord, backup_id: str) -> None:

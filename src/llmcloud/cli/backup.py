@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -16,6 +17,9 @@ from rich.table import Table
 from llmcloud.cli.common import fail, settings_or_exit
 from llmcloud.db.errors import ServiceError
 from llmcloud.settings import Settings
+
+if TYPE_CHECKING:
+    from llmcloud.backup.restore import RestoreResult
 
 app = typer.Typer(help="Take, verify and restore encrypted backups.", no_args_is_help=True)
 KEY_OPTION = typer.Option(
@@ -111,7 +115,8 @@ def verify(backup_id: str | None = typer.Argument(None), key: Path | None = KEY_
     rows = sum(result.row_counts.values())
     typer.echo(
         f"backup {result.backup_id} on {result.target} verified: {result.files} files, "
-        f"{result.size} bytes, {rows} rows in {len(result.row_counts)} tables"
+        f"{result.size} bytes, {rows} rows in {len(result.row_counts)} tables, "
+        f"{result.blobs} model blobs"
     )
 
 
@@ -142,11 +147,28 @@ def restore(
     if result.safety_backup_id:
         typer.echo(f"the data dir was backed up first as {result.safety_backup_id}")
     typer.echo(f"backup {result.backup_id} restored into {result.data_dir}")
-    if result.config_file is not None:
-        typer.echo(
-            f"its settings file was written to {result.config_file}; move it to your "
-            "config file path (LLMCLOUD_CONFIG) to use it"
+    if result.blobs:
+        typer.echo(f"{result.blobs} model blobs restored into the model store")
+    message = restored_config_message(result)
+    if message is not None:
+        typer.echo(message)
+
+
+def restored_config_message(result: RestoreResult) -> str | None:
+    """Say where the restored settings file is and what the operator does with it."""
+    if result.config_file is None:
+        return None
+    if result.config_in_place:
+        return (
+            f"its settings file is back at {result.config_file}; start llmcloud with "
+            f"LLMCLOUD_CONFIG={result.config_file} if that variable pointed elsewhere"
         )
+    original = result.original_config_file or "your config file path"
+    return (
+        f"its settings file, which was at {original} (outside the data dir), was written to "
+        f"{result.config_file}; compare it with {original} and move it there, or set "
+        f"LLMCLOUD_CONFIG={result.config_file}, before starting llmcloud"
+    )
 
 
 @app.command("prune")

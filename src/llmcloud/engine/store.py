@@ -235,6 +235,13 @@ class ModelStore:
 
     # Blobs
 
+    def referenced_digests(self) -> set[str]:
+        """Return the digest of every blob that a readable manifest references."""
+        referenced: set[str] = set()
+        for _, path in self._manifest_files():
+            referenced |= self._digests_of(path)
+        return referenced
+
     def blob_path(self, digest: str) -> Path:
         """Return a blob's path, raising InvalidRequest unless digest is sha256:<64 hex>."""
         return self.blobs.path(digest)
