@@ -4,20 +4,30 @@
 jobs (settings backup_schedule and backup_verify_schedule, in UTC). Each job
 runs in a worker thread; the backup lock in the data dir keeps a scheduled
 run from overlapping any other run, even one started by hand.
+
+Several web instances on one PostgreSQL database or Redis server each
+schedule the same jobs, so a scheduled run first takes the deployment lock
+(see deployment_lock) and is skipped where another instance holds it. An
+instance whose clock is a little late finds the lock free again after the
+first run finished, so a scheduled backup is also skipped when a target
+already stores a backup taken since the scheduled minute.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
 
+from llmcloud.backup.deployment_lock import deployment_lock, lock_kind
 from llmcloud.backup.errors import BackupBusy
 from llmcloud.backup.operations import backup_and_prune, verify
+from llmcloud.backup.retention import backup_time
+from llmcloud.backup.targets import targets_from_settings
 from llmcloud.db.errors import ServiceError
 from llmcloud.settings import ConfigError, Settings
 
@@ -86,9 +96,24 @@ def write_systemd_units(settings: Settings, folder: Path) -> list[Path]:
     return paths
 
 
-def _scheduled_backup(settings: Settings) -> None:
+def _scheduled_backup(settings: Settings, scheduled_at: datetime | None = None) -> None:
+    """Take the scheduled backup unless another instance holds or already did this run.
+
+    `scheduled_at` is the run's scheduled minute (default: the current one).
+    """
+    minute = scheduled_at or datetime.now(UTC).replace(second=0, microsecond=0)
     try:
-        backup_and_prune(settings)
+        with deployment_lock(settings, "backup") as held:
+            if not held:
+                log.info("scheduled backup skipped: another instance is taking it")
+                return
+            if lock_kind(settings) != "none" and _backup_taken_since(settings, minute):
+                log.info(
+                    "scheduled backup skipped: another instance took one at or after %s",
+                    minute.isoformat(),
+                )
+                return
+            backup_and_prune(settings)
     except BackupBusy as exc:
         log.info("scheduled backup skipped: %s", exc.message)
     except ServiceError as exc:
@@ -97,11 +122,23 @@ def _scheduled_backup(settings: Settings) -> None:
 
 def _scheduled_verify(settings: Settings) -> None:
     try:
-        verify(settings)
+        with deployment_lock(settings, "verify") as held:
+            if not held:
+                log.info("scheduled restore test skipped: another instance is running it")
+                return
+            verify(settings)
     except BackupBusy as exc:
         log.info("scheduled restore test skipped: %s", exc.message)
     except ServiceError as exc:
         log.error("scheduled restore test failed: %s", exc.message)
+
+
+def _backup_taken_since(settings: Settings, moment: datetime) -> bool:
+    for target in targets_from_settings(settings):
+        ids = target.list_ids()
+        if ids and backup_time(ids[-1]) >= moment:
+            return True
+    return False
 
 
 def _service(description: str, command: str, settings: Settings) -> str:
