@@ -229,6 +229,14 @@ def test_no_group_gives_new_identity_role(db: Database) -> None:
     assert result.user.role == Role.USER
 
 
+def test_unknown_groups_keep_role(db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    sign_in_with_identity(db, replace(PROFILE, groups=("admins",)), POLICY)
+    result = sign_in_with_identity(db, replace(PROFILE, groups=None), POLICY)
+    assert result.user.role == Role.ADMIN
+    assert result.role_change is None
+    assert "distributed claim" in caplog.text
+
+
 def test_group_mapping_keeps_last_admin(
     database: Database, caplog: pytest.LogCaptureFixture
 ) -> None:

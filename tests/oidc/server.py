@@ -84,8 +84,14 @@ class OidcProviderProcess:
         return self
 
     def set_claims(self, login: str, **claims: Any) -> None:
-        """Change claims of an account at the provider; its next log-in carries them."""
-        self.config["accounts"][login]["claims"].update(claims)
+        """Change claims of an account at the provider; its next log-in carries them.
+
+        A claim set to None is removed.
+        """
+        stored = self.config["accounts"][login]["claims"]
+        stored.update(claims)
+        for name in [name for name, value in claims.items() if value is None]:
+            del stored[name]
         written = self.config_file.with_suffix(".tmp")
         written.write_text(json.dumps(self.config))
         written.replace(self.config_file)

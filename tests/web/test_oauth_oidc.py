@@ -559,3 +559,25 @@ def test_oidc_last_admin_keeps_role(
     assert role_changes(client)[-1] == (Outcome.FAILURE, "last_active_admin")
     warnings = [r for r in caplog.records if r.name == "llmcloud.auth" and r.levelname == "WARNING"]
     assert any("last active admin" in r.getMessage() for r in warnings)
+
+
+def test_oidc_distributed_groups_claim_keeps_role(
+    make_oidc_client: Callable[..., TestClient],
+    browser: httpx.Client,
+    start_provider: Callable[..., OidcProviderProcess],
+) -> None:
+    provider = start_provider()
+    client = make_oidc_client(provider_settings(provider.issuer))
+    assert log_in(client, browser, "boss").headers["location"] == "/chats"
+    log_out(client)
+
+    # The groups now come from another source, as for users in too many groups to fit a token.
+    provider.set_claims(
+        "boss",
+        groups=None,
+        _claim_names={"groups": "directory"},
+        _claim_sources={"directory": {"endpoint": "http://127.0.0.1:9/groups"}},
+    )
+    assert log_in(client, browser, "boss").headers["location"] == "/chats"
+    assert users(client)[-1].role == Role.ADMIN
+    assert role_changes(client) == [(Outcome.SUCCESS, "pending_to_admin")]

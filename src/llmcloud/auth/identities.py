@@ -21,7 +21,8 @@ gets `auth_new_identity_role` (pending by default), so a role given by hand
 lasts only until the next login. Whatever is not configured keeps the role
 that an admin gave. The last active admin is never demoted: the login
 proceeds with the role kept and a warning in the log. A missing groups claim
-counts as no groups.
+counts as no groups. A groups claim that the provider only references, as an
+aggregated or distributed claim, leaves the role unchanged with a warning.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from llmcloud.auth import api_key_cache
 from llmcloud.auth.accounts import (
     ACCOUNTS_LOCK,
     MAX_USERNAME_LENGTH,
@@ -135,6 +137,8 @@ def sign_in_with_identity(
         if user.is_active and user.role != Role.PENDING:
             user.last_login_at = utcnow()
         session.flush()
+    if role_change is not None and role_change.applied:
+        api_key_cache.invalidate()
     return SignInResult(user=user, linked=linked, created=created, role_change=role_change)
 
 
@@ -246,6 +250,16 @@ def _apply_group_roles(
 ) -> RoleChange | None:
     """Set the role that the groups claim gives, by the rules in the module docstring."""
     if not policy.admin_groups and not policy.user_groups:
+        return None
+    if profile.groups is None:
+        log.warning(
+            "account %s keeps the role %s because %s sent its groups claim as an aggregated or "
+            "distributed claim, which llmcloud does not fetch; configure the provider to put "
+            "the groups into the ID token or the userinfo response",
+            user.id,
+            user.role,
+            profile.provider,
+        )
         return None
     new_role = _mapped_role(user.role, frozenset(profile.groups), policy)
     if new_role == user.role:

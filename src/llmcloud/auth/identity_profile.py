@@ -10,7 +10,9 @@ class ProviderProfile:
     """An identity at a provider. `subject` is GitHub's numeric id or the OIDC `sub`.
 
     `email_verified` is true only when the provider said so: `email_verified`
-    in OIDC claims, `verified` in GitHub's email list.
+    in OIDC claims, `verified` in GitHub's email list. `groups` is None when
+    the provider sends the groups claim only as an aggregated or distributed
+    claim, which llmcloud does not fetch, so the groups are unknown.
     """
 
     provider: str
@@ -18,4 +20,4 @@ class ProviderProfile:
     username_hint: str
     email: str | None
     email_verified: bool
-    groups: tuple[str, ...] = field(default=())
+    groups: tuple[str, ...] | None = field(default=())

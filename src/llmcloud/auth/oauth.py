@@ -136,7 +136,6 @@ def _finish_oidc(
     )
     if "email" not in claims or provider.oidc.groups_claim not in claims:
         claims = _add_userinfo(client, discovery.userinfo_endpoint, claims)
-    groups = claims.get(provider.oidc.groups_claim) or []
     email = claims.get("email")
     return ProviderProfile(
         provider=provider.name,
@@ -144,8 +143,26 @@ def _finish_oidc(
         username_hint=str(claims.get("preferred_username") or email or ""),
         email=email if isinstance(email, str) and email else None,
         email_verified=claims.get("email_verified") is True,
-        groups=tuple(str(group) for group in groups) if isinstance(groups, list) else (),
+        groups=_groups_of(claims, provider.oidc.groups_claim),
     )
+
+
+def _groups_of(claims: dict[str, Any], claim: str) -> tuple[str, ...] | None:
+    """Return the groups claim as a tuple, or None when it is only referenced.
+
+    A provider may send a claim as an aggregated or distributed claim, named
+    in `_claim_names` and kept elsewhere (OpenID Connect Core 1.0, section
+    5.6.2), as providers do for users in too many groups to fit a token.
+    llmcloud does not fetch such claims, so their groups are unknown rather
+    than empty.
+    """
+    groups = claims.get(claim)
+    referenced = claims.get("_claim_names")
+    if groups is None and isinstance(referenced, dict) and claim in referenced:
+        return None
+    if not isinstance(groups, list):
+        return ()
+    return tuple(str(group) for group in groups)
 
 
 def _add_userinfo(
