@@ -34,6 +34,7 @@ from argon2 import PasswordHasher
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from llmcloud.auth import api_key_cache
 from llmcloud.auth.errors import (
     AccountDeactivated,
     AccountPending,
@@ -318,6 +319,8 @@ def _account_writes(db: Database) -> Iterator[Session]:
         raise Conflict(
             "username is already taken by an account created at the same time; choose another"
         ) from exc
+    # A committed change of an account's role or state applies to its API keys at once.
+    api_key_cache.invalidate()
 
 
 def _insert_user(

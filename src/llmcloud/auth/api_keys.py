@@ -10,6 +10,10 @@ A key works while it is not revoked and its account may log in: keys of a
 pending or deactivated account fail with 403, and work again when the
 account is approved or reactivated. `last_used_at` is written at most once
 a minute per key.
+
+Keys that passed the check are cached in this process for a few seconds
+(`llmcloud.auth.api_key_cache`, which says how revocation reaches the cache),
+so that most requests take no database query.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from llmcloud.auth import api_key_cache
 from llmcloud.auth.accounts import check_can_log_in
 from llmcloud.auth.errors import Conflict, InvalidCredentials, InvalidInput, NotFound
 from llmcloud.db.database import Database
@@ -105,6 +110,7 @@ def revoke_api_key(db: Database, user_id: int, key_id: int) -> ApiKey:
             raise NotFound(f"API key {key_id} not found")
         if record.revoked_at is None:
             record.revoked_at = utcnow()
+    api_key_cache.invalidate()
     log.info("API key %s (%s) of account %s revoked", key_id, record.prefix, user_id)
     return record
 
@@ -115,10 +121,29 @@ def authenticate_bearer(db: Database, authorization: str | None) -> User:
         raise InvalidCredentials(
             "missing API key; send the header 'Authorization: Bearer llmc_...'"
         )
-    scheme, _, key = authorization.partition(" ")
-    if scheme.lower() != "bearer":
+    key = _bearer_key(authorization)
+    if key is None:
         raise InvalidCredentials(_INVALID_KEY)
-    return authenticate_api_key(db, key.strip())
+    return authenticate_api_key(db, key)
+
+
+def cached_bearer_account(
+    db: Database, authorization: str | None, *, now: datetime | None = None
+) -> User | None:
+    """Return the account of a Bearer header value from the cache, or None to ask the database.
+
+    It never touches the database, so it may run on the event loop. None
+    comes for every key that is not cached, for a key whose use is due to be
+    recorded, and for a missing or malformed header, for which
+    `authenticate_bearer()` raises the error.
+    """
+    key = _bearer_key(authorization) if authorization else None
+    if key is None or not _well_formed(key):
+        return None
+    entry = api_key_cache.lookup(db, hash_key(key))
+    if entry is None or _use_is_due(entry.last_used_at, now or utcnow()):
+        return None
+    return entry.user
 
 
 def authenticate_api_key(db: Database, key: str, *, now: datetime | None = None) -> User:
@@ -127,13 +152,21 @@ def authenticate_api_key(db: Database, key: str, *, now: datetime | None = None)
     Raises InvalidCredentials for a malformed, unknown or revoked key, and
     AccountPending or AccountDeactivated when the account may not log in.
     """
-    if len(key) != KEY_LENGTH or not key.startswith(KEY_PREFIX):
+    if not _well_formed(key):
         raise InvalidCredentials(_INVALID_KEY)
     now = now or utcnow()
+    key_hash = hash_key(key)
+    entry = api_key_cache.lookup(db, key_hash)
+    if entry is not None:
+        if _use_is_due(entry.last_used_at, now):
+            _record_use(db, entry.key_id, now)
+            entry.last_used_at = now
+        return entry.user
 
+    generation = api_key_cache.generation()
     query = sa.select(ApiKey, User).join(User, User.id == ApiKey.user_id)
     with db.session() as session:
-        row = session.execute(query.where(ApiKey.key_hash == hash_key(key))).one_or_none()
+        row = session.execute(query.where(ApiKey.key_hash == key_hash)).one_or_none()
     if row is None:
         log.info("API key rejected: unknown")
         raise InvalidCredentials(_INVALID_KEY)
@@ -145,13 +178,31 @@ def authenticate_api_key(db: Database, key: str, *, now: datetime | None = None)
         )
     check_can_log_in(user)
 
-    if record.last_used_at is None or now - record.last_used_at >= USE_RECORD_INTERVAL:
+    last_used_at = record.last_used_at
+    if _use_is_due(last_used_at, now):
         _record_use(db, record.id, now)
+        last_used_at = now
+    api_key_cache.store(db, key_hash, user, record.id, last_used_at, generation)
     return user
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _bearer_key(authorization: str) -> str | None:
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return key.strip()
+
+
+def _well_formed(key: str) -> bool:
+    return len(key) == KEY_LENGTH and key.startswith(KEY_PREFIX)
+
+
+def _use_is_due(last_used_at: datetime | None, now: datetime) -> bool:
+    return last_used_at is None or now - last_used_at >= USE_RECORD_INTERVAL
 
 
 def _validate_name(name: str) -> str:

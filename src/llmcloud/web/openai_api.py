@@ -178,13 +178,19 @@ async def unknown_endpoint(request: Request, path: str) -> Response:
 
 
 async def authenticate(request: Request, state: WebState) -> User:
-    """Return the account of the request's API key; raises Unauthorized or Forbidden."""
+    """Return the account of the request's API key; raises Unauthorized or Forbidden.
+
+    A key found in the in-process cache is checked on the event loop; any
+    other goes to the database on a worker thread.
+    """
     header = request.headers.get("authorization")
-    try:
-        user = await run_in_threadpool(api_keys.authenticate_bearer, state.db, header)
-    except ServiceError:
-        api_key_requests.labels("invalid_key").inc()
-        raise
+    user = api_keys.cached_bearer_account(state.db, header)
+    if user is None:
+        try:
+            user = await run_in_threadpool(api_keys.authenticate_bearer, state.db, header)
+        except ServiceError:
+            api_key_requests.labels("invalid_key").inc()
+            raise
     api_key_requests.labels("ok").inc()
     return user
 
