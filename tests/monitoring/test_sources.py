@@ -67,3 +67,16 @@ def test_schedule_interval_of_cron() -> None:
     assert sources.schedule_interval("0 * * * *") == 3600
     assert sources.schedule_interval("30 3 * * *") == 86400
     assert sources.schedule_interval("") is None
+
+
+def test_failed_backup_fires_alert(tmp_path: Path) -> None:
+    status = pytest.importorskip("llmcloud.backup.status")
+    sources.watch_backups(Settings(data_dir=tmp_path, backup_schedule="0 * * * *"))
+    sampler = Sampler(15, 3600)
+    before = sampler.take()
+
+    status.update_status(tmp_path, last_error="target unreachable", failures_total=1)
+    after = sampler.take()
+
+    assert "BackupFailing" not in {name for name, _ in evaluate(before)}
+    assert "BackupFailing" in {name for name, _ in evaluate(after)}

@@ -78,6 +78,15 @@ def backup_too_old(sample: Sample) -> Firing:
     return {("BackupTooOld", ""): f"last successful backup is {age / 3600:.1f} hours old"}
 
 
+def backup_failing(sample: Sample) -> Firing:
+    if not sample.backup_failures:
+        return {}
+    return {
+        ("BackupFailing", ""): "a backup or test restore failed; `llmcloud backup status` "
+        "shows the error"
+    }
+
+
 def no_verified_restore(sample: Sample) -> Firing:
     age = sample.restore_age_seconds
     if age is None or age <= RESTORE_AGE_LIMIT_SECONDS:
@@ -122,6 +131,7 @@ CONDITIONS: list[Condition] = [
     slow_first_token,
     queue_rejections,
     backup_too_old,
+    backup_failing,
     no_verified_restore,
     certificate_expiring,
     renewal_failing,

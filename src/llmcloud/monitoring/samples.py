@@ -36,6 +36,8 @@ class Sample:
     backends_up: dict[str, bool] = field(default_factory=dict)
     backup_age_seconds: float | None = None
     backup_interval_seconds: float | None = None
+    # Backups and test restores that failed since the previous sample.
+    backup_failures: float | None = None
     restore_age_seconds: float | None = None
     certificate_days_left: dict[str, float] = field(default_factory=dict)
     renewal_failures: float | None = None
@@ -156,6 +158,7 @@ def _with_rates(sample: Sample, reading: Reading, then: float, before: Reading) 
             "tokens_per_second": increase("llmcloud_llm_generated_tokens_total") / seconds,
             "queue_rejections": increase("llmcloud_llm_queue_rejections_total"),
             "renewal_failures": increase("llmcloud_certificate_renewal_failures_total"),
+            "backup_failures": increase("llmcloud_backup_failures_total"),
             "socks_denied_per_second": increase("llmcloud_socks_denied_destinations_total")
             / seconds,
             "ttft_p95_seconds": _ttft_p95(reading, before),
