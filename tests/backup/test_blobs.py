@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from llmcloud.backup import operations, run
 from llmcloud.backup.errors import IntegrityError
 from llmcloud.backup.restore import restore_backup
+from llmcloud.backup.run import backup_lock
 from llmcloud.backup.targets import BLOBS_FOLDER, targets_from_settings
 from llmcloud.db import Database
 from llmcloud.engine.store import ModelStore
@@ -160,3 +162,23 @@ def test_prune_removes_blobs_no_backup_references(
     names = {path.name.removesuffix(".age").replace("-", ":", 1) for path in stored_blobs(settings)}
     assert names == new
     assert old - new
+
+
+def test_prune_keeps_blobs_while_backup_runs(
+    tmp_path: Path, filled: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="llmcloud.backup")
+    settings = backup_settings(tmp_path, backup_model_blobs=True)
+    add_model(settings, "tiny:1")
+    operations.backup_and_prune(settings)
+    for backup in operations.list_backups(settings):
+        targets_from_settings(settings)[0].delete(backup.backup_id)
+
+    with backup_lock(settings.data_dir):
+        operations.prune(settings)
+    kept = stored_blobs(settings)
+    operations.prune(settings)
+
+    assert kept
+    assert "not pruned now because a backup or verify is running" in caplog.text
+    assert stored_blobs(settings) == []

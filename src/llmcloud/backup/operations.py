@@ -16,11 +16,11 @@ from pyrage import x25519  # type: ignore[import-untyped]
 
 from llmcloud.backup.archive import Progress
 from llmcloud.backup.blobs import remove_unused_blobs
-from llmcloud.backup.errors import BackupError
+from llmcloud.backup.errors import BackupBusy, BackupError
 from llmcloud.backup.keys import decryption_identities, passphrase_of
 from llmcloud.backup.manifest import Manifest
 from llmcloud.backup.retention import RetentionPolicy, backup_time, backups_to_delete
-from llmcloud.backup.run import BackupResult, run_backup
+from llmcloud.backup.run import BackupResult, backup_lock, run_backup
 from llmcloud.backup.status import read_status
 from llmcloud.backup.targets import Target, targets_from_settings
 from llmcloud.backup.verify import VerifyResult, load_manifest, verify_backup, with_backup_key
@@ -124,9 +124,23 @@ def _prune_blobs(settings: Settings, target: Target) -> None:
 
     The references are in the encrypted manifests, so a manifest that cannot
     be read stops the blob pruning of that target: deleting then could break it.
+    A running backup may have stored blobs whose manifest is not published
+    yet, so blobs are pruned only while this process holds the backup lock.
     """
     if not target.list_blobs():
         return
+    try:
+        with backup_lock(settings.data_dir):
+            _prune_blobs_locked(settings, target)
+    except BackupBusy:
+        log.info(
+            "model blobs on %s not pruned now because a backup or verify is running; the next "
+            "prune removes them",
+            target.name,
+        )
+
+
+def _prune_blobs_locked(settings: Settings, target: Target) -> None:
     referenced: set[str] = set()
     try:
         identities = identities_for(settings)
