@@ -24,8 +24,8 @@ def value(engine: RunningServer, name: str, **labels: str) -> float:
 
 
 def test_engine_records_generation_metrics(tmp_path: Path) -> None:
-    # A fresh engine: gauges such as llmcloud_models_loaded read the scheduler of the most
-    # recently started engine in this process, and other tests start engines of their own.
+    # A fresh engine, so that no other test's generations reach the process-wide counters
+    # between the readings before and after.
     engine = start_engine(tmp_path)
     try:
         _check_generation_metrics(engine)
@@ -53,3 +53,19 @@ def _check_generation_metrics(engine: RunningServer) -> None:
     assert value(engine, "llmcloud_llm_requests_running", **labels) == 0
     assert value(engine, "llmcloud_models_loaded") >= 1
     assert value(engine, "llmcloud_model_loads_total", model=BUNDLED_MODEL, outcome="ok") >= 1
+
+
+def test_models_loaded_reported_per_engine(tmp_path: Path) -> None:
+    # Two engines in one process: each /metrics reports its own scheduler's models.
+    loaded = start_engine(tmp_path / "loaded")
+    idle = start_engine(tmp_path / "idle")
+    try:
+        httpx.post(f"{loaded.url}/api/generate", json={"model": BUNDLED_MODEL}, timeout=60)
+        loaded_count = value(loaded, "llmcloud_models_loaded")
+        idle_count = value(idle, "llmcloud_models_loaded")
+    finally:
+        loaded.stop()
+        idle.stop()
+
+    assert loaded_count == 1
+    assert idle_count == 0

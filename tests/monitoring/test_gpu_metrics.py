@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -14,7 +15,8 @@ import pynvml
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmcloud.monitoring import metrics, sources
+from llmcloud.monitoring import sources
+from llmcloud.monitoring.metrics import AppRegistry
 from llmcloud.monitoring.metrics_app import create_metrics_app
 from llmcloud.settings import Settings
 from tests.conftest import RunningServer
@@ -30,13 +32,24 @@ GPU_METRICS = (
 Series = dict[str, dict[str, float]]
 
 
+@dataclass
+class MetricsServer:
+    """A running metrics app, and the registry in which the test binds its sources."""
+
+    running: RunningServer
+    registry: AppRegistry
+
+    @property
+    def url(self) -> str:
+        return self.running.url
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    running = RunningServer(create_metrics_app(Settings(data_dir=tmp_path), "socks")).start()
-    yield running
+def server(tmp_path: Path) -> Iterator[MetricsServer]:
+    app = create_metrics_app(Settings(data_dir=tmp_path), "socks")
+    running = RunningServer(app).start()
+    yield MetricsServer(running, app.state.metrics)
     running.stop()
-    for metric in (metrics.gpu_utilization, metrics.gpu_memory_used, metrics.gpu_memory_total):
-        metric.set_source(None)
 
 
 def two_gpus() -> list[FakeGpu]:
@@ -46,7 +59,7 @@ def two_gpus() -> list[FakeGpu]:
     ]
 
 
-def scrape(server: RunningServer) -> Series:
+def scrape(server: MetricsServer) -> Series:
     """Return the GPU series of one scrape: metric name to GPU index to value."""
     response = httpx.get(f"{server.url}/metrics")
     assert response.status_code == 200
@@ -69,10 +82,10 @@ def gpu_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 
 def test_two_gpus_reported_by_index(
-    server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: MetricsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     FakeNvml(two_gpus()).install(monkeypatch)
-    sources.watch_data_dir(tmp_path)
+    sources.watch_data_dir(server.registry, tmp_path)
 
     series = scrape(server)
 
@@ -82,7 +95,7 @@ def test_two_gpus_reported_by_index(
 
 
 def test_gpus_named_in_start_log(
-    server: RunningServer,
+    server: MetricsServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -90,7 +103,7 @@ def test_gpus_named_in_start_log(
     caplog.set_level(logging.INFO, logger="llmcloud.monitoring")
     FakeNvml(two_gpus()).install(monkeypatch)
 
-    sources.watch_data_dir(tmp_path)
+    sources.watch_data_dir(server.registry, tmp_path)
 
     assert "GPU metrics on for 2 GPUs (0: NVIDIA H100 80GB HBM3, 1: NVIDIA L4)" in caplog.text
 
@@ -99,17 +112,17 @@ def test_gpus_named_in_start_log(
     "error", [pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, pynvml.NVML_ERROR_DRIVER_NOT_LOADED]
 )
 def test_no_driver_gives_no_gpu_series(
-    server: RunningServer,
+    server: MetricsServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     error: int,
 ) -> None:
     FakeNvml(two_gpus()).install(monkeypatch)
-    sources.watch_data_dir(tmp_path)  # GPUs first, so that the series exist before
+    sources.watch_data_dir(server.registry, tmp_path)  # GPUs first, so that the series exist before
     FakeNvml(two_gpus(), init_error=error).install(monkeypatch)
 
-    sources.watch_data_dir(tmp_path)
+    sources.watch_data_dir(server.registry, tmp_path)
     series = scrape(server)
 
     for name in GPU_METRICS:
@@ -118,11 +131,11 @@ def test_no_driver_gives_no_gpu_series(
 
 
 def test_no_gpu_gives_no_gpu_series(
-    server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: MetricsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     FakeNvml([]).install(monkeypatch)
 
-    sources.watch_data_dir(tmp_path)
+    sources.watch_data_dir(server.registry, tmp_path)
     series = scrape(server)
 
     for name in GPU_METRICS:
@@ -130,14 +143,14 @@ def test_no_gpu_gives_no_gpu_series(
 
 
 def test_lost_gpu_logged_once(
-    server: RunningServer,
+    server: MetricsServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     gpus = two_gpus()
     FakeNvml(gpus).install(monkeypatch)
-    sources.watch_data_dir(tmp_path)
+    sources.watch_data_dir(server.registry, tmp_path)
     scrape(server)
     gpus[1].utilization_error = pynvml.NVML_ERROR_GPU_IS_LOST
     gpus[1].memory_error = pynvml.NVML_ERROR_GPU_IS_LOST
@@ -156,14 +169,14 @@ def test_lost_gpu_logged_once(
 
 
 def test_recovered_gpu_reported_again(
-    server: RunningServer,
+    server: MetricsServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     gpus = two_gpus()
     FakeNvml(gpus).install(monkeypatch)
-    sources.watch_data_dir(tmp_path)
+    sources.watch_data_dir(server.registry, tmp_path)
     gpus[0].utilization_error = pynvml.NVML_ERROR_TIMEOUT
     scrape(server)
     gpus[0].utilization_error = None
@@ -176,12 +189,12 @@ def test_recovered_gpu_reported_again(
 
 
 def test_unsupported_utilization_keeps_memory(
-    server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: MetricsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gpus = two_gpus()
     gpus[1].utilization_error = pynvml.NVML_ERROR_NOT_SUPPORTED
     FakeNvml(gpus).install(monkeypatch)
-    sources.watch_data_dir(tmp_path)
+    sources.watch_data_dir(server.registry, tmp_path)
 
     series = scrape(server)
 

@@ -6,7 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmcloud.monitoring import metrics
-from llmcloud.monitoring.metrics import REGISTRY, SourcedMetric
+from llmcloud.monitoring.metrics import REGISTRY, AppRegistry, SourcedMetric
 
 # Labels that could carry personal data or unbounded values.
 FORBIDDEN_LABELS = {
@@ -97,10 +97,32 @@ def test_exposed_labels_match_definitions() -> None:
 
 
 def test_sourced_metric_survives_failing_source() -> None:
-    metrics.socks_bytes.set_source(lambda: 1 / 0)  # type: ignore[arg-type,return-value]
-    try:
-        text = generate_latest(REGISTRY).decode()
-    finally:
-        metrics.socks_bytes.set_source(None)
+    registry = AppRegistry()
+    registry.set_source(metrics.socks_bytes, lambda: 1 / 0)  # type: ignore[arg-type,return-value]
+
+    text = generate_latest(registry).decode()
 
     assert "llmcloud_http_requests_total" in text
+    assert "# TYPE llmcloud_socks_bytes_total counter" in text
+
+
+def test_sourced_metrics_bound_per_app() -> None:
+    first, second = AppRegistry(), AppRegistry()
+    first.set_source(metrics.models_loaded, lambda: {(): 1.0})
+    second.set_source(metrics.models_loaded, lambda: {(): 2.0})
+
+    first_text = generate_latest(first).decode()
+    second_text = generate_latest(second).decode()
+
+    assert "llmcloud_models_loaded 1.0" in first_text
+    assert "llmcloud_models_loaded 2.0" in second_text
+    assert "llmcloud_models_loaded" not in generate_latest(REGISTRY).decode()
+
+
+def test_app_registry_serves_process_wide_metrics() -> None:
+    metrics.http_requests.labels("web", "/z", "GET", "200").inc()
+
+    text = generate_latest(AppRegistry()).decode()
+
+    assert 'llmcloud_http_requests_total{app="web",method="GET",route="/z",status="200"}' in text
+    assert "process_cpu_seconds_total" in text

@@ -1,4 +1,4 @@
-"""Sourced metrics read the parts that keep the numbers, at scrape time."""
+"""Sourced metrics read the parts that keep the numbers, when the app that binds them is scraped."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from prometheus_client import generate_latest
 
 from llmcloud.monitoring import sources
 from llmcloud.monitoring.conditions import evaluate
-from llmcloud.monitoring.metrics import REGISTRY
+from llmcloud.monitoring.metrics import AppRegistry
 from llmcloud.monitoring.samples import Sampler
 from llmcloud.settings import Settings
 from llmcloud.tls.status import STATUS
@@ -20,10 +20,11 @@ def test_certificate_expiry_exposed_and_sampled(tmp_path: Path) -> None:
     not_after = dt.datetime.now(dt.UTC) + dt.timedelta(days=10)
     STATUS.record_served("web:8443", tmp_path / "cert.pem", 1, not_after)
     STATUS.record_renewal("web:8443", tmp_path / "cert.pem", "ACME order failed")
-    sources.watch_certificates()
+    registry = AppRegistry()
+    sources.watch_certificates(registry)
     try:
-        text = generate_latest(REGISTRY).decode()
-        sample = Sampler(15, 3600).take()
+        text = generate_latest(registry).decode()
+        sample = Sampler(15, 3600, registry).take()
     finally:
         STATUS.clear()
 
@@ -33,17 +34,19 @@ def test_certificate_expiry_exposed_and_sampled(tmp_path: Path) -> None:
 
 
 def test_data_dir_free_space_exposed(tmp_path: Path) -> None:
-    sources.watch_data_dir(tmp_path / "not-created-yet")
+    registry = AppRegistry()
+    sources.watch_data_dir(registry, tmp_path / "not-created-yet")
 
-    sample = Sampler(15, 3600).take()
+    sample = Sampler(15, 3600, registry).take()
 
     assert sample.disk_free_percent is not None
     assert 0 <= sample.disk_free_percent <= 100
 
 
 def test_gpu_watch_tolerates_missing_nvml() -> None:
-    sources.watch_data_dir(Path("."))  # must not raise where no GPU or NVML exists
-    text = generate_latest(REGISTRY).decode()
+    registry = AppRegistry()
+    sources.watch_data_dir(registry, Path("."))  # must not raise where no GPU or NVML exists
+    text = generate_latest(registry).decode()
 
     assert "# TYPE llmcloud_gpu_utilization_ratio gauge" in text
 
@@ -52,10 +55,11 @@ def test_backup_status_exposed_and_alerted(tmp_path: Path) -> None:
     status = pytest.importorskip("llmcloud.backup.status")
     old = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)).isoformat()
     status.update_status(tmp_path, last_success_at=old, last_size_bytes=1234, failures_total=2)
-    sources.watch_backups(Settings(data_dir=tmp_path, backup_schedule="0 * * * *"))
+    registry = AppRegistry()
+    sources.watch_backups(registry, Settings(data_dir=tmp_path, backup_schedule="0 * * * *"))
 
-    text = generate_latest(REGISTRY).decode()
-    sample = Sampler(15, 3600).take()
+    text = generate_latest(registry).decode()
+    sample = Sampler(15, 3600, registry).take()
 
     assert "llmcloud_backup_size_bytes 1234.0" in text
     assert "llmcloud_backup_failures_total 2.0" in text
@@ -71,8 +75,9 @@ def test_schedule_interval_of_cron() -> None:
 
 def test_failed_backup_fires_alert(tmp_path: Path) -> None:
     status = pytest.importorskip("llmcloud.backup.status")
-    sources.watch_backups(Settings(data_dir=tmp_path, backup_schedule="0 * * * *"))
-    sampler = Sampler(15, 3600)
+    registry = AppRegistry()
+    sources.watch_backups(registry, Settings(data_dir=tmp_path, backup_schedule="0 * * * *"))
+    sampler = Sampler(15, 3600, registry)
     before = sampler.take()
 
     status.update_status(tmp_path, last_error="target unreachable", failures_total=1)

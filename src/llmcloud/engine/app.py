@@ -27,6 +27,7 @@ from llmcloud.monitoring import sources
 from llmcloud.monitoring.endpoint import metrics_router
 from llmcloud.monitoring.health import disk_problem
 from llmcloud.monitoring.http_metrics import HttpMetricsMiddleware
+from llmcloud.monitoring.metrics import AppRegistry
 from llmcloud.settings import Settings
 
 logger = logging.getLogger("llmcloud.engine")
@@ -54,8 +55,8 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> FastAPI:
         scheduler = Scheduler(settings, store)
         scheduler.start()
         app.state.scheduler = scheduler
-        sources.watch_scheduler(scheduler)
-        sources.watch_data_dir(settings.data_dir)
+        sources.watch_scheduler(app.state.metrics, scheduler)
+        sources.watch_data_dir(app.state.metrics, settings.data_dir)
         try:
             yield
         finally:
@@ -70,12 +71,13 @@ def create_app(settings: Settings, store: ModelStore | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = store
+    app.state.metrics = AppRegistry()
     app.add_middleware(BearerTokenMiddleware, settings=settings)
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(HttpMetricsMiddleware, app_name="engine")
     _add_error_handlers(app)
     _add_root_routes(app)
-    app.include_router(metrics_router(settings))
+    app.include_router(metrics_router(settings, app.state.metrics))
     app.include_router(ollama_api.router)
     app.include_router(model_routes.router)
     app.include_router(openai_api.router)

@@ -16,14 +16,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from llmcloud.monitoring.metrics import REGISTRY
+from llmcloud.monitoring.metrics import AppRegistry
 from llmcloud.settings import Settings
 
 PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 
-def metrics_router(settings: Settings) -> APIRouter:
-    """Return a router with GET /metrics, guarded by the loopback-or-token rule."""
+def metrics_router(settings: Settings, registry: AppRegistry) -> APIRouter:
+    """Return a router with GET /metrics of `registry`, guarded by the loopback-or-token rule."""
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     router = APIRouter()
 
@@ -33,7 +33,7 @@ def metrics_router(settings: Settings) -> APIRouter:
         if problem is not None:
             status, message = problem
             return JSONResponse({"error": message}, status, headers={"Cache-Control": "no-store"})
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return router
 

@@ -6,16 +6,18 @@ summaries. Label values are bounded: route templates instead of paths, model
 and backend names from the configuration, fixed outcome words. No label contains
 a user name, email, IP address, chat id or prompt text.
 
-All metrics live in `REGISTRY`, which also carries the standard process and
-platform collectors. Values that another part already keeps (users by role,
-loaded models, backup times, disk free) are `SourcedMetric`s, read from that
-part at scrape time.
+Counters and histograms live in `REGISTRY`, which is process-wide and also
+carries the standard process and platform collectors. Values that another
+part already keeps (users by role, loaded models, backup times, disk free) are
+`SourcedMetric`s, read from that part at scrape time. Each app binds their
+sources in an `AppRegistry` of its own, which its /metrics serves, so that
+two apps in one process (as in tests) each report their own parts.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,7 +30,6 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 logger = logging.getLogger("llmcloud.monitoring")
 
@@ -56,12 +57,13 @@ Labels = tuple[str, ...]
 Source = Callable[[], Mapping[Labels, float]]
 
 
-class SourcedMetric(Collector):
-    """A gauge or counter whose samples a source function returns at scrape time.
+class SourcedMetric:
+    """The definition of a gauge or counter whose samples a source function returns.
 
     The source maps label values to a value; a counter's source returns totals
     that only grow. Counter names are given without `_total`, which the
-    exposition adds. Until `set_source` is called the metric has no samples.
+    exposition adds. An `AppRegistry` binds the sources, and a metric without
+    one there has no samples.
     """
 
     def __init__(self, kind: str, name: str, documentation: str, labels: Labels = ()) -> None:
@@ -69,32 +71,48 @@ class SourcedMetric(Collector):
         self.name = name
         self.documentation = documentation
         self.labels = labels
-        self._source: Source | None = None
-        REGISTRY.register(self)
+        SOURCED_METRICS.append(self)
 
-    def set_source(self, source: Source | None) -> None:
-        self._source = source
-
-    def describe(self) -> list[Metric]:
-        return [self._family()]
-
-    def collect(self) -> list[Metric]:
+    def collect_from(self, source: Source | None) -> GaugeMetricFamily | CounterMetricFamily:
         family = self._family()
-        if self._source is None:
-            return [family]
+        if source is None:
+            return family
         try:
-            samples = self._source()
+            samples = source()
         except Exception:  # a broken source must not hide the other metrics
             logger.warning("metrics source of %s failed", self.name, exc_info=True)
-            return [family]
+            return family
         for label_values, value in samples.items():
             family.add_metric(list(label_values), value)
-        return [family]
+        return family
 
     def _family(self) -> GaugeMetricFamily | CounterMetricFamily:
         if self.kind == "counter":
             return CounterMetricFamily(self.name, self.documentation, labels=self.labels)
         return GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+
+
+SOURCED_METRICS: list[SourcedMetric] = []
+
+
+class AppRegistry(CollectorRegistry):
+    """The metrics of one app: everything in REGISTRY, and the sources that this app bound."""
+
+    def __init__(self) -> None:
+        super().__init__(auto_describe=False)
+        self._sources: dict[str, Source] = {}
+
+    def set_source(self, metric: SourcedMetric, source: Source | None) -> None:
+        """Bind `metric` to `source` in this app; None removes the binding."""
+        if source is None:
+            self._sources.pop(metric.name, None)
+        else:
+            self._sources[metric.name] = source
+
+    def collect(self) -> Iterable[Metric]:
+        yield from REGISTRY.collect()
+        for metric in SOURCED_METRICS:
+            yield metric.collect_from(self._sources.get(metric.name))
 
 
 # HTTP, on engine, web and socks. `app` is the process kind: engine, web or socks.
@@ -229,7 +247,7 @@ api_key_requests = Counter(
 )
 
 # Backups, certificates and the SOCKS proxy keep their numbers in status objects of their
-# own; these metrics read them at scrape time through `SourcedMetric.set_source`.
+# own; these metrics read them at scrape time through `AppRegistry.set_source`.
 backup_last_success = SourcedMetric(
     "gauge",
     "llmcloud_backup_last_success_timestamp_seconds",

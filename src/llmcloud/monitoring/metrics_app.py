@@ -12,15 +12,18 @@ from fastapi.responses import JSONResponse
 from llmcloud.monitoring.endpoint import metrics_router
 from llmcloud.monitoring.health import disk_problem
 from llmcloud.monitoring.http_metrics import HttpMetricsMiddleware
+from llmcloud.monitoring.metrics import AppRegistry
 from llmcloud.settings import Settings
 
 
 def create_metrics_app(settings: Settings, app_name: str) -> FastAPI:
+    """Create the app; its `state.metrics` is the AppRegistry that the caller binds sources in."""
     app = FastAPI(
         title=f"llmcloud {app_name} metrics", docs_url=None, redoc_url=None, openapi_url=None
     )
     app.add_middleware(HttpMetricsMiddleware, app_name=app_name)
-    app.include_router(metrics_router(settings))
+    app.state.metrics = AppRegistry()
+    app.include_router(metrics_router(settings, app.state.metrics))
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

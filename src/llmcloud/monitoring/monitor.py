@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from prometheus_client import CollectorRegistry
+
 from llmcloud.monitoring.alerter import Alerter
+from llmcloud.monitoring.metrics import REGISTRY
 from llmcloud.monitoring.samples import Sampler
 from llmcloud.settings import Settings
 
@@ -15,9 +18,9 @@ logger = logging.getLogger("llmcloud.monitoring")
 class Monitor:
     """Takes a sample every `monitoring_sample_interval` seconds and hands it to the alerter."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, registry: CollectorRegistry = REGISTRY) -> None:
         self.sampler = Sampler(
-            settings.monitoring_sample_interval, settings.monitoring_history_hours * 3600
+            settings.monitoring_sample_interval, settings.monitoring_history_hours * 3600, registry
         )
         self.alerter = Alerter(settings)
         self._task: asyncio.Task[None] | None = None

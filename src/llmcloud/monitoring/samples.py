@@ -1,8 +1,9 @@
 """Periodic samples of the service's own metrics, for the status page and the alerter.
 
-Every `monitoring_sample_interval` seconds the sampler reads REGISTRY, turns
-counters into rates over the interval and histograms into a p95, and keeps
-the result in a ring buffer that covers `monitoring_history_hours`. This is
+Every `monitoring_sample_interval` seconds the sampler reads the web app's
+registry (the metrics that its /metrics serves), turns counters into rates over
+the interval and histograms into a p95, and keeps the result in a ring buffer
+that covers `monitoring_history_hours`. This is
 what lets the status page chart and the built-in alerter work without
 Prometheus.
 """
@@ -101,14 +102,17 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
 class Sampler:
     """Keeps the recent samples; call `take()` on a timer."""
 
-    def __init__(self, interval: float, history_seconds: float) -> None:
+    def __init__(
+        self, interval: float, history_seconds: float, registry: CollectorRegistry = REGISTRY
+    ) -> None:
         self.interval = interval
+        self.registry = registry
         self.samples: deque[Sample] = deque(maxlen=max(2, int(history_seconds / interval)))
         self._previous: tuple[float, Reading] | None = None
 
     def take(self, now: float | None = None, reading: Reading | None = None) -> Sample:
         now = time.time() if now is None else now
-        reading = read_registry() if reading is None else reading
+        reading = read_registry(self.registry) if reading is None else reading
         sample = derive(reading, now, self._previous)
         self._previous = (now, reading)
         self.samples.append(sample)

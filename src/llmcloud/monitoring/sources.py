@@ -1,8 +1,9 @@
 """Connections from the sourced metrics to the parts that keep the numbers.
 
-Each `watch_*` function points metrics of llmcloud.monitoring.metrics at a
-live object; the metrics read it at every scrape, so nothing here runs
-between scrapes. A process calls the functions for the parts it runs.
+Each `watch_*` function binds metrics of llmcloud.monitoring.metrics to a
+live object in an app's AppRegistry. The metrics read the object whenever that
+app is scraped, so nothing here runs between scrapes. An app calls the
+functions for the parts it runs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmcloud.monitoring import metrics
 from llmcloud.monitoring.gpus import open_gpus
+from llmcloud.monitoring.metrics import AppRegistry
 from llmcloud.settings import Settings
 
 if TYPE_CHECKING:
@@ -29,30 +31,28 @@ logger = logging.getLogger("llmcloud.monitoring")
 Samples = Mapping[tuple[str, ...], float]
 
 
-def watch_data_dir(data_dir: Path) -> None:
+def watch_data_dir(registry: AppRegistry, data_dir: Path) -> None:
     """Report free and total space of the data dir's file system, and GPUs where present."""
-    metrics.data_dir_free.set_source(lambda: {(): float(_disk_usage(data_dir).free)})
-    metrics.data_dir_size.set_source(lambda: {(): float(_disk_usage(data_dir).total)})
-    _watch_gpus()
+    registry.set_source(metrics.data_dir_free, lambda: {(): float(_disk_usage(data_dir).free)})
+    registry.set_source(metrics.data_dir_size, lambda: {(): float(_disk_usage(data_dir).total)})
+    _watch_gpus(registry)
 
 
-def watch_scheduler(scheduler: Scheduler) -> None:
-    # NOTE: sources are process-wide, so with several engine apps in one process (as in tests)
-    # the gauge follows the most recently started one. A deployed engine is one per process.
-    metrics.models_loaded.set_source(lambda: {(): float(len(scheduler.running()))})
+def watch_scheduler(registry: AppRegistry, scheduler: Scheduler) -> None:
+    registry.set_source(metrics.models_loaded, lambda: {(): float(len(scheduler.running()))})
 
 
-def watch_gateway(gateway: Gateway) -> None:
+def watch_gateway(registry: AppRegistry, gateway: Gateway) -> None:
     def backends_up() -> Samples:
         return {
             (backend.name,): 1.0 if backend.enabled and backend.healthy else 0.0
             for backend in gateway.status().backends
         }
 
-    metrics.backend_up.set_source(backends_up)
+    registry.set_source(metrics.backend_up, backends_up)
 
 
-def watch_accounts(database: Callable[[], Database | None]) -> None:
+def watch_accounts(registry: AppRegistry, database: Callable[[], Database | None]) -> None:
     """Report accounts by role and active sessions, queried through llmcloud.auth per scrape."""
     from llmcloud.auth.account_stats import count_accounts_by_role, count_active_sessions
     from llmcloud.db.models import Role
@@ -66,11 +66,11 @@ def watch_accounts(database: Callable[[], Database | None]) -> None:
         db = database()
         return {(): float(count_active_sessions(db))} if db is not None else {}
 
-    metrics.users.set_source(users)
-    metrics.sessions_active.set_source(sessions)
+    registry.set_source(metrics.users, users)
+    registry.set_source(metrics.sessions_active, sessions)
 
 
-def watch_certificates() -> None:
+def watch_certificates(registry: AppRegistry) -> None:
     """Report the not-after time and renewal failures of every certificate llmcloud.tls serves."""
     from llmcloud.tls.status import STATUS
 
@@ -86,8 +86,8 @@ def watch_certificates() -> None:
             (entry.served_at,): float(entry.renewal_failures_total) for entry in STATUS.snapshot()
         }
 
-    metrics.certificate_not_after.set_source(not_after)
-    metrics.certificate_renewal_failures.set_source(renewal_failures)
+    registry.set_source(metrics.certificate_not_after, not_after)
+    registry.set_source(metrics.certificate_renewal_failures, renewal_failures)
 
 
 def disk_free_percent(data_dir: Path) -> float:
@@ -103,29 +103,33 @@ def _disk_usage(data_dir: Path) -> Any:
     return shutil.disk_usage(path)
 
 
-def _watch_gpus() -> None:
+def _watch_gpus(registry: AppRegistry) -> None:
     """Point the GPU gauges at NVML when a GPU and its driver are present, else clear them."""
     reader = open_gpus()
-    metrics.gpu_utilization.set_source(reader.utilization if reader else None)
-    metrics.gpu_memory_used.set_source(reader.memory_used if reader else None)
-    metrics.gpu_memory_total.set_source(reader.memory_total if reader else None)
+    registry.set_source(metrics.gpu_utilization, reader.utilization if reader else None)
+    registry.set_source(metrics.gpu_memory_used, reader.memory_used if reader else None)
+    registry.set_source(metrics.gpu_memory_total, reader.memory_total if reader else None)
 
 
-def watch_socks(stats: SocksStats) -> None:
+def watch_socks(registry: AppRegistry, stats: SocksStats) -> None:
     """Report the SOCKS proxy's connection, byte and denial totals."""
-    metrics.socks_connections.set_source(
-        lambda: {(outcome,): float(count) for outcome, count in stats.connections.items()}
+    registry.set_source(
+        metrics.socks_connections,
+        lambda: {(outcome,): float(count) for outcome, count in stats.connections.items()},
     )
-    metrics.socks_bytes.set_source(
+    registry.set_source(
+        metrics.socks_bytes,
         lambda: {
             ("to_destination",): float(stats.bytes_to_destination),
             ("to_client",): float(stats.bytes_to_client),
-        }
+        },
     )
-    metrics.socks_denied_destinations.set_source(lambda: {(): float(stats.denied_destinations)})
+    registry.set_source(
+        metrics.socks_denied_destinations, lambda: {(): float(stats.denied_destinations)}
+    )
 
 
-def watch_backups(settings: Settings) -> None:
+def watch_backups(registry: AppRegistry, settings: Settings) -> None:
     """Report backup and restore-test times, size, duration and failures from the status file."""
     try:
         from llmcloud.backup.status import BackupStatus, read_status
@@ -139,17 +143,21 @@ def watch_backups(settings: Settings) -> None:
     def optional(value: float | None) -> Samples:
         return {} if value is None else {(): float(value)}
 
-    metrics.backup_last_success.set_source(lambda: optional(_timestamp(status().last_success_at)))
-    metrics.backup_last_verified_restore.set_source(
-        lambda: optional(_timestamp(status().last_verified_at))
+    registry.set_source(
+        metrics.backup_last_success, lambda: optional(_timestamp(status().last_success_at))
     )
-    metrics.backup_duration.set_source(lambda: optional(status().last_duration_seconds))
-    metrics.backup_size.set_source(lambda: optional(status().last_size_bytes))
-    metrics.backup_failures.set_source(
-        lambda: {(): float(status().failures_total + status().verify_failures_total)}
+    registry.set_source(
+        metrics.backup_last_verified_restore,
+        lambda: optional(_timestamp(status().last_verified_at)),
+    )
+    registry.set_source(metrics.backup_duration, lambda: optional(status().last_duration_seconds))
+    registry.set_source(metrics.backup_size, lambda: optional(status().last_size_bytes))
+    registry.set_source(
+        metrics.backup_failures,
+        lambda: {(): float(status().failures_total + status().verify_failures_total)},
     )
     interval = schedule_interval(settings.backup_schedule)
-    metrics.backup_interval.set_source(lambda: optional(interval))
+    registry.set_source(metrics.backup_interval, lambda: optional(interval))
 
 
 def schedule_interval(cron: str) -> float | None:

@@ -40,12 +40,13 @@ templates = Jinja2Templates(
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = app.state.web
-    sources.watch_gateway(state.models)
-    sources.watch_accounts(lambda: state.database)
-    sources.watch_certificates()
-    sources.watch_backups(state.settings)
-    sources.watch_data_dir(state.settings.data_dir)
-    monitor = Monitor(state.settings)
+    registry = app.state.metrics
+    sources.watch_gateway(registry, state.models)
+    sources.watch_accounts(registry, lambda: state.database)
+    sources.watch_certificates(registry)
+    sources.watch_backups(registry, state.settings)
+    sources.watch_data_dir(registry, state.settings.data_dir)
+    monitor = Monitor(state.settings, registry)
     monitor.start()
     app.state.monitor = monitor
     try:

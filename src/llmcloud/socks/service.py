@@ -68,11 +68,11 @@ def _start_metrics(
     settings: Settings, server: SocksServer
 ) -> tuple[uvicorn.Server, asyncio.Task[None]] | None:
     """Serve /metrics, /healthz and /readyz on socks_metrics_port, when it is set."""
-    sources.watch_socks(server.stats)
-    sources.watch_data_dir(settings.data_dir)
     if settings.socks_metrics_port is None:
         return None
     app = create_metrics_app(settings, "socks")
+    sources.watch_socks(app.state.metrics, server.stats)
+    sources.watch_data_dir(app.state.metrics, settings.data_dir)
     config = uvicorn.Config(
         app, host=settings.socks_host, port=settings.socks_metrics_port, log_config=None
     )

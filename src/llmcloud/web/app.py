@@ -32,6 +32,7 @@ from llmcloud.instance import load_or_create_instance
 from llmcloud.monitoring import status_page
 from llmcloud.monitoring.endpoint import metrics_router
 from llmcloud.monitoring.http_metrics import HttpMetricsMiddleware
+from llmcloud.monitoring.metrics import AppRegistry
 from llmcloud.settings import Settings
 from llmcloud.web import (
     acme_challenge,
@@ -140,7 +141,8 @@ def create_app(
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.add_middleware(HttpMetricsMiddleware, app_name="web")
     add_error_handlers(app)
-    app.include_router(metrics_router(settings))
+    app.state.metrics = AppRegistry()
+    app.include_router(metrics_router(settings, app.state.metrics))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for router in ROUTERS:
         app.include_router(router)
