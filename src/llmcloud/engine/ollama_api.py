@@ -101,7 +101,7 @@ async def chat(request: Request) -> Response:
             request, entry, keep_alive, {"message": {"role": "assistant", "content": ""}}
         )
 
-    messages = [{"role": m.role, "content": m.content} for m in body.messages]
+    messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
     if entry.system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": entry.system})
     generation = await start_generation(

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
 
 KeepAlive = StrictStr | StrictInt | float | None
 FormatSpec = Literal["json", ""] | dict[str, Any] | None
@@ -38,10 +47,21 @@ class Options(_Body):
 
 
 class ChatMessage(_Body):
+    # tool_calls is declared before content because pydantic validates fields in declaration
+    # order, and the content check needs tool_calls.
     role: Literal["system", "user", "assistant", "tool"]
-    content: StrictStr
     images: list[StrictStr] | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    content: StrictStr | None = Field(None, validate_default=True)
+
+    @field_validator("content")
+    @classmethod
+    def _content_or_tool_calls(cls, content: str | None, info: ValidationInfo) -> str | None:
+        # Ollama accepts an assistant message that has tool_calls and no content, and Open
+        # WebUI forwards such messages as it received them.
+        if content is None and not info.data.get("tool_calls"):
+            raise ValueError("Field required: send the message text in 'content'")
+        return content
 
 
 class OllamaChatRequest(_Body):
