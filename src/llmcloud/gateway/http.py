@@ -135,6 +135,9 @@ class Response:
         A body that ended in time gives its connection back for reuse. Otherwise the
         connection is closed.
         """
+        if self.complete:
+            self.close()
+            return
         try:
             async with asyncio.timeout(seconds):
                 while not self.complete and self._error is None:
