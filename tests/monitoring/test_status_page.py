@@ -10,6 +10,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmcloud.monitoring import metrics
+from llmcloud.monitoring.alerter import AlertState
 from llmcloud.monitoring.metrics import REGISTRY
 from tests.gateway.conftest import HELLO, collect, openai_backend, running_gateway
 from tests.gateway.fake_backend import FakeBackend
@@ -61,6 +62,17 @@ def test_charts_page_shows_charts(admin: TestClient) -> None:
     assert response.status_code == 200
     assert response.text.count("<svg") >= 8
     assert "Time to first token, p95" in response.text
+
+
+def test_charts_page_marks_pending_alerts(admin: TestClient) -> None:
+    alerter = admin.app.state.monitor.alerter  # type: ignore[attr-defined]
+    alerter.active[("DiskLow", "")] = AlertState("data dir has 3.0% free", since=0.0)
+    alerter.active[("BackendDown", "gpu")] = AlertState("gpu is down", since=0.0, firing=True)
+
+    response = admin.get("/admin/charts")
+
+    assert "<strong>DiskLow</strong> (pending): data dir has 3.0% free" in response.text
+    assert "<strong>BackendDown</strong> (gpu): gpu is down" in response.text
 
 
 def test_charts_json_returns_samples(admin: TestClient) -> None:
