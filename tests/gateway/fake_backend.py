@@ -35,6 +35,8 @@ class FakeBackend:
         self.token_interval = 0.0
         self.chat_status = 200
         self.models_status = 200
+        self.stall_models = False
+        """Send nothing for the model list, as a backend too busy to answer it."""
         self.stall_before_first_token = False
         self.stall_after: int | None = None
         """Stop sending after this many tokens, keeping the connection open."""
@@ -108,7 +110,9 @@ class FakeBackend:
         self, request: RecordedRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         route = (request.method, request.path)
-        if route == ("GET", "/v1/models"):
+        if request.method == "GET" and self.stall_models:
+            await reader.read()
+        elif route == ("GET", "/v1/models"):
             listing = {
                 "object": "list",
                 "data": [{"id": m, "object": "model"} for m in self.models],

@@ -61,6 +61,38 @@ async def test_dead_backend_leaves_rotation_within_seconds(fakes: Fakes) -> None
     assert first.chat_requests() == []
 
 
+async def test_slow_health_check_keeps_streaming_backend(fakes: Fakes) -> None:
+    fake = fakes()
+    fake.tokens = ["token "] * 16
+    fake.token_interval = 0.1
+    async with running_gateway(
+        openai_backend("vllm", fake), health_interval=0.1, health_timeout=0.3
+    ) as gateway:
+        fake.stall_models = True
+        seen: list[bool] = []
+        async for event in gateway.chat("fake-model", HELLO):
+            seen.append(healthy(gateway, "vllm"))
+            last = event
+        health_checks = [request for request in fake.requests if request.method == "GET"]
+
+    assert isinstance(last, Done)
+    assert all(seen)
+    # The one at start-up, and at least one that timed out during the stream.
+    assert len(health_checks) >= 2
+
+
+async def test_slow_health_check_without_streams_fails(fakes: Fakes) -> None:
+    fake = fakes()
+    async with running_gateway(
+        openai_backend("vllm", fake), health_interval=0.1, health_timeout=0.3
+    ) as gateway:
+        fake.stall_models = True
+        await wait_until(lambda: not healthy(gateway, "vllm"))
+        error = gateway.status().backends[0].last_error
+
+    assert error == "health check timed out after 0.3 s"
+
+
 async def test_backend_returns_when_healthy_again(fakes: Fakes) -> None:
     fake = fakes()
     async with running_gateway(openai_backend("vllm", fake)) as gateway:
