@@ -109,3 +109,31 @@ def test_restore_into_other_folder_leaves_live_data(settings: Settings, filled: 
 
     assert (other / "llmcloud.db").is_file()
     assert (settings.data_dir / "llmcloud.db").is_file()
+
+
+def test_forced_restore_elsewhere_backs_up_live_postgres(tmp_path: Path, postgres_url: str) -> None:
+    settings = backup_settings(tmp_path, database_url=postgres_url)
+    database = open_database(postgres_url)
+    database.upgrade()
+    fill_database(database)
+    database.dispose()
+    first = operations.backup_and_prune(settings)
+    identities = operations.identities_for(settings)
+    other = tmp_path / "other"
+
+    with pytest.raises(BackupError, match="--force"):
+        restore_backup(
+            settings, targets_from_settings(settings), identities, first.backup_id, data_dir=other
+        )
+    result = restore_backup(
+        settings,
+        targets_from_settings(settings),
+        identities,
+        first.backup_id,
+        data_dir=other,
+        force=True,
+    )
+
+    assert result.safety_backup_id is not None
+    assert len(operations.list_backups(settings)) == 2
+    assert operations.show_backup(settings, result.safety_backup_id).database_kind == "pg_dump"

@@ -23,7 +23,7 @@ from pyrage import x25519  # type: ignore[import-untyped]
 
 from llmcloud.backup.archive import Progress
 from llmcloud.backup.errors import BackupError
-from llmcloud.backup.keys import passphrase_of
+from llmcloud.backup.keys import identity_path, passphrase_of
 from llmcloud.backup.run import CONFIG_ENTRY, DATA_FOLDERS, DATA_PREFIX, backup_lock, run_backup
 from llmcloud.backup.targets import Target
 from llmcloud.backup.verify import find_backup, scratch_folder, unpack_backup
@@ -73,8 +73,9 @@ def restore_backup(
 ) -> RestoreResult:
     """Restore backup `backup_id` into `data_dir` (default: the configured data dir).
 
-    Raises BackupError for a live data dir unless `force` is set; then the
-    live data dir is backed up first, to the same targets.
+    Raises BackupError for a live data dir (or a configured PostgreSQL
+    database with tables) unless `force` is set; then the live data is
+    backed up first, to the same targets.
     """
     destination = data_dir or settings.data_dir
     safety_backup_id = None
@@ -84,9 +85,8 @@ def restore_backup(
                 f"data dir {destination} (or its database) is in use; restore into a new or "
                 "empty folder with --to DIR, or pass --force to replace it after a backup of it"
             )
-        if destination == settings.data_dir:
-            safety_backup_id = run_backup(settings, targets).backup_id
-            log.warning("backup %s taken before the forced restore", safety_backup_id)
+        safety_backup_id = run_backup(_settings_for(settings, destination), targets).backup_id
+        log.warning("backup %s taken before the forced restore", safety_backup_id)
 
     target, found_id = find_backup(targets, backup_id)
     destination.mkdir(parents=True, exist_ok=True)
@@ -147,6 +147,20 @@ def check_data_dir_at_start(settings: Settings, targets: list[Target]) -> None:
                 f"{ids[-1]}`, or to start a new instance on purpose run `llmcloud backup "
                 "start-fresh`"
             )
+
+
+def _settings_for(settings: Settings, destination: Path) -> Settings:
+    """Return settings that back up `destination` (and the configured database) before a restore.
+
+    The backup is encrypted to the configured key, not to one in `destination`, whose
+    secrets/ the restore replaces.
+    """
+    if destination == settings.data_dir:
+        return settings
+    changes: dict[str, object] = {"data_dir": destination}
+    if settings.backup_passphrase is None:
+        changes["backup_identity_file"] = identity_path(settings)
+    return settings.model_copy(update=changes)
 
 
 def _replace_data(source: Path, destination: Path) -> None:
