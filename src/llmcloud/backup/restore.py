@@ -155,6 +155,9 @@ def _settings_for(settings: Settings, destination: Path) -> Settings:
     The backup is encrypted to the configured key, not to one in `destination`, whose
     secrets/ the restore replaces.
     """
+    # NOTE: in the configured data dir the default key, secrets/backup.age, is replaced by
+    # the restored copy. A safety backup encrypted to a key created or rotated since that
+    # backup can then only be decrypted with a copy of the key exported beforehand.
     if destination == settings.data_dir:
         return settings
     changes: dict[str, object] = {"data_dir": destination}
