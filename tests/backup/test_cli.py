@@ -85,3 +85,26 @@ def test_cli_restore_with_exported_key(
     assert restored.exit_code == 0, restored.output
     assert (tmp_path / "new" / "llmcloud.db").is_file()
     assert (tmp_path / "new" / "instance.json").is_file()
+
+
+def test_cli_passphrase_run_and_restore(
+    env: dict[str, str], filled: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMCLOUD_BACKUP_PASSPHRASE", "a passphrase for the command line")
+    config = tmp_path / "etc" / "llmcloud.toml"
+    config.parent.mkdir()
+    config.write_text("backup_keep_last = 24\n")
+    monkeypatch.setenv("LLMCLOUD_CONFIG", str(config))
+    runner = CliRunner()
+    ran = runner.invoke(app, ["backup", "run"])
+    exported = runner.invoke(app, ["backup", "export-key"])
+    backup_id = json.loads(runner.invoke(app, ["backup", "list", "--json"]).stdout)[0]["backup_id"]
+
+    restored = runner.invoke(app, ["backup", "restore", backup_id, "--to", str(tmp_path / "new")])
+
+    assert ran.exit_code == 0, ran.output
+    assert exported.exit_code != 0
+    assert "keep a copy of the passphrase" in exported.output
+    assert restored.exit_code == 0, restored.output
+    assert f"which was at {config}" in restored.output
+    assert (tmp_path / "new" / "llmcloud.toml.restored").read_text() == config.read_text()

@@ -202,6 +202,12 @@ def export_key() -> None:
     from llmcloud.backup.keys import identity_path
 
     settings = settings_or_exit()
+    if settings.backup_passphrase is not None:
+        fail(
+            "backups are encrypted with backup_passphrase, so there is no key file to export; "
+            "keep a copy of the passphrase off this machine instead (each backup carries its "
+            "key, encrypted with it, as key.age)"
+        )
     path = identity_path(settings)
     if not path.is_file():
         fail(f"no backup key at {path} yet; `llmcloud backup run` creates it")
