@@ -173,11 +173,6 @@ class Response:
         self._until_close = not no_body and not framed
         self._wake()
 
-    def _on_body(self, data: bytes) -> None:
-        self._buffer += data
-        if self._waiter is not None:
-            self._wake()
-
     def _on_complete(self) -> None:
         self.complete = True
         self._wake()
@@ -273,9 +268,13 @@ class _Connection(asyncio.Protocol):
         self.response._on_headers(self._parser.get_status_code(), self._headers)
 
     def on_body(self, body: bytes) -> None:
-        assert self.response is not None
-        self.response._on_body(body)
-        if len(self.response._buffer) > _READ_BUFFER_LIMIT and not self.paused:
+        # On the per-token path, so the response's buffer is filled here, without a call.
+        response = self.response
+        assert response is not None
+        response._buffer += body
+        if response._waiter is not None:
+            response._wake()
+        if len(response._buffer) > _READ_BUFFER_LIMIT and not self.paused:
             self.paused = True
             assert self.transport is not None
             self.transport.pause_reading()
@@ -310,7 +309,9 @@ class _Connection(asyncio.Protocol):
         One timer serves a whole response: when it fires and data arrived
         since it was armed, it is moved to read_timeout after that data.
         """
-        self._last_read = max(self._last_read, self.loop.time())
+        now = self.loop.time()
+        if now > self._last_read:
+            self._last_read = now
         if self._read_timer is None:
             self._read_timer = self.loop.call_at(
                 self._last_read + self.pool.read_timeout, self._check_read_timeout

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 from llmcloud.gateway.config import BackendKind
 from llmcloud.gateway.request import ChatRequest
 
+_raw_decode = json.JSONDecoder().raw_decode
+
 # Ollama options that OpenAI's chat completions API also has, under the same name.
 _OPENAI_OPTIONS = ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
 
@@ -208,11 +210,15 @@ def error_message(body: Any) -> str:
     return str(body)[:300]
 
 
-def _json_object(text: str) -> dict[str, Any]:
+def _json_object(line: str) -> dict[str, Any]:
+    # raw_decode() skips json.loads' Python wrapper and its two regex matches per call.
+    text = line.strip()
     try:
-        data = json.loads(text)
+        data, end = _raw_decode(text)
     except json.JSONDecodeError as exc:
         raise UpstreamError(f"invalid JSON in the stream ({exc.msg}): {text[:100]!r}") from None
+    if end != len(text):
+        raise UpstreamError(f"invalid JSON in the stream (extra data): {text[:100]!r}")
     if not isinstance(data, dict):
         raise UpstreamError(f"expected a JSON object in the stream, got {text[:100]!r}")
     return data

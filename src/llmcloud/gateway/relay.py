@@ -105,6 +105,9 @@ class ChatRelay:
                 try:
                     while parser.result is None:
                         for line in lines:
+                            # Server-sent events end with an empty line, which carries no data.
+                            if not line:
+                                continue
                             text = parser.feed(line)
                             if text:
                                 yield Token(text)

@@ -109,6 +109,11 @@ async def observe_gateway_chat(
     try:
         async with aclosing(events):
             async for event in events:
+                # Tokens are nearly all of the events, so they take the shortest path.
+                if type(event) is Token and recorder is not None:
+                    recorder.chunk()
+                    yield event
+                    continue
                 if recorder is None:
                     recorder = GenerationMetrics("gateway", model, started)
                     gauges["running"] = metrics.llm_requests_running.labels("gateway", model)
