@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
 
 from llmcloud.settings import Settings
-from llmcloud.web.server import StartupError, open_and_migrate, serve
+from llmcloud.web.server import StartupError, freeze_startup_objects, open_and_migrate, serve
 
 
 def test_serve_rejects_unsupported_database(tmp_path: Path) -> None:
@@ -28,3 +29,13 @@ def test_open_and_migrate_creates_sqlite_schema(tmp_path: Path) -> None:
         assert database.current_revision() == database.head_revision()
     finally:
         database.dispose()
+
+
+def test_freeze_startup_objects_freezes_them() -> None:
+    try:
+        freeze_startup_objects()
+        frozen = gc.get_freeze_count()
+    finally:
+        gc.unfreeze()
+
+    assert frozen > 0
