@@ -36,7 +36,9 @@ class FakeBackend:
         self.chat_status = 200
         self.models_status = 200
         self.stall_models = False
-        """Send nothing for the model list, as a backend too busy to answer it."""
+        self.burst = False
+        """Send the whole stream in one write, as a backend faster than its reader."""
+        """Send nothing for the model list, as a backend too busy to list its models."""
         self.stall_before_first_token = False
         self.stall_after: int | None = None
         """Stop sending after this many tokens, keeping the connection open."""
@@ -149,6 +151,13 @@ class FakeBackend:
     async def _send_tokens(
         self, writer: asyncio.StreamWriter, shape: Shape, hangup: asyncio.Future[bytes]
     ) -> None:
+        if self.burst:
+            lines = [*shape.opening(), *map(shape.token, self.tokens)]
+            lines.extend(shape.closing(len(self.tokens)))
+            writer.write(b"".join(_chunk(line) for line in lines) + b"0\r\n\r\n")
+            await writer.drain()
+            self.tokens_sent += len(self.tokens)
+            return
         for line in shape.opening():
             await _send_chunk(writer, line)
         if self.stall_before_first_token:
@@ -288,5 +297,9 @@ async def _send_json(writer: asyncio.StreamWriter, status: int, data: Any) -> No
 
 
 async def _send_chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
-    writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+    writer.write(_chunk(data))
     await writer.drain()
+
+
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -15,6 +16,8 @@ from llmcloud.gateway import (
     Token,
     UnknownModel,
 )
+from llmcloud.gateway.protocols import OllamaProtocol, UpstreamError
+from llmcloud.gateway.relay import _parse_lines
 from tests.gateway.conftest import (
     HELLO,
     answer_text,
@@ -37,7 +40,8 @@ async def test_chat_relays_openai_stream(fakes: Fakes) -> None:
         events = await collect(gateway.chat("fake-model", HELLO))
 
     assert events[0] == Started("vllm")
-    assert [e for e in events if isinstance(e, Token)] == [Token(t) for t in DEFAULT_TOKENS]
+    assert events[1] == Token(DEFAULT_TOKENS[0])
+    assert answer_text(events) == "".join(DEFAULT_TOKENS)
     done = events[-1]
     assert isinstance(done, Done)
     assert done.done_reason == "stop"
@@ -59,6 +63,20 @@ async def test_chat_relays_ollama_stream(fakes: Fakes) -> None:
     assert done.completion_tokens == len(DEFAULT_TOKENS)
     assert done.durations.load_ns == 1_000_000
     assert done.durations.eval_ns == 2_000_000
+
+
+@pytest.mark.parametrize("kind", ["openai", "ollama"])
+async def test_tokens_read_together_make_one_event(fakes: Fakes, kind: str) -> None:
+    fake = fakes()
+    fake.burst = True
+    backend = openai_backend("vllm", fake) if kind == "openai" else ollama_backend("vllm", fake.url)
+    async with running_gateway(backend) as gateway:
+        events = await collect(gateway.chat("fake-model", HELLO))
+
+    first, *rest = DEFAULT_TOKENS
+    assert events[:3] == [Started("vllm"), Token(first), Token("".join(rest))]
+    assert isinstance(events[3], Done)
+    assert len(events) == 4
 
 
 async def test_chat_sends_bearer_key(fakes: Fakes) -> None:
@@ -301,3 +319,13 @@ async def test_invalid_chat_never_echoes_message_content(fakes: Fakes) -> None:
 
     assert "12345" not in caught.value.message
     assert "secret prompt" not in caught.value.message
+
+
+def test_texts_before_stream_error_are_kept() -> None:
+    parser = OllamaProtocol().parser()
+    lines = [json.dumps({"message": {"content": "Hi"}}), '{"error": "model crashed"}', "{}"]
+    texts, error = _parse_lines(parser, lines)
+
+    assert texts == ["Hi"]
+    assert isinstance(error, UpstreamError)
+    assert str(error) == "model crashed"

@@ -28,6 +28,7 @@ class Started:
 @dataclass(frozen=True, slots=True)
 class Token:
     text: str
+    """The text of the backend's tokens that arrived together, one or more."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,12 @@
 """One chat from queue to last token: admission, failover before the first token, relay.
 
 The relay keeps no buffer: the lines that arrived from the backend
-together are parsed and handed on, one event per token, before the next
-read. Failover is possible until the first token arrives, because until then the
-user has seen nothing; after it, a backend failure ends the chat with
-Failed(partial=True).
+together are parsed and their text handed on as one Token event before the
+next read. A backend that streams faster than the relay reads therefore
+costs one event, and one write to the client, per read rather than per
+token. Failover is possible until the first token arrives, because until
+then the user has seen nothing; after it, a backend failure ends the chat
+with Failed(partial=True).
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ class ChatRelay:
             if upstream is None:
                 return
 
-            # The per-token path: one parsed line, one event, one read per batch of lines.
+            # The per-token path: one read, its lines parsed, one event for their text.
             try:
                 yield Started(upstream.backend.name)
                 if upstream.first_text:
@@ -103,20 +105,17 @@ class ChatRelay:
                 lines = upstream.rest
                 final: Done | Failed
                 try:
-                    while parser.result is None:
-                        for line in lines:
-                            # Server-sent events end with an empty line, which carries no data.
-                            if not line:
-                                continue
-                            text = parser.feed(line)
-                            if text:
-                                yield Token(text)
-                            if parser.result is not None:
-                                break
-                        else:
-                            lines = await response.read_lines()
-                            if not lines:
-                                break
+                    while True:
+                        texts, error = _parse_lines(parser, lines)
+                        if texts:
+                            yield Token(texts[0] if len(texts) == 1 else "".join(texts))
+                        if error is not None:
+                            raise error
+                        if parser.result is not None:
+                            break
+                        lines = await response.read_lines()
+                        if not lines:
+                            break
                     result = parser.finish()
                 except (HTTPError, UpstreamError) as exc:
                     final = _failed_midway(upstream.backend, describe_http_error(exc))
@@ -241,6 +240,27 @@ class ChatRelay:
             self.release(ticket.backend)
         elif ticket.shared_id is None:
             self.dispatcher.leave(ticket)
+
+
+def _parse_lines(parser: StreamParser, lines: list[str]) -> tuple[list[str], UpstreamError | None]:
+    """Parse lines until the stream's last one; return their texts and the error raised, if any.
+
+    The error is returned rather than raised, so that the texts before it still reach the user.
+    """
+    texts: list[str] = []
+    try:
+        for line in lines:
+            # Server-sent events end with an empty line, which carries no data.
+            if not line:
+                continue
+            text = parser.feed(line)
+            if text:
+                texts.append(text)
+            if parser.result is not None:
+                break
+    except UpstreamError as exc:
+        return texts, exc
+    return texts, None
 
 
 async def _finish_answer(
