@@ -211,6 +211,45 @@ async def test_body_until_close_is_complete() -> None:
     assert body == b"line one\nline two"
 
 
+async def test_body_larger_than_read_buffer_is_read_whole() -> None:
+    body = b"x" * (1024 * 1024)
+
+    async def large(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+
+    async with serving(large) as server:
+        pool = pool_for(server.url, read_timeout=2.0)
+        response = await pool.request("GET", "/models")
+        received = await response.read(2 * len(body))
+        response.close()
+        await pool.aclose()
+
+    assert received == body
+
+
+async def test_line_longer_than_read_buffer_is_read_whole() -> None:
+    line = "x" * (1024 * 1024)
+
+    async def long_line(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        data = f"{line}\nend\n".encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
+        await writer.drain()
+
+    async with serving(long_line) as server:
+        pool = pool_for(server.url, read_timeout=2.0)
+        response = await pool.request("POST", "/chat", b"{}")
+        lines: list[str] = []
+        while batch := await response.read_lines():
+            lines.extend(batch)
+        response.close()
+        await pool.aclose()
+
+    assert lines == [line, "end"]
+
+
 async def test_stalled_body_raises_read_timeout() -> None:
     async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)

@@ -117,17 +117,25 @@ class Response:
         return lines
 
     async def read(self, limit: int) -> bytes:
-        """Read the body to its end, or its first `limit` bytes when it is longer."""
-        while not self.complete and len(self._buffer) < limit:
+        """Read the body to its end, or its first `limit` bytes when it is longer.
+
+        Raises the transport error that ended the body early, unless some of it arrived.
+        """
+        data = bytearray()
+        while True:
+            # Take the buffer as it fills, so that the read buffer limit never pauses the socket
+            # of a body larger than it.
+            data += self._buffer
+            self._buffer.clear()
+            self._connection.resume_if_drained(0)
+            if self.complete or len(data) >= limit:
+                break
             if self._error is not None:
+                if data:
+                    break
                 raise self._error
             await self._wait()
-        if self._error is not None and not self._buffer:
-            raise self._error
-        data = bytes(self._buffer[:limit])
-        self._buffer.clear()
-        self._connection.resume_if_drained(0)
-        return data
+        return bytes(data[:limit])
 
     async def drain(self, seconds: float) -> None:
         """Read and discard the rest of the body for up to `seconds`, then close the response.
@@ -274,7 +282,10 @@ class _Connection(asyncio.Protocol):
         response._buffer += body
         if response._waiter is not None:
             response._wake()
-        if len(response._buffer) > _READ_BUFFER_LIMIT and not self.paused:
+        buffer = response._buffer
+        # Pause only while a complete line waits for the reader: a line longer than the limit
+        # must still arrive whole.
+        if len(buffer) > _READ_BUFFER_LIMIT and not self.paused and b"\n" in buffer:
             self.paused = True
             assert self.transport is not None
             self.transport.pause_reading()
