@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,7 @@ from llmcloud.gateway.http import (
     ReadTimeout,
     RemoteProtocolError,
 )
+from llmcloud.tls.ca import init_ca, issue_certificate
 from tests.gateway.conftest import closed_port_url
 
 pytestmark = pytest.mark.anyio
@@ -42,24 +45,40 @@ class Server:
 
 
 @asynccontextmanager
-async def serving(handler: Handler) -> AsyncIterator[Server]:
+async def serving(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
     server = Server(handler)
-    listener = await asyncio.start_server(server._serve, "127.0.0.1", 0)
+    listener = await asyncio.start_server(server._serve, "127.0.0.1", 0, ssl=tls)
     port = listener.sockets[0].getsockname()[1]
-    server.url = f"http://127.0.0.1:{port}/base"
+    scheme = "https" if tls else "http"
+    server.url = f"{scheme}://127.0.0.1:{port}/base"
     async with listener:
         yield server
 
 
-def pool_for(url: str, *, read_timeout: float = 5.0, max_idle: int = 4) -> ConnectionPool:
+def pool_for(
+    url: str,
+    *,
+    read_timeout: float = 5.0,
+    max_idle: int = 4,
+    ssl_context: ssl.SSLContext | None = None,
+) -> ConnectionPool:
     return ConnectionPool(
         url,
         headers={"Authorization": "Bearer test-key"},
         connect_timeout=1.0,
         read_timeout=read_timeout,
         max_idle=max_idle,
-        ssl_context=None,
+        ssl_context=ssl_context,
     )
+
+
+def server_tls(data_dir: Path) -> tuple[ssl.SSLContext, Path]:
+    """Return a server context with a certificate for 127.0.0.1, and its CA certificate."""
+    ca_cert = init_ca(data_dir, 30)
+    issued = issue_certificate(data_dir, "backend", ["127.0.0.1"], lifetime_days=1)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(issued.cert_path, issued.key_path)
+    return context, ca_cert
 
 
 async def read_request(reader: asyncio.StreamReader) -> bytes:
@@ -321,3 +340,25 @@ async def test_closing_pool_fails_response_in_progress() -> None:
         await pool.aclose()
         with pytest.raises(RemoteProtocolError):
             await reading
+
+
+async def test_https_request_verifies_certificate(tmp_path: Path) -> None:
+    tls, ca_cert = server_tls(tmp_path)
+    async with serving(keep_alive, tls) as server:
+        trusted = ssl.create_default_context(cafile=str(ca_cert))
+        pool = pool_for(server.url, ssl_context=trusted)
+        response = await pool.request("GET", "/models")
+        body = await response.read(100)
+        response.close()
+        await pool.aclose()
+
+    assert body == b"hello"
+
+
+async def test_https_with_unknown_ca_raises_connect_error(tmp_path: Path) -> None:
+    tls, _ = server_tls(tmp_path)
+    async with serving(keep_alive, tls) as server:
+        pool = pool_for(server.url, ssl_context=ssl.create_default_context())
+        with pytest.raises(ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await pool.request("GET", "/models")
+        await pool.aclose()
