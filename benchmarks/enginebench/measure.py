@@ -61,6 +61,11 @@ class SingleStreamResult:
         values = [value for value in map(metric, self.rounds.get(side, [])) if value is not None]
         return statistics.median(values) if values else None
 
+    def best(self, side: str, metric: Callable[[Generation], float]) -> float | None:
+        """Return the highest value over the rounds: the round that other work slowed least."""
+        values = list(map(metric, self.rounds.get(side, [])))
+        return max(values) if values else None
+
     def median_ratio(
         self, side: str, reference: str, metric: Callable[[Generation], float]
     ) -> float | None:
@@ -107,6 +112,13 @@ class ConcurrentResult:
     ) -> float | None:
         rounds = self.rounds.get((server, streams), [])
         return statistics.median(map(metric, rounds)) if rounds else None
+
+    def best(
+        self, server: str, streams: int, metric: Callable[[ConcurrentRound], float]
+    ) -> float | None:
+        """Return the highest value over the rounds: the round that other work slowed least."""
+        rounds = self.rounds.get((server, streams), [])
+        return max(map(metric, rounds)) if rounds else None
 
     def median_ratio(
         self, server: str, reference: str, streams: int, metric: Callable[[ConcurrentRound], float]

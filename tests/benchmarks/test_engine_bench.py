@@ -9,7 +9,7 @@ import pytest
 
 from enginebench import report, wire
 from enginebench.clients import Generation
-from enginebench.measure import ConcurrentRound
+from enginebench.measure import ConcurrentResult, ConcurrentRound
 
 OTHER_SECTION = "## Gateway\n\nGateway numbers.\n"
 
@@ -97,6 +97,35 @@ def test_concurrent_round_aggregates_all_streams() -> None:
 
     assert round_.aggregate_rate == pytest.approx(20.0)
     assert round_.median_ttft_s == pytest.approx(0.2)
+
+
+def _round(streams: int, tokens: int, seconds: float) -> ConcurrentRound:
+    generation = _generation(tokens=tokens, started=0.0, first=0.1, last=seconds)
+    return ConcurrentRound(streams=streams, generations=[generation], started=0.0, ended=seconds)
+
+
+def test_many_streams_verdict_uses_median_and_best_rounds() -> None:
+    result = ConcurrentResult()
+    # Engine rounds: 100, 50, 200 tokens/s; llama-server rounds: 100, 100, 100 tokens/s.
+    for engine_seconds in (1.0, 2.0, 0.5):
+        result.add(report.ENGINE, _round(8, 100, engine_seconds))
+        result.add(report.LLAMA_SERVER, _round(8, 100, 1.0))
+
+    verdict = report.many_streams_verdict(result, [8])
+
+    assert "aggregate rate 1.000" in verdict
+    assert "best rounds 2.000" in verdict
+    assert verdict.rstrip().endswith("target 1.0: met")
+
+
+def test_many_streams_table_has_best_round_ratio() -> None:
+    result = ConcurrentResult()
+    result.add(report.ENGINE, _round(1, 50, 1.0))
+    result.add(report.LLAMA_SERVER, _round(1, 100, 1.0))
+
+    row = report.many_streams_table(result, [1]).splitlines()[-1]
+
+    assert row == "| 1 | 100 | 100 | 50.0 | 100.0 | 0.500 | 0.500 | 1.00x | 1.00x |"
 
 
 class _ChunkedServer:
