@@ -435,6 +435,14 @@ class Settings(BaseSettings):
         description="Seconds a backup waits for a database lock held by a long write before it "
         "fails.",
     )
+    backup_deployment_lock_timeout: float = Field(
+        600.0,
+        ge=0,
+        description="Seconds that a manual `llmcloud backup run`, `verify` or `prune`, and the "
+        "backup and migration at start-up, wait for the backup lock that another instance of "
+        "the deployment holds (through PostgreSQL or Redis) before they fail. Scheduled runs "
+        "never wait: they are skipped.",
+    )
     backup_keep_last: int = Field(24, ge=1, description="Number of newest backups to keep.")
     backup_keep_daily: int = Field(
         7, ge=0, description="Number of days for which the newest backup of the day is kept."

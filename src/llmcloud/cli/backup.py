@@ -63,10 +63,15 @@ def _key_created(path: Path) -> None:
 @app.command("run")
 def run() -> None:
     """Take a backup now, publish it to every target, then prune old ones."""
+    from llmcloud.backup.deployment_lock import wait_for_deployment_lock
     from llmcloud.backup.operations import backup_and_prune
 
     settings = settings_or_exit()
-    with _errors_as_exit(), _progress("Backing up") as progress:
+    with (
+        _errors_as_exit(),
+        wait_for_deployment_lock(settings, "backup", "the backup"),
+        _progress("Backing up") as progress,
+    ):
         result = backup_and_prune(settings, progress=progress, on_key_created=_key_created)
     for warning in result.warnings:
         typer.secho(f"Warning: {warning}", err=True, fg=typer.colors.YELLOW)
@@ -107,10 +112,15 @@ def show(backup_id: str, key: Path | None = KEY_OPTION) -> None:
 @app.command("verify")
 def verify(backup_id: str | None = typer.Argument(None), key: Path | None = KEY_OPTION) -> None:
     """Restore a backup (default: the newest) into scratch space and check all of it."""
+    from llmcloud.backup.deployment_lock import wait_for_deployment_lock
     from llmcloud.backup.operations import verify as verify_backup
 
     settings = settings_or_exit()
-    with _errors_as_exit(), _progress("Verifying") as progress:
+    with (
+        _errors_as_exit(),
+        wait_for_deployment_lock(settings, "verify", "the restore test"),
+        _progress("Verifying") as progress,
+    ):
         result = verify_backup(settings, backup_id, key_file=key, progress=progress)
     rows = sum(result.row_counts.values())
     typer.echo(
@@ -174,10 +184,11 @@ def restored_config_message(result: RestoreResult) -> str | None:
 @app.command("prune")
 def prune() -> None:
     """Delete the backups that the retention settings do not keep."""
+    from llmcloud.backup.deployment_lock import wait_for_deployment_lock
     from llmcloud.backup.operations import prune as prune_backups
 
     settings = settings_or_exit()
-    with _errors_as_exit():
+    with _errors_as_exit(), wait_for_deployment_lock(settings, "backup", "the prune"):
         deleted = prune_backups(settings)
     typer.echo(f"{len(deleted)} backups deleted" + (f": {', '.join(deleted)}" if deleted else ""))
 

@@ -7,6 +7,12 @@ changed. `Database.upgrade()` runs every pending migration in one
 transaction, so a failed migration is rolled back and the database stays at
 its old revision. PostgreSQL and SQLite both roll back DDL inside a
 transaction.
+
+Several web instances that start at once on one PostgreSQL database would
+each back up and migrate it. So the backup and the migration run under the
+deployment-wide backup lock (llmcloud.backup.deployment_lock), and an
+instance that waited for the lock reads the revision again: the first
+instance has migrated the database by then, so one backup is taken, not two.
 """
 
 from __future__ import annotations
@@ -47,6 +53,25 @@ def migrate_with_backup(
     `default_backup_hook()`. Raises UpgradeError when the backup or the
     migration fails; in both cases the schema is left as it was.
     """
+    before = database.current_revision()
+    if before == database.head_revision():
+        return MigrationResult(before=before, after=before, backed_up=False)
+
+    # Imported here, so that a start-up with no migration due does not load the backup package.
+    from llmcloud.backup.deployment_lock import wait_for_deployment_lock
+
+    try:
+        with wait_for_deployment_lock(settings, "backup", "the backup and migration at start-up"):
+            return _migrate_locked(settings, database, backup)
+    except ServiceError as exc:
+        log.error("cannot migrate %s: %s", database.safe_url, exc.message)
+        raise UpgradeError(f"{exc.message}. Nothing was migrated") from None
+
+
+def _migrate_locked(
+    settings: Settings, database: Database, backup: BackupHook | None
+) -> MigrationResult:
+    # Another instance may have migrated the database while this one waited for the lock.
     before = database.current_revision()
     head = database.head_revision()
     if before == head:

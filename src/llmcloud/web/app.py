@@ -21,12 +21,12 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from llmcloud import __version__
 from llmcloud.auth.passwords import DEFAULT_HASHER
 from llmcloud.auth.sessions import SessionPolicy
-from llmcloud.backup.operations import backup_before_migration
 from llmcloud.backup.restore import check_data_dir_at_start
 from llmcloud.backup.schedule import start_backup_scheduler
 from llmcloud.backup.targets import targets_from_settings
 from llmcloud.db import Database, database_url_from_settings, open_database
 from llmcloud.deploy.shared_keys import session_key
+from llmcloud.deploy.upgrade import migrate_with_backup
 from llmcloud.gateway import Gateway
 from llmcloud.instance import load_or_create_instance
 from llmcloud.monitoring import status_page
@@ -158,6 +158,7 @@ def _open_database(settings: Settings) -> Database:
     check_data_dir_at_start(settings, targets_from_settings(settings))
     load_or_create_instance(settings.data_dir)
     database = open_database(database_url_from_settings(settings))
-    backup_before_migration(settings, database)
-    database.upgrade()
+    # Backs up and migrates under the deployment-wide backup lock, so that instances
+    # starting at once take one backup and run the migration once.
+    migrate_with_backup(settings, database)
     return database
