@@ -143,6 +143,11 @@ class Connection:
             return
         if stream.first_token is None:
             stream.first_token = now
-        stream.arrivals.append(now)
-        if stamped:
-            stream.stamps.append(float(match.group(1).split()[0]))
+        if not stamped:
+            stream.arrivals.append(now)
+            return
+        # The gateway relays the tokens that it read together as one event, so an event may
+        # carry several stamps; each is a token that arrived now.
+        for stamp in match.group(1).split():
+            stream.arrivals.append(now)
+            stream.stamps.append(float(stamp))

@@ -17,7 +17,9 @@ each token after the first, the added inter-token delay is the gap
 between its arrival and the previous token's arrival, minus the gap
 between their send times. The relay delay is the arrival time minus the
 send time. Both include the client's own lag, which the same test straight
-to the backend shows.
+to the backend shows. The web app relays the tokens that it read from the
+backend together as one event, so after a delay tokens can arrive at
+once: each later one of them counts a negative added delay.
 """
 
 from __future__ import annotations
