@@ -524,11 +524,37 @@ class Settings(BaseSettings):
         description="TCP port on socks_host where `llmcloud socks serve` serves /metrics, "
         "/healthz and /readyz, under the same rules as the other processes. Unset serves none.",
     )
+    monitoring_socks_metrics_url: str | None = Field(
+        None,
+        description="URL of the SOCKS proxy's /metrics (such as http://127.0.0.1:9108/metrics) "
+        "that the web app scrapes at every monitoring sample, so that the built-in alerter "
+        "and the status page see the proxy's totals; it sends metrics_token when that is set. "
+        "`llmcloud up` sets it when socks_metrics_port is set. Unset scrapes none.",
+    )
 
-    @field_validator("metrics_token", "alert_smtp_password", "alert_webhook_url", mode="before")
+    @field_validator(
+        "metrics_token",
+        "alert_smtp_password",
+        "alert_webhook_url",
+        "monitoring_socks_metrics_url",
+        mode="before",
+    )
     @classmethod
     def _empty_monitoring_value_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("monitoring_socks_metrics_url")
+    @classmethod
+    def _check_socks_metrics_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(
+                f"invalid monitoring_socks_metrics_url {value!r}; expected an http:// or "
+                "https:// URL with a host, such as http://127.0.0.1:9108/metrics"
+            )
+        return value
 
     @field_validator("alert_webhook_url")
     @classmethod

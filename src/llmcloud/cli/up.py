@@ -101,6 +101,7 @@ def parts_for(settings: Settings) -> list[Part]:
             "LLMCLOUD_WEB_PORT": str(settings.web_port),
             "LLMCLOUD_ENGINE_URL": engine_base,
             **web_certificate_env(settings),
+            **socks_metrics_env(settings),
         },
         health_url=f"https://{_client_host(settings.web_host)}:{settings.web_port}/healthz",
     )
@@ -117,6 +118,18 @@ def web_certificate_env(settings: Settings) -> dict[str, str]:
         return {}
     files = localhost_certificate(settings)
     return {"LLMCLOUD_TLS_CERT_FILE": str(files.cert), "LLMCLOUD_TLS_KEY_FILE": str(files.key)}
+
+
+def socks_metrics_env(settings: Settings) -> dict[str, str]:
+    """Point the web app's monitoring at the SOCKS proxy's /metrics, when the proxy serves one.
+
+    `up` does not start the proxy; one started from the same settings (`llmcloud socks serve`,
+    or the llmcloud-socks systemd unit) serves /metrics on socks_metrics_port.
+    """
+    if settings.monitoring_socks_metrics_url or settings.socks_metrics_port is None:
+        return {}
+    url = f"http://{_client_host(settings.socks_host)}:{settings.socks_metrics_port}/metrics"
+    return {"LLMCLOUD_MONITORING_SOCKS_METRICS_URL": url}
 
 
 def print_welcome(settings: Settings) -> None:

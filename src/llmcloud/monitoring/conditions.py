@@ -118,9 +118,8 @@ def disk_low(sample: Sample) -> Firing:
 
 
 def socks_denied_spike(sample: Sample) -> Firing:
-    # NOTE: the SOCKS proxy runs in its own process (`llmcloud socks serve`), and the web app
-    # samples only its own registry, so in a deployment this condition never sees a rate.
-    # The Prometheus rule, which scrapes the proxy's /metrics, does.
+    # The rate is None unless monitoring_socks_metrics_url names the proxy's /metrics,
+    # because the proxy runs in its own process (see llmcloud.monitoring.scrape).
     rate = sample.socks_denied_per_second
     if rate is None or rate <= SOCKS_DENIED_PER_SECOND_LIMIT:
         return {}

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from llmcloud.monitoring.alerter import Alerter
 from llmcloud.monitoring.metrics import REGISTRY
 from llmcloud.monitoring.samples import Sampler
+from llmcloud.monitoring.scrape import socks_scraper
 from llmcloud.settings import Settings
 
 logger = logging.getLogger("llmcloud.monitoring")
@@ -19,8 +20,12 @@ class Monitor:
     """Takes a sample every `monitoring_sample_interval` seconds and hands it to the alerter."""
 
     def __init__(self, settings: Settings, registry: CollectorRegistry = REGISTRY) -> None:
+        scraper = socks_scraper(settings)
         self.sampler = Sampler(
-            settings.monitoring_sample_interval, settings.monitoring_history_hours * 3600, registry
+            settings.monitoring_sample_interval,
+            settings.monitoring_history_hours * 3600,
+            registry,
+            scrapes=[scraper] if scraper is not None else None,
         )
         self.alerter = Alerter(settings)
         self._task: asyncio.Task[None] | None = None

@@ -1,7 +1,9 @@
 """Periodic samples of the service's own metrics, for the status page and the alerter.
 
 Every `monitoring_sample_interval` seconds the sampler reads the web app's
-registry (the metrics that its /metrics serves), turns counters into rates over
+registry (the metrics that its /metrics serves), plus the series of other
+processes that `scrape` functions return (the SOCKS proxy's, see
+llmcloud.monitoring.scrape), turns counters into rates over
 the interval and histograms into a p95, and keeps the result in a ring buffer
 that covers `monitoring_history_hours`. This is
 what lets the status page chart and the built-in alerter work without
@@ -13,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client.registry import CollectorRegistry
@@ -103,16 +106,24 @@ class Sampler:
     """Keeps the recent samples; call `take()` on a timer."""
 
     def __init__(
-        self, interval: float, history_seconds: float, registry: CollectorRegistry = REGISTRY
+        self,
+        interval: float,
+        history_seconds: float,
+        registry: CollectorRegistry = REGISTRY,
+        scrapes: list[Callable[[], Reading]] | None = None,
     ) -> None:
         self.interval = interval
         self.registry = registry
+        self.scrapes = scrapes or []
         self.samples: deque[Sample] = deque(maxlen=max(2, int(history_seconds / interval)))
         self._previous: tuple[float, Reading] | None = None
 
     def take(self, now: float | None = None, reading: Reading | None = None) -> Sample:
         now = time.time() if now is None else now
-        reading = read_registry(self.registry) if reading is None else reading
+        if reading is None:
+            reading = read_registry(self.registry)
+            for scrape in self.scrapes:
+                reading.update(scrape())
         sample = derive(reading, now, self._previous)
         self._previous = (now, reading)
         self.samples.append(sample)
@@ -163,11 +174,24 @@ def _with_rates(sample: Sample, reading: Reading, then: float, before: Reading) 
             "queue_rejections": increase("llmcloud_llm_queue_rejections_total"),
             "renewal_failures": increase("llmcloud_certificate_renewal_failures_total"),
             "backup_failures": increase("llmcloud_backup_failures_total"),
-            "socks_denied_per_second": increase("llmcloud_socks_denied_destinations_total")
-            / seconds,
+            "socks_denied_per_second": _socks_denied_rate(reading, before, increase, seconds),
             "ttft_p95_seconds": _ttft_p95(reading, before),
         }
     )
+
+
+def _socks_denied_rate(
+    reading: Reading, before: Reading, increase: Callable[[str], float], seconds: float
+) -> float | None:
+    """Return denied SOCKS destinations per second, or None unless both readings have them.
+
+    A failed scrape of the proxy leaves its series out of a reading. Counting from zero
+    across that gap would report the proxy's whole total as the increase of one interval.
+    """
+    name = "llmcloud_socks_denied_destinations_total"
+    if total(reading, name) is None or total(before, name) is None:
+        return None
+    return increase(name) / seconds
 
 
 def _ttft_p95(reading: Reading, before: Reading) -> float | None:
