@@ -33,3 +33,34 @@ def test_json_format_writes_one_object(monkeypatch: pytest.MonkeyPatch) -> None:
     assert entry["level"] == "WARNING"
     assert entry["logger"] == "llmcloud.test"
     assert entry["message"] == "disk at 93%"
+
+
+def test_text_format_escapes_newlines(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure_logging("INFO")
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    path = "/chats/x\n2026-12-04 19:59:00,000 WARNING llmcloud.audit: forged\r\x00\u2028"
+
+    logging.getLogger("llmcloud.access").info('"GET %s" 404', path)
+
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    assert lines[0].endswith(
+        '"GET /chats/x\\n2026-12-04 19:59:00,000 WARNING llmcloud.audit: forged\\r\\x00\\u2028" 404'
+    )
+
+
+def test_text_format_keeps_tabs_and_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure_logging("INFO")
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+
+    try:
+        raise ValueError("bad value")
+    except ValueError:
+        logging.getLogger("llmcloud.test").exception("failed:\tcolumn %s", "ünïcode")
+
+    output = stream.getvalue()
+    assert "llmcloud.test: failed:\tcolumn ünïcode\n" in output
+    assert "Traceback (most recent call last):\n" in output
+    assert output.rstrip().endswith("ValueError: bad value")

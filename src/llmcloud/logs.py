@@ -17,6 +17,19 @@ from typing import Any
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
+# Escapes for the C0 and C1 control characters except tab, DEL and the Unicode
+# line separators. A message may carry text from a request (a URL path decodes
+# %0a to a newline), and a raw newline there would let a client write a line
+# that reads like a record of its own.
+_CONTROL_ESCAPES = {
+    code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)] if code != 0x09
+} | {0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def escape_control_characters(text: str) -> str:
+    """Replace control characters and line separators with escapes such as `\\n`."""
+    return text.translate(_CONTROL_ESCAPES)
+
 
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever `sys.stderr` is at the time of each record.
@@ -33,6 +46,14 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     @stream.setter
     def stream(self, value: Any) -> None:
         pass
+
+
+class TextFormatter(logging.Formatter):
+    """`TEXT_FORMAT` lines whose message stays on one line; a traceback follows as usual."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_control_characters(record.message)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -58,7 +79,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
             "version": 1,
             "disable_existing_loggers": False,
             "formatters": {
-                "text": {"format": TEXT_FORMAT},
+                "text": {"()": TextFormatter, "fmt": TEXT_FORMAT},
                 "json": {"()": JsonFormatter},
             },
             "handlers": {"stderr": {"()": StderrHandler, "formatter": formatter}},
