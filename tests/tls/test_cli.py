@@ -150,3 +150,14 @@ def test_nginx_config_output_passes_nginx_check(data_dir: Path, tmp_path: Path) 
     check = subprocess.run(nginx_command(prefix, "-t"), capture_output=True, text=True, check=False)
     assert code == 0
     assert check.returncode == 0, check.stderr
+
+
+def test_certs_export_ca_unwritable_output_fails(data_dir: Path) -> None:
+    invoke(data_dir, "certs", "init-ca")
+    target = data_dir / "missing-dir" / "ca.pem"
+
+    code, _, errors = invoke(data_dir, "certs", "export-ca", "-o", str(target))
+
+    assert code == 1
+    assert f"cannot write the CA certificate to {target}" in errors
+    assert "No such file or directory" in errors

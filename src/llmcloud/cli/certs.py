@@ -74,8 +74,11 @@ def export_ca(
     pem = path.read_bytes()
     if output is None:
         typer.echo(pem.decode("ascii"), nl=False)
-    else:
+        return
+    try:
         output.write_bytes(pem)
+    except OSError as exc:
+        fail(f"cannot write the CA certificate to {output}: {exc.strerror}; pick a writable path")
 
 
 @app.command("acme")
