@@ -89,6 +89,18 @@ def test_config_show_hides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "engine_token" in result.output
 
 
+def test_config_show_piped_keeps_long_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "https://backups.example.org/" + "a" * 120
+    monkeypatch.setenv("LLMCLOUD_PUBLIC_URL", url)
+
+    result = CliRunner().invoke(app, ["config", "show"], env={"COLUMNS": "80"})
+
+    line = next(line for line in result.output.splitlines() if line.startswith("public_url "))
+    assert result.exit_code == 0
+    assert line.split() == ["public_url", "LLMCLOUD_PUBLIC_URL", url]
+    assert "…" not in result.output
+
+
 def test_secret_setting_not_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMCLOUD_ENGINE_TOKEN", "very-secret-token")
     assert "very-secret-token" not in repr(load_settings())

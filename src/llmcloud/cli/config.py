@@ -5,9 +5,9 @@ from __future__ import annotations
 import typer
 from pydantic import SecretStr
 from rich.console import Console
-from rich.table import Table
 
 from llmcloud.cli.common import settings_or_exit
+from llmcloud.cli.display import print_table
 from llmcloud.settings import CONFIG_ENV, ENV_PREFIX, describe_settings
 
 app = typer.Typer(help="Show settings and their documentation.", no_args_is_help=True)
@@ -17,7 +17,7 @@ app = typer.Typer(help="Show settings and their documentation.", no_args_is_help
 def show() -> None:
     """Print every setting with its effective value; secrets print as stars."""
     settings = settings_or_exit()
-    table = Table("setting", "env", "value")
+    rows = []
     for name in type(settings).model_fields:
         value = getattr(settings, name)
         if isinstance(value, SecretStr):
@@ -26,8 +26,8 @@ def show() -> None:
             shown = "(unset)"
         else:
             shown = str(value)
-        table.add_row(name, f"{ENV_PREFIX}{name.upper()}", shown)
-    Console().print(table)
+        rows.append([name, f"{ENV_PREFIX}{name.upper()}", shown])
+    print_table(Console(), ["setting", "env", "value"], rows)
 
 
 @app.command("docs")
