@@ -79,18 +79,20 @@ async def measure_overheads(
     try:
         progress(f"added latency, fast backend: {arguments.rounds} rounds")
         direct = Connection(HOST, fast.port, "/v1/chat/completions", None)
-        results.append(
-            await measure.overhead(
-                "fast fake backend",
-                direct,
-                through,
-                FAST_MODEL,
-                rounds=arguments.rounds,
-                warmup=20,
-                max_tokens=8,
-                progress=progress,
-            )
+        cpu_before = measure.process_cpu_seconds(web.process.pid)
+        result = await measure.overhead(
+            "fast fake backend",
+            direct,
+            through,
+            FAST_MODEL,
+            rounds=arguments.rounds,
+            warmup=20,
+            max_tokens=8,
+            progress=progress,
         )
+        cpu = measure.process_cpu_seconds(web.process.pid) - cpu_before
+        result.web_cpu_per_request = cpu / (20 + arguments.rounds)
+        results.append(result)
         direct.close()
         if engine is not None:
             progress(f"added latency, real model: {arguments.model_rounds} rounds")
@@ -124,6 +126,7 @@ async def measure_streams(
         ramp = min(3.0, count / 500)
         for path, port, key in (("direct", paced.port, None), ("via /v1", web.port, api_key)):
             progress(f"{count} concurrent streams, {path}")
+            cpu_before = measure.process_cpu_seconds(web.process.pid)
             result = await measure.concurrency(
                 path,
                 HOST,
@@ -135,6 +138,10 @@ async def measure_streams(
                 tokens=arguments.tokens,
                 ramp=ramp,
             )
+            relayed = result.completed * arguments.tokens
+            if key is not None and relayed:
+                cpu = measure.process_cpu_seconds(web.process.pid) - cpu_before
+                result.web_cpu_per_token = cpu / relayed
             progress(
                 f"  completed {result.completed}, errors {len(result.errors)}, "
                 f"most open {result.peak_open}, {result.seconds:.1f} s"

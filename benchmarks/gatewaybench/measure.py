@@ -19,15 +19,17 @@ between their send times. The relay delay is the arrival time minus the
 send time. Both include the client's own lag, which the same test straight
 to the backend shows. The web app relays the tokens that it read from the
 backend together as one event, so after a delay tokens can arrive at
-once: each later one of them counts a negative added delay.
+once, and each later one of them counts a negative added delay.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -35,6 +37,14 @@ from gatewaybench.client import Connection, Stream
 
 Progress = Callable[[str], None]
 PROMPT = [{"role": "user", "content": "Write one sentence about the sea."}]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """Return the user and system CPU time that a process has used, from /proc (Linux)."""
+    # The fields after the command name in parentheses start at the third, the state;
+    # utime and stime are the 14th and 15th, in clock ticks.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -63,6 +73,8 @@ class OverheadResult:
     direct: Latencies = field(default_factory=Latencies)
     gateway: Latencies = field(default_factory=Latencies)
     errors: list[str] = field(default_factory=list)
+    web_cpu_per_request: float | None = None
+    """CPU seconds of the web process per request through it, warm-up included."""
 
     def added(self, metric: str, fraction: float) -> float:
         """Return a percentile of the per-round differences, gateway minus direct."""
@@ -126,6 +138,8 @@ class ConcurrencyResult:
     added_gaps: list[float]
     relay_delays: list[float]
     seconds: float
+    web_cpu_per_token: float | None = None
+    """CPU seconds of the web process per relayed token, its streams' requests included."""
 
 
 async def concurrency(

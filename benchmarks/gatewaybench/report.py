@@ -77,6 +77,10 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f}"
 
 
+def microseconds(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds * 1e6:.0f} µs"
+
+
 def verdict(met: bool) -> str:
     return "yes" if met else "**no**"
 
@@ -84,12 +88,13 @@ def verdict(met: bool) -> str:
 def overhead_table(results: list[OverheadResult]) -> str:
     lines = [
         "| Backend | Rounds | Tokens | TTFT direct p50 / p99 | TTFT via /v1 p50 / p99 "
-        "| Added TTFT p50 / p99 | Added total p50 / p99 | Errors | Target met |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| Added TTFT p50 / p99 | Added total p50 / p99 | Web CPU per request | Errors "
+        "| Target met |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for result in results:
         if not result.gateway.ttft or not result.direct.ttft:
-            lines.append(f"| {result.label} | 0 | | | | | | {len(result.errors)} | **no** |")
+            lines.append(f"| {result.label} | 0 | | | | | | | {len(result.errors)} | **no** |")
             continue
         added_p50 = [result.added(metric, 0.5) for metric in ("ttft", "total")]
         added_p99 = [result.added(metric, 0.99) for metric in ("ttft", "total")]
@@ -99,6 +104,7 @@ def overhead_table(results: list[OverheadResult]) -> str:
             f"| {_p50_p99(result.direct.ttft)} | {_p50_p99(result.gateway.ttft)} "
             f"| {ms(added_p50[0])} / {ms(added_p99[0])} "
             f"| {ms(added_p50[1])} / {ms(added_p99[1])} "
+            f"| {microseconds(result.web_cpu_per_request)} "
             f"| {len(result.errors)} | {verdict(met and not result.errors)} |"
         )
     return "\n".join(lines)
@@ -111,14 +117,15 @@ def _p50_p99(values: list[float]) -> str:
 def concurrency_table(results: list[ConcurrencyResult]) -> str:
     lines = [
         "| Path | Streams | Completed | Errors | Most open at backend | TTFT p50 / p99 "
-        "| Added inter-token delay p50 / p99 / max | Relay delay p50 / p99 | Target met |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| Added inter-token delay p50 / p99 / max | Relay delay p50 / p99 "
+        "| Web CPU per token | Target met |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for result in results:
         if not result.added_gaps:
             lines.append(
                 f"| {result.path} | {result.streams} | {result.completed} "
-                f"| {len(result.errors)} | {result.peak_open} | | | | **no** |"
+                f"| {len(result.errors)} | {result.peak_open} | | | | | **no** |"
             )
             continue
         gaps = result.added_gaps
@@ -134,7 +141,7 @@ def concurrency_table(results: list[ConcurrencyResult]) -> str:
             f"| {ms(median(result.ttft))} / {ms(percentile(result.ttft, 0.99))} "
             f"| {ms(median(gaps))} / {ms(percentile(gaps, 0.99))} / {ms(max(gaps))} "
             f"| {ms(median(result.relay_delays))} / {ms(percentile(result.relay_delays, 0.99))} "
-            f"| {target} |"
+            f"| {microseconds(result.web_cpu_per_token)} | {target} |"
         )
     return "\n".join(lines)
 
@@ -174,6 +181,11 @@ Machine: {environment.cpu_model}, {environment.cores} cores, Python {environment
 Load average (1 / 5 / 15 min): {environment.load_before} before the run, {environment.load_after}
 after it. Code: commit {environment.commit}. Date: {environment.date}. Command:
 `{environment.command}`
+
+"Web CPU" is the user and system time of the `llmcloud web` process during a
+test, read from /proc, divided by the requests or tokens relayed. It depends
+less than the times on other work on the machine. It includes the web
+app's health checks, and per token it includes each stream's own request.
 
 ### Added latency of one stream
 
