@@ -16,6 +16,9 @@ dispatcher already allows each backend at most `max_parallel` requests.
 Only what the backends' APIs need is here: requests with a JSON body or
 none, responses with Content-Length, chunked or read-until-close bodies,
 keep-alive, TLS, and timeouts for connecting and between two reads.
+
+NOTE: unlike httpx, it ignores HTTP_PROXY, HTTPS_PROXY and ALL_PROXY in the
+environment and always connects to the backend directly.
 """
 
 from __future__ import annotations
