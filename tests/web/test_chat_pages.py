@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable
 
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from llmcloud.auth.accounts import find_account
 from llmcloud.db import chats
@@ -199,6 +201,35 @@ def test_import_rejects_oversized_file(make_client: Callable[..., TestClient]) -
     response = client.post("/chats/import", files=files, data={"csrf_token": csrf_token(client)})
     assert response.status_code == 422
     assert "larger than 1024 bytes" in response.text
+
+
+def test_import_on_full_database_answers_507(admin: TestClient) -> None:
+    add_chat(admin, "Existing", ("user", "Hi"))
+    token = csrf_token(admin)
+    engine = state_of(admin).db.engine
+    # SQLite answers SQLITE_FULL, as on a full disk, once the file would grow past max_page_count.
+    event.listen(engine, "connect", _cap_database_size)
+    engine.dispose()
+    archive = {
+        "format": "llmcloud-chats",
+        "version": 1,
+        "chats": [{"title": "Big", "messages": [{"role": "user", "content": "x" * 300_000}]}],
+    }
+    files = {"file": ("big.json", json.dumps(archive).encode(), "application/json")}
+
+    response = admin.post("/chats/import", files=files, data={"csrf_token": token})
+
+    event.remove(engine, "connect", _cap_database_size)
+    engine.dispose()
+    titles = [chat.title for chat in chats.list_chats(state_of(admin).db, user_id(admin))]
+    assert response.status_code == 507
+    assert "storage is full, so nothing was saved" in response.text
+    assert titles == ["Existing"]
+
+
+def _cap_database_size(connection: sqlite3.Connection, record: object) -> None:
+    (pages,) = connection.execute("PRAGMA page_count").fetchone()
+    connection.execute(f"PRAGMA max_page_count = {pages}")
 
 
 def test_healthz_answers(client: TestClient) -> None:

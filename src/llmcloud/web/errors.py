@@ -4,7 +4,8 @@ Domain errors carry their HTTP status (`llmcloud.db.errors.ServiceError`,
 `llmcloud.gateway.GatewayError`). A page request without a valid session is
 redirected to the log-in page, and one from a pending account to the
 waiting page. Every other error keeps its status and shows its message.
-Validation errors name the fields. Anything unexpected is logged with its
+Validation errors name the fields. A database on a full disk is answered with
+507 and a message for the admin. Anything unexpected is logged with its
 traceback and answered with a 500 that shows no internals.
 """
 
@@ -16,6 +17,7 @@ from urllib.parse import quote
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
 from llmcloud.auth.errors import AccountPending, ServiceError, Unauthorized
@@ -25,6 +27,13 @@ from llmcloud.web.templating import render
 log = logging.getLogger("llmcloud.web")
 
 JSON_PREFIXES = ("/api/", "/v1/")
+STORAGE_FULL_MESSAGE = (
+    "the server's storage is full, so nothing was saved; "
+    "an admin must free space in the data dir or the database"
+)
+# SQLite's SQLITE_FULL message, and PostgreSQL's SQLSTATE 53100 (disk_full).
+_SQLITE_FULL_TEXT = "database or disk is full"
+_POSTGRES_DISK_FULL = "53100"
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -32,6 +41,7 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(OperationalError, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
 
@@ -98,6 +108,19 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         message = str(exc.detail)
     return error_response(request, exc.status_code, message, dict(exc.headers or {}))
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, OperationalError)
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if _SQLITE_FULL_TEXT in str(exc.orig) or sqlstate == _POSTGRES_DISK_FULL:
+        return _storage_full(request, exc)
+    return await _unexpected_error(request, exc)
+
+
+def _storage_full(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed, storage full: %s", request.method, request.url.path, exc)
+    return error_response(request, 507, STORAGE_FULL_MESSAGE)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
