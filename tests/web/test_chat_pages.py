@@ -269,3 +269,19 @@ def test_body_over_limit_rejected_before_parsing(make_client: Callable[..., Test
     response = client.post("/chats/import", files=files, data={"csrf_token": csrf_token(client)})
     assert response.status_code == 413
     assert "larger than" in response.text
+
+
+def test_body_over_limit_on_api_answers_json(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(web_max_import_bytes=1024)
+    body = b'{"model": "fake-model", "messages": [{"role": "user", "content": "' + b"x" * 200_000
+
+    response = client.post(
+        "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}
+    )
+
+    error = response.json()["error"]
+    assert response.status_code == 413
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] == "request_too_large"
+    assert f"larger than {1024 + 64 * 1024} bytes" in error["message"]
+    assert "web_max_import_bytes" in error["message"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -62,7 +63,7 @@ class BodySizeLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+            await self._reject(scope, send)
             return
 
         received = 0
@@ -85,18 +86,37 @@ class BodySizeLimitMiddleware:
             await self.app(scope, counting_receive, tracking_send)
         except _BodyTooLarge:
             if not response_started:
-                await self._reject(send)
+                await self._reject(scope, send)
 
-    async def _reject(self, send: Send) -> None:
-        body = (
-            f"request body is larger than {self.max_bytes} bytes; "
-            "chat imports may be at most web_max_import_bytes"
-        ).encode()
+    async def _reject(self, scope: Scope, send: Send) -> None:
+        message = (
+            f"request body is larger than {self.max_bytes} bytes, the web app's limit "
+            "(setting web_max_import_bytes plus 64 KiB for form framing); send a smaller body"
+        )
+        path: str = scope.get("path", "")
+        if path.startswith("/v1/"):
+            body = json.dumps(
+                {
+                    "error": {
+                        "message": message,
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "request_too_large",
+                    }
+                }
+            ).encode()
+            content_type = b"application/json"
+        elif path.startswith("/api/"):
+            body = json.dumps({"error": message}).encode()
+            content_type = b"application/json"
+        else:
+            body = message.encode()
+            content_type = b"text/plain; charset=utf-8"
         await send(
             {
                 "type": "http.response.start",
                 "status": 413,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                "headers": [(b"content-type", content_type)],
             }
         )
         await send({"type": "http.response.body", "body": body})
