@@ -9,10 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 from typer.testing import CliRunner
 
 from llmcloud.cli import app as cli_app
-from llmcloud.monitoring.probes import Status, run_probes, worst
+from llmcloud.monitoring.probes import Status, run_probes, serves_tls, worst
+from llmcloud.settings import Settings
+from llmcloud.tls.serving import localhost_certificate
 from llmcloud.web import create_app
 from tests.conftest import RunningServer
 from tests.gateway.fake_backend import FakeBackend
@@ -54,6 +57,7 @@ def deployment(tmp_path: Path, fake_backend: FakeBackend) -> Iterator[dict[str, 
         "web_port": server.port,
         "socks_host": "127.0.0.1",
         "socks_port": socks.port,
+        "socks_allow": ["10.0.0.0/8"],
     }
     yield overrides
     server.stop()
@@ -113,3 +117,60 @@ def test_check_reports_unreachable_parts_critical(tmp_path: Path) -> None:
     assert worst(results) == Status.CRITICAL
     assert by_name(results)["backend gone"] == Status.CRITICAL
     assert by_name(results)["login page"] == Status.CRITICAL
+
+
+class HttpsServer(RunningServer):
+    """The web app over HTTPS with the internal CA's localhost certificate, as `up` serves it."""
+
+    def __init__(self, app: object, cert: Path, key: Path) -> None:
+        super().__init__(app)
+        config = uvicorn.Config(
+            app,  # type: ignore[arg-type]
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            ssl_certfile=str(cert),
+            ssl_keyfile=str(key),
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
+
+
+def test_check_cli_finds_https_of_up(
+    tmp_path: Path, fake_backend: FakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "data"
+    settings = web_settings(data_dir, fake_backend.url)
+    files = localhost_certificate(settings)
+    server = HttpsServer(create_app(settings, hasher=CHEAP_HASHER), files.cert, files.key)
+    server.start()
+    monkeypatch.setenv("LLMCLOUD_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("LLMCLOUD_WEB_HOST", "127.0.0.1")
+    monkeypatch.setenv("LLMCLOUD_WEB_PORT", str(server.port))
+    backends = [{"name": "fake", "kind": "openai", "base_url": fake_backend.url}]
+    monkeypatch.setenv("LLMCLOUD_GATEWAY_BACKENDS", json.dumps(backends))
+
+    try:
+        result = CliRunner().invoke(cli_app, ["check", "--json"])
+    finally:
+        server.stop()
+
+    statuses = {check["name"]: check["status"] for check in json.loads(result.stdout)["checks"]}
+    assert statuses["login page"] == "ok"
+    assert statuses["certificate"] == "ok"
+    assert statuses["backend fake"] == "ok"
+    assert not any(name.startswith("SOCKS proxy") for name in statuses)
+    assert result.exit_code == 1
+
+
+def test_serves_tls_false_for_plain_http(deployment: dict[str, object]) -> None:
+    assert not serves_tls("127.0.0.1", int(str(deployment["web_port"])))
+
+
+def test_check_skips_socks_without_allow_list(deployment: dict[str, object]) -> None:
+    settings = Settings(**{**deployment, "socks_allow": []})  # type: ignore[arg-type]
+
+    names = [result.name for result in run_probes(settings)]
+
+    assert "login page" in names
+    assert not any(name.startswith("SOCKS proxy") for name in names)

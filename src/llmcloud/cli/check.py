@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llmcloud.cli.common import settings_or_exit
-from llmcloud.monitoring.probes import ProbeResult, Status, run_probes, worst
+from llmcloud.monitoring.probes import ProbeResult, Status, default_verify, run_probes, worst
 
 STYLES = {Status.OK: "green", Status.WARNING: "yellow", Status.CRITICAL: "red"}
 
@@ -21,11 +21,15 @@ def register(app: typer.Typer) -> None:
 
 def check(
     url: str | None = typer.Option(
-        None, help="URL of the web app; default public_url, else http://web_host:web_port."
+        None,
+        help="URL of the web app; default public_url, else web_host:web_port over https when "
+        "the server speaks TLS there, or http.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     ca_bundle: Path | None = typer.Option(
-        None, help="PEM file of CAs to verify the web app's certificate, such as the internal CA."
+        None,
+        help="PEM file of CAs to verify the web app's certificate; default the system's CAs, "
+        "or the internal CA when no --url, public_url or own certificate is set.",
     ),
     insecure: bool = typer.Option(
         False, help="Skip TLS verification of the web app (the certificate's days are still read)."
@@ -33,7 +37,13 @@ def check(
 ) -> None:
     """Probe the deployment; exit status 0 ok, 1 warning, 2 critical."""
     settings = settings_or_exit()
-    verify: bool | str = str(ca_bundle) if ca_bundle else not insecure
+    verify: bool | str = True
+    if ca_bundle:
+        verify = str(ca_bundle)
+    elif insecure:
+        verify = False
+    elif url is None:
+        verify = default_verify(settings)
     results = run_probes(settings, url, verify=verify)
     if as_json:
         typer.echo(json.dumps(to_json(results), indent=2))

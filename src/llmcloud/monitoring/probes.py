@@ -3,8 +3,8 @@
 Each probe returns a `ProbeResult` with a status (ok, warning, critical) and
 one line of detail. Probes only read: the login page, a one-token generation
 per backend, /metrics for backup and disk figures, a TLS handshake for the
-certificate, and a SOCKS greeting. Exit codes follow the Nagios plugin
-convention: 0 ok, 1 warning, 2 critical.
+certificate, and a SOCKS greeting when socks_allow lists destinations. Exit
+codes follow the Nagios plugin convention: 0 ok, 1 warning, 2 critical.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llmcloud.gateway import Backend, default_backends
 from llmcloud.settings import Settings
+from llmcloud.tls.ca import CAPaths
 
 TIMEOUT_SECONDS = 10.0
 CERT_WARNING_DAYS = 14
@@ -48,9 +49,42 @@ class ProbeResult:
 
 
 def web_url(settings: Settings) -> str:
+    """Return public_url, else web_host:web_port with the scheme that the server speaks there.
+
+    `llmcloud up` serves HTTPS with a certificate from the internal CA although no
+    TLS setting is set, so the scheme comes from a TLS handshake, not the settings.
+    """
     if settings.public_url:
         return settings.public_url
-    return f"http://{settings.web_host}:{settings.web_port}"
+    scheme = "https" if serves_tls(settings.web_host, settings.web_port) else "http"
+    return f"{scheme}://{settings.web_host}:{settings.web_port}"
+
+
+def serves_tls(host: str, port: int) -> bool:
+    """Return whether a TLS handshake with host:port succeeds; False on any failure."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only the protocol matters here
+    try:
+        with (
+            socket.create_connection((host, port), timeout=TIMEOUT_SECONDS) as raw,
+            context.wrap_socket(raw, server_hostname=host),
+        ):
+            return True
+    except OSError:  # ssl.SSLError included: a plain HTTP server rejects the handshake
+        return False
+
+
+def default_verify(settings: Settings) -> bool | str:
+    """Return the internal CA's certificate file when the web app serves one it issued, else True.
+
+    Without public_url or a certificate of its own or from ACME, the web app
+    (as `llmcloud up` starts it) serves a certificate from the internal CA.
+    """
+    if settings.public_url or settings.tls_cert_file or settings.tls_acme_domains:
+        return True
+    ca_cert = CAPaths(settings.data_dir).cert
+    return str(ca_cert) if ca_cert.exists() else True
 
 
 def run_probes(
@@ -67,7 +101,9 @@ def run_probes(
         results.append(probe_certificate(base))
     results.extend(probe_backend(backend) for backend in backends_of(settings))
     results.extend(probe_metrics(base, settings, verify))
-    results.append(probe_socks(settings.socks_host, settings.socks_port))
+    # A proxy with an empty allow list reaches nothing, and `llmcloud up` starts none.
+    if settings.socks_allow:
+        results.append(probe_socks(settings.socks_host, settings.socks_port))
     return results
 
 
