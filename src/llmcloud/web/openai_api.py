@@ -18,6 +18,7 @@ paths under /v1. Streaming and the response bodies are in
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Coroutine
@@ -31,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from llmcloud.auth import api_keys
 from llmcloud.auth.errors import AccountDeactivated, AccountPending, ServiceError
+from llmcloud.db.database import Database
 from llmcloud.db.models import User
 from llmcloud.gateway import GatewayError, UnknownModel
 from llmcloud.monitoring.metrics import api_key_requests
@@ -43,6 +45,8 @@ log = logging.getLogger("llmcloud.web")
 # has no setting of its own for it.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 ENDPOINTS = {"/v1/chat/completions": "POST", "/v1/models": "GET"}
+# Database checks of API keys in progress, by database and Authorization header.
+_key_checks: dict[tuple[int, str | None], asyncio.Future[User]] = {}
 
 
 class InvalidRequest(ServiceError):
@@ -187,12 +191,34 @@ async def authenticate(request: Request, state: WebState) -> User:
     user = api_keys.cached_bearer_account(state.db, header)
     if user is None:
         try:
-            user = await run_in_threadpool(api_keys.authenticate_bearer, state.db, header)
+            user = await _check_in_database(state.db, header)
         except ServiceError:
             api_key_requests.labels("invalid_key").inc()
             raise
     api_key_requests.labels("ok").inc()
     return user
+
+
+async def _check_in_database(db: Database, header: str | None) -> User:
+    """Check a key in the database on a worker thread, once for all requests that wait on it.
+
+    When a key's cache entry expires while many of its requests arrive, each
+    would otherwise take a worker thread for the same query.
+    """
+    check_id = (id(db), header)
+    check = _key_checks.get(check_id)
+    if check is None:
+        check = asyncio.ensure_future(run_in_threadpool(api_keys.authenticate_bearer, db, header))
+        _key_checks[check_id] = check
+        check.add_done_callback(lambda done: _forget_check(check_id, done))
+    # A request that is cancelled while it waits leaves the check running for the others.
+    return await asyncio.shield(check)
+
+
+def _forget_check(check_id: tuple[int, str | None], check: asyncio.Future[User]) -> None:
+    del _key_checks[check_id]
+    if not check.cancelled():
+        check.exception()  # Retrieved here, so a check whose waiters all left logs nothing.
 
 
 async def read_body(request: Request) -> dict[str, Any]:
