@@ -87,13 +87,18 @@ def create_app(
     gateway: Gateway | None = None,
     database: Database | None = None,
     hasher: PasswordHasher | None = None,
+    schedule_backups: bool | None = None,
 ) -> FastAPI:
     """Build the web app.
 
     A `gateway` or `database` passed in belongs to the caller, who starts and
-    closes it; the app opens and closes the ones it creates itself. `hasher`
-    replaces the argon2 parameters, which tests make cheap.
+    closes it; the app opens and closes the ones it creates itself. The app
+    runs the backup scheduler when `schedule_backups` is true, and by default
+    when it opens its own database. `hasher` replaces the argon2 parameters,
+    which tests make cheap.
     """
+    if schedule_backups is None:
+        schedule_backups = database is None
     key = session_key(settings)
     state = WebState(
         settings=settings,
@@ -110,6 +115,7 @@ def create_app(
             if database is None:
                 state.database = await asyncio.to_thread(_open_database, settings)
                 stack.callback(state.database.dispose)
+            if schedule_backups:
                 backups = start_backup_scheduler(settings)
                 if backups is not None:
                     stack.callback(backups.shutdown, wait=False)
@@ -154,9 +160,18 @@ def max_body_bytes(settings: Settings) -> int:
     return settings.web_max_import_bytes + 64 * 1024
 
 
-def _open_database(settings: Settings) -> Database:
+def prepare_data_dir(settings: Settings) -> None:
+    """Check that an empty data dir has no backups on a target, then write instance.json.
+
+    Raises BackupError when the data dir is empty but a backup target stores
+    backups, so that a lost data dir never silently becomes a new instance.
+    """
     check_data_dir_at_start(settings, targets_from_settings(settings))
     load_or_create_instance(settings.data_dir)
+
+
+def _open_database(settings: Settings) -> Database:
+    prepare_data_dir(settings)
     database = open_database(database_url_from_settings(settings))
     # Backs up and migrates under the deployment-wide backup lock, so that instances
     # starting at once take one backup and run the migration once.

@@ -9,6 +9,7 @@ import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
 from llmcloud.auth.secret_key import SecretKeyError
+from llmcloud.backup.errors import BackupError
 from llmcloud.db import Database, database_url_from_settings, open_database
 from llmcloud.deploy.shared_keys import SharedKeyMismatchError, check_session_key
 from llmcloud.deploy.upgrade import UpgradeError, migrate_with_backup
@@ -16,7 +17,7 @@ from llmcloud.listen import ListenError, bind_socket
 from llmcloud.settings import ConfigError, Settings
 from llmcloud.tls.errors import TLSError
 from llmcloud.tls.serving import https_for, wrap_for_https
-from llmcloud.web.app import create_app
+from llmcloud.web.app import create_app, prepare_data_dir
 
 log = logging.getLogger("llmcloud.web")
 
@@ -30,7 +31,7 @@ def serve(settings: Settings) -> None:
     database = open_and_migrate(settings)
     try:
         check_session_key(database, settings)
-        app = create_app(settings, database=database)
+        app = create_app(settings, database=database, schedule_backups=True)
     except (OSError, SecretKeyError) as exc:
         database.dispose()
         raise StartupError(f"cannot read or create the session key: {exc}") from None
@@ -87,17 +88,22 @@ def freeze_startup_objects() -> None:
 def open_and_migrate(settings: Settings) -> Database:
     """Open the database and migrate it to the newest schema, or raise StartupError.
 
-    A database behind the newest schema is backed up before the migration.
+    Before the migration the data dir is checked and gets its instance.json
+    (`prepare_data_dir`), and a database behind the newest schema is backed up.
     """
     try:
         database = open_database(database_url_from_settings(settings))
     except ConfigError as exc:
         raise StartupError(str(exc)) from None
     try:
+        prepare_data_dir(settings)
         migrate_with_backup(settings, database)
     except UpgradeError as exc:
         database.dispose()
         raise StartupError(str(exc)) from None
+    except BackupError as exc:
+        database.dispose()
+        raise StartupError(exc.message) from None
     except SQLAlchemyError as exc:
         database.dispose()
         first_line = str(exc).strip().splitlines()[0]
