@@ -20,6 +20,14 @@ def test_init_ca_writes_key_with_mode_0600(ca: CAPaths) -> None:
     assert stat.S_IMODE(ca.key.stat().st_mode) == 0o600
 
 
+def test_init_ca_makes_secrets_folder_private(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    init_ca(data_dir, 3650)
+
+    assert stat.S_IMODE((data_dir / "secrets").stat().st_mode) == 0o700
+    assert stat.S_IMODE((data_dir / "certs").stat().st_mode) == 0o755
+
+
 def test_init_ca_makes_ca_certificate(ca: CAPaths) -> None:
     cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
     constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value

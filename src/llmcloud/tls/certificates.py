@@ -173,12 +173,26 @@ def chain_pem(chain: tuple[x509.Certificate, ...] | list[x509.Certificate]) -> b
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file with mode 0600, replacing any old one atomically."""
+    """Write a secret file with mode 0600, replacing any old one atomically.
+
+    Folders that do not exist yet, such as the data dir's secrets/, are created with mode 0700.
+    """
+    _make_private_folders(path.parent)
     _write_atomic(path, data, 0o600)
 
 
 def write_public(path: Path, data: bytes) -> None:
     _write_atomic(path, data, 0o644)
+
+
+def _make_private_folders(folder: Path) -> None:
+    # Path.mkdir(parents=True) gives the parents the default mode, so each is made in turn.
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        path.mkdir(mode=0o700, exist_ok=True)
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
