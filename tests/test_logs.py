@@ -64,3 +64,13 @@ def test_text_format_keeps_tabs_and_traceback(monkeypatch: pytest.MonkeyPatch) -
     assert "llmcloud.test: failed:\tcolumn ünïcode\n" in output
     assert "Traceback (most recent call last):\n" in output
     assert output.rstrip().endswith("ValueError: bad value")
+
+
+def test_text_format_keeps_uvicorn_traceback_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure_logging("INFO")
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+
+    logging.getLogger("uvicorn.error").error("Traceback (most recent call last):\n  File x")
+
+    assert stream.getvalue().endswith("Traceback (most recent call last):\n  File x\n")

@@ -49,10 +49,15 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class TextFormatter(logging.Formatter):
-    """`TEXT_FORMAT` lines whose message stays on one line; a traceback follows as usual."""
+    """`TEXT_FORMAT` lines in which an llmcloud message stays on one line.
+
+    A traceback still follows on its own lines. Messages of other loggers are
+    left as they are, because uvicorn passes whole tracebacks as the message.
+    """
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = escape_control_characters(record.message)
+        if record.name == "llmcloud" or record.name.startswith("llmcloud."):
+            record.message = escape_control_characters(record.message)
         return super().formatMessage(record)
 
 
