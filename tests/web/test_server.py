@@ -28,6 +28,15 @@ def test_serve_reports_unreachable_database(tmp_path: Path) -> None:
         serve(settings)
 
 
+def test_serve_rejects_invalid_backup_schedule(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, backup_verify_schedule="every night")
+
+    with pytest.raises(StartupError, match="invalid backup_verify_schedule 'every night'"):
+        serve(settings)
+
+    assert not (tmp_path / "llmcloud.db").exists()
+
+
 def test_open_and_migrate_creates_sqlite_schema(tmp_path: Path) -> None:
     database = open_and_migrate(Settings(data_dir=tmp_path))
     try:

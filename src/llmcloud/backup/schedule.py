@@ -44,6 +44,14 @@ def parse_cron(expression: str, setting: str) -> CronTrigger:
         ) from None
 
 
+def check_schedules(settings: Settings) -> None:
+    """Raise ConfigError naming backup_schedule or backup_verify_schedule when one is invalid."""
+    for setting in ("backup_schedule", "backup_verify_schedule"):
+        expression: str = getattr(settings, setting)
+        if expression.strip():
+            parse_cron(expression, setting)
+
+
 def start_backup_scheduler(settings: Settings) -> AsyncIOScheduler | None:
     """Start the backup and verify jobs on the running event loop; None when both are off.
 

@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from llmcloud.auth.secret_key import SecretKeyError
 from llmcloud.backup.errors import BackupError
+from llmcloud.backup.schedule import check_schedules
 from llmcloud.db import Database, database_url_from_settings, open_database
 from llmcloud.deploy.shared_keys import SharedKeyMismatchError, check_session_key
 from llmcloud.deploy.upgrade import UpgradeError, migrate_with_backup
@@ -28,6 +29,10 @@ class StartupError(Exception):
 
 def serve(settings: Settings) -> None:
     """Run the web app until interrupted."""
+    try:
+        check_schedules(settings)
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from None
     database = open_and_migrate(settings)
     try:
         check_session_key(database, settings)
