@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,3 +126,86 @@ def test_backend_list_error_names_item(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings()
     assert "gateway_backends[0].base_url" in str(caught.value)
+
+
+def run_llmcloud(
+    tmp_path: Path, env: dict[str, str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed `llmcloud` command in a clean environment with a home of its own."""
+    clean = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("LLMCLOUD_") and not key.startswith("XDG_")
+    }
+    clean.update(HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path / "config"), COLUMNS="200")
+    clean.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "llmcloud", *args],
+        env=clean,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_config_show_names_unknown_toml_key(tmp_path: Path) -> None:
+    config = tmp_path / "llmcloud.toml"
+    config.write_text('engine_prot = 1\nengine_token = "very-secret-token"\n')
+
+    result = run_llmcloud(tmp_path, {CONFIG_ENV: str(config)}, "config", "show")
+
+    assert result.returncode == 2
+    assert f"unknown setting 'engine_prot' in the config file {config}" in result.stderr
+    assert "remove it or fix the spelling" in result.stderr
+    assert "engine_port" in result.stderr
+    assert "LLMCLOUD_ENGINE_PROT" not in result.stderr
+    assert "very-secret-token" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_config_show_names_toml_syntax_error(tmp_path: Path) -> None:
+    config = tmp_path / "llmcloud.toml"
+    config.write_text("engine_port = 8000\nweb_port = \n")
+
+    result = run_llmcloud(tmp_path, {CONFIG_ENV: str(config)}, "config", "show")
+
+    assert result.returncode == 2
+    assert f"invalid TOML in the config file {config}" in result.stderr
+    assert "line 2, column 12" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_show_names_toml_file_of_invalid_value(tmp_path: Path) -> None:
+    config = tmp_path / "llmcloud.toml"
+    config.write_text('web_port = "http"\n')
+
+    result = run_llmcloud(tmp_path, {CONFIG_ENV: str(config)}, "config", "show")
+
+    assert result.returncode == 2
+    assert f"setting web_port (config file {config}) = 'http'" in result.stderr
+
+
+def test_config_show_explains_invalid_json_env(tmp_path: Path) -> None:
+    result = run_llmcloud(tmp_path, {"LLMCLOUD_BACKUP_TARGETS": "not a list"}, "config", "show")
+
+    assert result.returncode == 2
+    assert "LLMCLOUD_BACKUP_TARGETS" in result.stderr
+    assert "must be JSON" in result.stderr
+    assert """LLMCLOUD_BACKUP_TARGETS='["first", "second"]'""" in result.stderr
+    assert "EnvSettingsSource" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_json_env_shows_item_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMCLOUD_AUTH_OIDC_PROVIDERS", "[{")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert '[{"name": "...", "issuer": "...", "client_id": "..."}]' in str(caught.value)
+
+
+def test_invalid_json_env_hides_raw_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMCLOUD_GATEWAY_BACKENDS", '[{"name": "a", "api_key": "very-secret-key"')
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "LLMCLOUD_GATEWAY_BACKENDS: it must be JSON" in str(caught.value)
+    assert "very-secret-key" not in str(caught.value)

@@ -9,13 +9,15 @@ code, environment variables, the TOML file, the defaults.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -762,41 +764,131 @@ def _config_file_path() -> Path | None:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read the settings, turning validation errors into one readable ConfigError."""
+    """Read the settings, turning every invalid value into one readable ConfigError."""
+    config_file = _config_file_path()
+    file_keys = _read_config_keys(config_file) if config_file is not None else frozenset()
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe_validation_error(exc)) from None
+        raise ConfigError(_describe_validation_error(exc, config_file, file_keys)) from None
     except SettingsError as exc:
-        # Raised for a value that must be JSON in the environment, such as a list of backends.
-        raise ConfigError(f"invalid settings: {exc}; complex values must be valid JSON") from None
+        raise ConfigError(_describe_json_error(exc)) from None
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the config file: {exc}") from None
+        raise ConfigError(f"cannot read the config file {config_file}: {exc}") from None
 
 
-def _describe_validation_error(exc: ValidationError) -> str:
+def _read_config_keys(path: Path) -> frozenset[str]:
+    """Parse the TOML config file and return its top-level keys, for naming where errors are."""
+    try:
+        with path.open("rb") as file:
+            return frozenset(tomllib.load(file))
+    except tomllib.TOMLDecodeError as exc:
+        # The message of tomllib (Python 3.11) ends with "(at line L, column C)".
+        raise ConfigError(f"invalid TOML in the config file {path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc}") from None
+
+
+def _describe_validation_error(
+    exc: ValidationError, config_file: Path | None, file_keys: frozenset[str]
+) -> str:
     lines = []
     for error in exc.errors():
         setting = str(error["loc"][0]) if error["loc"] else "?"
+        if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
+            lines.append(_describe_unknown_setting(setting, config_file, file_keys))
+            continue
         path = setting + "".join(
             f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"][1:]
         )
-        value = error.get("input")
-        secret = setting in SECRET_SETTINGS or any("key" in str(part) for part in error["loc"])
-        if secret:
-            shown = "***"
-        elif isinstance(value, dict | list):
-            # A whole table may contain an API key, so only scalar values are shown.
-            shown = f"({type(value).__name__})"
-        else:
-            shown = repr(value)
-        env = f"{ENV_PREFIX}{setting.upper()}"
-        lines.append(f"setting {path} (env {env}) = {shown}: {error['msg']}")
+        source = _setting_source(setting, config_file, file_keys)
+        if _is_unparsed_json_env(setting, source, error):
+            # A list setting that is `| None` gets the raw string when its JSON is invalid, and
+            # that string may contain an API key, so it is not shown.
+            lines.append(_describe_invalid_json(setting))
+            continue
+        lines.append(f"setting {path}{source} = {_shown_value(setting, error)}: {error['msg']}")
     return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def _describe_unknown_setting(key: str, config_file: Path | None, file_keys: frozenset[str]) -> str:
+    where = f" in the config file {config_file}" if key in file_keys else ""
+    message = f"unknown setting {key!r}{where}; remove it or fix the spelling"
+    close = difflib.get_close_matches(key, Settings.model_fields, n=3)
+    if close:
+        message += " (did you mean " + " or ".join(close) + "?)"
+    return message
+
+
+def _setting_source(setting: str, config_file: Path | None, file_keys: frozenset[str]) -> str:
+    """Name where a value came from, in the order the sources are applied."""
+    env = f"{ENV_PREFIX}{setting.upper()}"
+    # Environment variable names are matched without regard to case, as pydantic-settings does.
+    if any(name.upper() == env for name in os.environ):
+        return f" (env {env})"
+    if setting in file_keys:
+        return f" (config file {config_file})"
+    return f" (env {env})" if setting in Settings.model_fields else ""
+
+
+def _is_unparsed_json_env(setting: str, source: str, error: Any) -> bool:
+    return (
+        setting in JSON_SETTINGS
+        and source.startswith(" (env ")
+        and len(error["loc"]) == 1
+        and isinstance(error.get("input"), str)
+    )
+
+
+def _shown_value(setting: str, error: Any) -> str:
+    value = error.get("input")
+    if setting in SECRET_SETTINGS or any("key" in str(part) for part in error["loc"]):
+        return "***"
+    if isinstance(value, dict | list):
+        # A whole table may contain an API key, so only scalar values are shown.
+        return f"({type(value).__name__})"
+    return repr(value)
+
+
+def _describe_json_error(exc: SettingsError) -> str:
+    """Explain a JSON-typed environment variable whose value is not valid JSON."""
+    match = re.search(r'field "(\w+)"', str(exc))
+    if match is None or match.group(1) not in Settings.model_fields:
+        return f"invalid settings: {exc}; list and table values must be valid JSON"
+    return _describe_invalid_json(match.group(1))
+
+
+def _describe_invalid_json(setting: str) -> str:
+    env = f"{ENV_PREFIX}{setting.upper()}"
+    return f"invalid value of {env}: it must be JSON, for example {env}='{_json_example(setting)}'"
+
+
+def _list_item_type(annotation: Any) -> Any | None:
+    """Return the item type of a list setting (also `list[...] | None`), or None for others."""
+    for candidate in (annotation, *get_args(annotation)):
+        if get_origin(candidate) is list:
+            return get_args(candidate)[0]
+    return None
+
+
+def _json_example(setting: str) -> str:
+    """Build an example JSON value of a list setting, from the type of its items."""
+    item_type = _list_item_type(Settings.model_fields[setting].annotation)
+    if isinstance(item_type, type) and issubclass(item_type, BaseModel):
+        required = [name for name, field in item_type.model_fields.items() if field.is_required()]
+        fields = ", ".join(f'"{name}": "..."' for name in required)
+        return f"[{{{fields}}}]"
+    return '["first", "second"]'
 
 
 SECRET_SETTINGS = frozenset(
     name for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation)
+)
+# Settings that an environment variable sets as JSON, because their type is a list.
+JSON_SETTINGS = frozenset(
+    name
+    for name, field in Settings.model_fields.items()
+    if _list_item_type(field.annotation) is not None
 )
 
 
