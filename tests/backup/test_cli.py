@@ -108,3 +108,13 @@ def test_cli_passphrase_run_and_restore(
     assert restored.exit_code == 0, restored.output
     assert f"which was at {config}" in restored.output
     assert (tmp_path / "new" / "llmcloud.toml.restored").read_text() == config.read_text()
+
+
+def test_cli_status_without_errors_prints_none(env: dict[str, str]) -> None:
+    result = CliRunner().invoke(app, ["backup", "status"])
+
+    lines = result.stdout.splitlines()
+    assert result.exit_code == 0, result.output
+    assert "last error: none" in lines
+    assert "last verify error: none" in lines
+    assert "last success at: never" in lines

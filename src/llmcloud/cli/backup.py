@@ -204,7 +204,14 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         typer.echo(json.dumps(document, indent=2))
         return
     for name, value in document.items():
-        typer.echo(f"{name.replace('_', ' ')}: {'never' if value is None else value}")
+        typer.echo(f"{name.replace('_', ' ')}: {_status_value(name, value)}")
+
+
+def _status_value(name: str, value: object) -> object:
+    """Return the text for one status field: an unset time is "never", other unset fields "none"."""
+    if value is not None:
+        return value
+    return "never" if name.endswith("_at") else "none"
 
 
 @app.command("export-key")
