@@ -49,7 +49,7 @@ from llmcloud.web import (
     proxy_pac,
 )
 from llmcloud.web.deps import WebState
-from llmcloud.web.errors import add_error_handlers
+from llmcloud.web.errors import UnexpectedErrorMiddleware, add_error_handlers
 from llmcloud.web.live import live_feed_for
 from llmcloud.web.middleware import (
     AccessLogMiddleware,
@@ -141,6 +141,7 @@ def create_app(
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     app.state.live = live_feed_for(redis_url)
     app.state.rate_limiter = rate_limiter_for(settings.web_chat_rate_limit, redis_url)
+    app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes(settings))
     app.add_middleware(AccessLogMiddleware)

@@ -5,13 +5,16 @@ Domain errors carry their HTTP status (`llmcloud.db.errors.ServiceError`,
 redirected to the log-in page, and one from a pending account to the
 waiting page. Every other error keeps its status and shows its message.
 Validation errors name the fields. A database on a full disk is answered with
-507 and a message for the admin. Anything unexpected is logged with its
-traceback and answered with a 500 that shows no internals.
+507 and a message for the admin. Anything unexpected is caught by
+`UnexpectedErrorMiddleware`, logged once with its traceback, route and a
+request id, and gets a 500 response that shows only that id. The error is not
+re-raised, so the server does not log it a second time.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
@@ -19,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmcloud.auth.errors import AccountPending, ServiceError, Unauthorized
 from llmcloud.gateway import GatewayError, ServiceUnavailable
@@ -42,7 +46,6 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(OperationalError, _database_error)
-    app.add_exception_handler(Exception, _unexpected_error)
 
 
 def error_response(
@@ -124,8 +127,51 @@ def _storage_full(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.error("%s %s raised", request.method, request.url.path, exc_info=exc)
-    return error_response(request, 500, "internal error; the server log has the details")
+    request_id = uuid.uuid4().hex[:12]
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    log.error(
+        "%s %s (route %s) failed, request id %s",
+        request.method,
+        request.url.path,
+        route,
+        request_id,
+        exc_info=exc,
+    )
+    message = f"internal error (request id {request_id}); the server log has the details"
+    return error_response(request, 500, message)
+
+
+class UnexpectedErrorMiddleware:
+    """Log an exception that no handler took, once, and send a 500 response for it.
+
+    Starlette's handler for `Exception` runs in its outermost middleware and then
+    re-raises, so uvicorn would log the same error a second time. This middleware sits
+    inside the access log and metrics middleware, so they record the 500.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            request = Request(scope)
+            response = await _unexpected_error(request, exc)
+            # NOTE: once the headers are sent, the status cannot change, so the client sees
+            # the response cut short; the error is still logged once above.
+            if not response_started:
+                await response(scope, receive, send)
 
 
 def _is_page_request(request: Request) -> bool:
