@@ -282,13 +282,59 @@ def test_send_while_answering_gets_error(admin: TestClient, fake_backend: FakeBa
     assert [message.content for message in saved_messages(admin, chat_id)] == ["Hello", "Hello"]
 
 
-def test_unknown_model_gets_error_and_keeps_prompt(admin: TestClient) -> None:
+def chat_model(client: TestClient, chat_id: str) -> str | None:
+    state = state_of(client)
+    user = find_account(state.db, "admin")
+    assert user is not None
+    return chats.get_chat(state.db, user.id, chat_id).model
+
+
+def test_unknown_model_rejected_before_saving(admin: TestClient) -> None:
     chat_id = new_chat(admin)
+    model_before = chat_model(admin, chat_id)
     with connect(admin, chat_id) as socket:
         send_prompt(socket, "Hello", model="no-such-model")
-        error = receive_until(socket, "error")[-1]
+        error = socket.receive_json()
+    assert error["type"] == "error"
     assert "model 'no-such-model' not found" in error["message"]
-    assert [message.content for message in saved_messages(admin, chat_id)] == ["Hello"]
+    assert f"pick one of: {FAKE_MODEL}" in error["message"]
+    assert saved_messages(admin, chat_id) == []
+    assert chat_model(admin, chat_id) == model_before
+    assert "no-such-model" not in admin.get(f"/chats/{chat_id}").text
+
+
+def test_regenerate_unknown_model_keeps_answer(admin: TestClient) -> None:
+    chat_id = new_chat(admin)
+    with connect(admin, chat_id) as socket:
+        send_prompt(socket, "Hello")
+        receive_until(socket, "done")
+        socket.send_text('{"type": "regenerate", "model": "no-such-model"}')
+        error = socket.receive_json()
+        messages_after_error = [message.content for message in saved_messages(admin, chat_id)]
+        socket.send_text('{"type": "regenerate"}')
+        regenerated = receive_until(socket, "done", "error")[-1]
+    assert error["type"] == "error"
+    assert "model 'no-such-model' not found" in error["message"]
+    assert messages_after_error == ["Hello", "Hello, world!"]
+    assert regenerated["type"] == "done"
+    assert chat_model(admin, chat_id) == FAKE_MODEL
+
+
+def test_model_of_unlisted_backend_is_tried(
+    make_client: Callable[..., TestClient], fake_backend: FakeBackend
+) -> None:
+    backends = [
+        {"name": "fake", "kind": "openai", "base_url": fake_backend.url},
+        {"name": "down", "kind": "openai", "base_url": "http://127.0.0.1:9"},
+    ]
+    client = make_client(gateway_backends=backends)
+    sign_up(client, "admin")
+    chat_id = new_chat(client)
+    with connect(client, chat_id) as socket:
+        send_prompt(socket, "Hello", model="only-on-down")
+        error = receive_until(socket, "error")[-1]
+    assert "has not returned a model list yet" in error["message"]
+    assert [message.content for message in saved_messages(client, chat_id)] == ["Hello"]
 
 
 def test_full_queue_answers_busy_at_once(

@@ -19,10 +19,11 @@ From the server, while an answer is generated:
     {"type": "title", "title": "..."}          the chat was named after its first prompt
 
 `html` is the whole answer rendered as sanitised Markdown, which replaces
-the streamed text. A malformed message gets an `error` and the socket
-stays open. The session is checked again with every prompt, so a logged-out
-or deactivated account gets an error and the socket closes with code 4401
-(4403 for a pending account, 4404 for a chat that is not the account's).
+the streamed text. A malformed message, or a model that no backend lists,
+gets an `error` before anything is saved, and the socket stays open. The
+session is checked again with every prompt, so a logged-out or deactivated
+account gets an error and the socket closes with code 4401 (4403 for a
+pending account, 4404 for a chat that is not the account's).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from starlette.websockets import WebSocketDisconnect
 from llmcloud.auth.errors import CsrfFailed, ServiceError
 from llmcloud.db import chats
 from llmcloud.db.models import MessageRole
+from llmcloud.gateway import GatewayStatus, UnknownModel
 from llmcloud.web.chat_stream import DISCONNECTED, AnswerStream, stopped_message
 from llmcloud.web.deps import WebState, current_session, web_state
 from llmcloud.web.live import Publisher
@@ -152,6 +154,8 @@ class ChatConversation:
             await self._error(describe_validation_error(exc))
         except InvalidClientMessage as exc:
             await self._error(str(exc))
+        except UnknownModel as exc:
+            await self._error(exc.message)
         except ServiceError as exc:
             await self._error(exc.message)
             if exc.status_code in (401, 403):
@@ -165,6 +169,7 @@ class ChatConversation:
         if not model:
             raise InvalidClientMessage("field model is empty; pick a model in the model picker")
         await asyncio.to_thread(self._check_session)
+        check_model_listed(self.state.models.status(), model)
         await self.websocket.app.state.rate_limiter.hit(f"chat:{self.user_id}")
 
         chat = await asyncio.to_thread(chats.get_chat, self.state.db, self.user_id, self.chat_id)
@@ -188,6 +193,7 @@ class ChatConversation:
         if not model:
             raise InvalidClientMessage("no model to regenerate with; pick one in the model picker")
         chats.validate_model_name(model)
+        check_model_listed(self.state.models.status(), model)
 
         messages = await asyncio.to_thread(
             chats.list_messages, self.state.db, self.user_id, self.chat_id
@@ -279,6 +285,27 @@ def parse_client_message(text: str, max_prompt_length: int) -> dict[str, Any]:
             f"message type {shown} is unknown; expected send, stop or regenerate"
         )
     return data
+
+
+def check_model_listed(status: GatewayStatus, model: str) -> None:
+    """Raise UnknownModel when every enabled backend has returned a model list without `model`.
+
+    While no backend is enabled, or one has not returned a model list yet, the
+    model may still exist, so the check passes and the gateway reports the
+    outage on the answer instead.
+    """
+    enabled = [backend for backend in status.backends if backend.enabled]
+    if not enabled:
+        return
+    for backend in enabled:
+        # Ollama reads a name without a tag as NAME:latest.
+        alias = f"{model}:latest" if backend.kind == "ollama" and ":" not in model else model
+        if model in backend.models or alias in backend.models:
+            return
+    if any(not backend.healthy and not backend.models for backend in enabled):
+        return
+    known = sorted({name for backend in enabled for name in backend.models})
+    raise UnknownModel(model, known)
 
 
 def check_prompt(content: str, max_length: int) -> str:
