@@ -98,6 +98,7 @@ def for_guests(guest: Expected, member: Expected) -> dict[str, Expected]:
 TABLE: dict[tuple[str, str], dict[str, Expected]] = {
     ("GET", "/static"): everyone(200),
     ("GET", "/healthz"): everyone(200),
+    ("GET", "/favicon.ico"): everyone(200),
     ("GET", "/readyz"): everyone(200),
     ("GET", "/"): for_guests(LOGIN, 303),
     ("GET", "/login"): for_guests(200, 303),

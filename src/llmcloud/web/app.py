@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from argon2 import PasswordHasher
 from fastapi import APIRouter, FastAPI
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
@@ -151,9 +152,19 @@ def create_app(
     app.state.metrics = AppRegistry()
     app.include_router(metrics_router(settings, app.state.metrics))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # Browsers request /favicon.ico on every page that links no icon, such as JSON responses.
+    app.add_api_route("/favicon.ico", _favicon, include_in_schema=False)
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+async def _favicon() -> FileResponse:
+    return FileResponse(
+        STATIC_DIR / "favicon.ico",
+        media_type="image/x-icon",
+        headers={"Cache-Control": "public, max-age=86400"},
+    )
 
 
 def max_body_bytes(settings: Settings) -> int:
