@@ -579,6 +579,11 @@ class Settings(BaseSettings):
         "through an SSH tunnel, or an address on the private network.",
     )
     socks_port: int = Field(1080, ge=1, le=65535, description="TCP port of the SOCKS5 proxy.")
+    socks_in_up: bool = Field(
+        True,
+        description="Whether `llmcloud up` also starts the SOCKS5 proxy, on socks_host and "
+        "socks_port. False leaves the proxy off, or to `llmcloud socks serve`.",
+    )
     socks_allow: list[str] = Field(
         default_factory=list,
         description="Destinations the SOCKS proxy may connect to, each `HOST` or `HOST:PORTS`: "

@@ -1,7 +1,12 @@
-"""`llmcloud up` as a real process: start-up, the printed URL, clean stops, a dying part."""
+"""`llmcloud up` as a real process: start-up, the printed URL, clean stops, a dying part.
+
+Every test passes free loopback ports for the engine, the web app and the SOCKS proxy, because
+the default ports may be taken on the machine that runs the tests.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -9,14 +14,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
+from llmcloud.socks.protocol import Reply
+
 STARTUP_SECONDS = 120
+ADMIN = "alice"
+PASSWORD = "correct horse battery"
 
 
 def free_port() -> int:
@@ -31,6 +40,7 @@ class UpProcess:
     process: subprocess.Popen[str]
     web_port: int
     engine_port: int
+    socks_port: int
     output: list[str]
     data_dir: Path
 
@@ -67,40 +77,93 @@ class UpProcess:
                 return int(entry.name)
         raise AssertionError(f"no child process runs `llmcloud {command}`")
 
+    def child_pids(self) -> list[int]:
+        """Return the pids of all child processes of `up`."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and _parent_pid(entry) == self.process.pid:
+                pids.append(int(entry.name))
+        return pids
+
+    def sign_up_admin(self) -> None:
+        """Create the first account through the web app's sign-up form; it becomes the admin."""
+        form = {"username": ADMIN, "password": PASSWORD, "password_confirm": PASSWORD}
+        response = httpx.post(
+            self.url + "/signup",
+            data=form,
+            headers={"Origin": self.url},
+            verify=str(self.data_dir / "certs" / "ca.pem"),
+        )
+        assert response.status_code == 303, response.text
+
+
+def _parent_pid(proc_entry: Path) -> int | None:
+    try:
+        status = (proc_entry / "status").read_text()
+    except OSError:
+        return None
+    line = next(line for line in status.splitlines() if line.startswith("PPid:"))
+    return int(line.split()[1])
+
+
+StartUp = Callable[..., UpProcess]
+
 
 @pytest.fixture
-def running_up(tmp_path: Path) -> Iterator[UpProcess]:
-    web_port, engine_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "LLMCLOUD_DATA_DIR": str(tmp_path / "data"),
-        "XDG_CONFIG_HOME": str(tmp_path / "config"),
-        "LLMCLOUD_ENGINE_THREADS": "2",
-    }
-    command = [sys.executable, "-m", "llmcloud", "up", "--port", str(web_port)]
-    process = subprocess.Popen(
-        [*command, "--engine-port", str(engine_port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    output: list[str] = []
-    assert process.stdout is not None
-    reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)  # type: ignore[arg-type]
-    reader.start()
-    up = UpProcess(process, web_port, engine_port, output, tmp_path / "data")
-    yield up
+def start_up(tmp_path: Path) -> Iterator[StartUp]:
+    """A factory that starts `llmcloud up`, on free ports unless given; other keyword arguments
+    become LLMCLOUD_* environment variables, such as socks_in_up="false"."""
+    processes: list[subprocess.Popen[str]] = []
+
+    def start(
+        web_port: int | None = None,
+        engine_port: int | None = None,
+        socks_port: int | None = None,
+        **settings: str,
+    ) -> UpProcess:
+        web_port = web_port or free_port()
+        engine_port = engine_port or free_port()
+        socks_port = socks_port or free_port()
+        env = {
+            **os.environ,
+            "LLMCLOUD_DATA_DIR": str(tmp_path / "data"),
+            "XDG_CONFIG_HOME": str(tmp_path / "config"),
+            "LLMCLOUD_ENGINE_THREADS": "2",
+            "LLMCLOUD_SOCKS_PORT": str(socks_port),
+            **{f"LLMCLOUD_{name.upper()}": value for name, value in settings.items()},
+        }
+        command = [sys.executable, "-m", "llmcloud", "up", "--port", str(web_port)]
+        process = subprocess.Popen(
+            [*command, "--engine-port", str(engine_port)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        processes.append(process)
+        output: list[str] = []
+        assert process.stdout is not None
+        reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)  # type: ignore[arg-type]
+        reader.start()
+        return UpProcess(process, web_port, engine_port, socks_port, output, tmp_path / "data")
+
+    yield start
     # Stop `up` the way an operator would, so that it stops its children; if it hangs, kill its
-    # whole process group, children included, so that no engine or web app outlives the test.
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    # whole process group, children included, so that no child outlives the test.
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture
+def running_up(start_up: StartUp) -> UpProcess:
+    return start_up()
 
 
 def is_listening(port: int) -> bool:
@@ -108,9 +171,17 @@ def is_listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_up_prints_url_and_first_step(running_up: UpProcess) -> None:
-    running_up.wait_for_line("create the first account")
-    assert any(f"running at {running_up.url}" in line for line in running_up.output)
+def test_up_prints_addresses_and_first_steps(running_up: UpProcess) -> None:
+    running_up.wait_for_line("Press Ctrl-C")
+    printed = "".join(running_up.output)
+    socks_port = running_up.socks_port
+    assert f"running at {running_up.url}" in printed
+    assert "create the first account" in printed
+    assert f"listens on 127.0.0.1:{socks_port}" in printed
+    assert "accounts with role admin" in printed
+    assert "allows no destination until you list the internal hosts in socks_allow" in printed
+    assert f"ssh -L {socks_port}:127.0.0.1:{socks_port}" in printed
+    assert f"{running_up.url}/proxy.pac" in printed
 
 
 def test_up_serves_web_app_and_engine(running_up: UpProcess) -> None:
@@ -123,15 +194,152 @@ def test_up_serves_web_app_and_engine(running_up: UpProcess) -> None:
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_up_stops_cleanly_on_signal(running_up: UpProcess, stop_signal: signal.Signals) -> None:
     running_up.wait_for_line("Press Ctrl-C")
+    children = running_up.child_pids()
+    assert len(children) == 3
+
     running_up.process.send_signal(stop_signal)
+
     assert running_up.process.wait(timeout=60) == 0
     assert not is_listening(running_up.web_port)
     assert not is_listening(running_up.engine_port)
+    assert not is_listening(running_up.socks_port)
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists(), f"child {pid} still runs"
 
 
-def test_up_exits_naming_dead_engine(running_up: UpProcess) -> None:
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        ("engine", "the engine exited unexpectedly"),
+        ("socks", "the SOCKS proxy exited unexpectedly"),
+    ],
+)
+def test_up_exits_naming_dead_part(running_up: UpProcess, command: str, message: str) -> None:
     running_up.wait_for_line("Press Ctrl-C")
-    os.kill(running_up.child_pid("engine"), signal.SIGKILL)
+    os.kill(running_up.child_pid(command), signal.SIGKILL)
     assert running_up.process.wait(timeout=60) == 1
-    running_up.wait_for_line("the engine exited unexpectedly", seconds=5)
+    running_up.wait_for_line(message, seconds=5)
     assert not is_listening(running_up.web_port)
+
+
+@pytest.mark.parametrize(
+    ("setting", "remedy"),
+    [
+        ("web_port", "pick another port with --port (setting web_port)"),
+        ("engine_port", "pick another port with --engine-port (setting engine_port)"),
+        ("socks_port", "set socks_port to a free port, or socks_in_up to false"),
+    ],
+)
+def test_up_rejects_port_in_use(start_up: StartUp, setting: str, remedy: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as other_program:
+        busy_port = other_program.getsockname()[1]
+        up = start_up(**{setting: busy_port})
+        assert up.process.wait(timeout=60) == 2
+    up.wait_for_line(f"port {busy_port} on 127.0.0.1 is already in use", seconds=5)
+    up.wait_for_line(remedy, seconds=5)
+    assert not is_listening(up.engine_port)
+
+
+def test_up_socks_proxies_for_admin(start_up: StartUp) -> None:
+    with EchoServer() as destination:
+        up = start_up(socks_allow=json.dumps([f"127.0.0.1:{destination.port}"]))
+        up.wait_for_line("Press Ctrl-C")
+        assert socks_greeting(up.socks_port) == bytes([5, 2])
+        assert socks_login(up.socks_port) is None
+
+        up.sign_up_admin()
+        client = socks_login(up.socks_port)
+        assert client is not None
+        with client:
+            assert socks_connect(client, "127.0.0.1", destination.port) == Reply.SUCCEEDED
+            client.sendall(b"ping")
+            assert receive_exactly(client, 4) == b"ping"
+
+        denied = socks_login(up.socks_port)
+        assert denied is not None
+        with denied:
+            reply = socks_connect(denied, "127.0.0.1", up.web_port)
+            assert reply == Reply.NOT_ALLOWED_BY_RULESET
+
+
+def test_up_socks_empty_allow_list_denies(running_up: UpProcess) -> None:
+    running_up.wait_for_line("Press Ctrl-C")
+    running_up.sign_up_admin()
+    client = socks_login(running_up.socks_port)
+    assert client is not None
+    with client:
+        reply = socks_connect(client, "127.0.0.1", running_up.web_port)
+        assert reply == Reply.NOT_ALLOWED_BY_RULESET
+
+
+def test_up_without_socks_starts_no_proxy(start_up: StartUp) -> None:
+    up = start_up(socks_in_up="false")
+    up.wait_for_line("Press Ctrl-C")
+    printed = "".join(up.output)
+    assert len(up.child_pids()) == 2
+    assert not is_listening(up.socks_port)
+    assert "SOCKS proxy listening" not in printed
+    assert "SOCKS5 proxy for admins" not in printed
+
+
+class EchoServer:
+    """A loopback TCP server that sends every byte back, as the proxy's destination."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> EchoServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.listener.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            with connection:
+                while data := connection.recv(65536):
+                    connection.sendall(data)
+
+
+def receive_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, f"the connection closed after {data!r}"
+        data += chunk
+    return data
+
+
+def socks_greeting(port: int) -> bytes:
+    """Send a SOCKS5 greeting offering username/password and return the method selection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(bytes([5, 1, 2]))
+        return receive_exactly(client, 2)
+
+
+def socks_login(port: int, username: str = ADMIN, password: str = PASSWORD) -> socket.socket | None:
+    """Log in to the proxy (RFC 1929); return the connection, or None when the login failed."""
+    client = socket.create_connection(("127.0.0.1", port), timeout=10)
+    client.sendall(bytes([5, 1, 2]))
+    assert receive_exactly(client, 2) == bytes([5, 2])
+    user, secret = username.encode(), password.encode()
+    client.sendall(bytes([1, len(user)]) + user + bytes([len(secret)]) + secret)
+    status = receive_exactly(client, 2)
+    if status == bytes([1, 0]):
+        return client
+    client.close()
+    return None
+
+
+def socks_connect(client: socket.socket, host: str, port: int) -> int:
+    """Send a CONNECT request for an IPv4 destination and return the reply code."""
+    client.sendall(bytes([5, 1, 0, 1]) + socket.inet_aton(host) + port.to_bytes(2, "big"))
+    reply = receive_exactly(client, 10)
+    return reply[1]

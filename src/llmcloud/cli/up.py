@@ -1,14 +1,17 @@
-"""`llmcloud up`: run the engine and the web app together on one machine.
+"""`llmcloud up`: run the engine, the web app and the SOCKS proxy together on one machine.
 
-A small supervisor starts `llmcloud engine` and then `llmcloud web` as
-child processes with the same settings, the web app's gateway pointing at
-the local engine. It waits for each one's /healthz before starting the
-next, prints the URL, and on SIGINT or SIGTERM stops them in reverse order:
-SIGTERM, then SIGKILL for a child still running after the stop timeout.
-When a child exits on its own, the others are stopped and `up` exits with
-status 1, naming the part that died. The children run in their own process
-group, so a Ctrl-C in the terminal reaches only the supervisor, which then
-stops them in order.
+A small supervisor starts `llmcloud engine`, `llmcloud web` and, unless
+socks_in_up is false, `llmcloud socks serve` as child processes with the
+same settings, the web app's gateway pointing at the local engine. Before
+starting any, it checks that their ports are free. It waits for each one to
+pass its readiness probe (/healthz, or a SOCKS5 greeting) before starting
+the next, so the proxy starts after the web app has migrated the database
+whose accounts it checks. Then it prints the addresses, and on SIGINT or SIGTERM stops the
+children in reverse order: SIGTERM, then SIGKILL for a child still running
+after the stop timeout. When a child exits on its own, the others are
+stopped and `up` exits with status 1, naming the part that died. The
+children run in their own process group, so a Ctrl-C in the terminal
+reaches only the supervisor, which then stops them in order.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
-import httpx
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
 from llmcloud.auth.account_stats import count_accounts
 from llmcloud.cli.common import fail, settings_or_exit
+from llmcloud.cli.up_checks import HealthEndpoint, Listener, ReadinessProbe, SocksGreeting
 from llmcloud.db import database_url_from_settings, open_database
 from llmcloud.settings import ConfigError, Settings
 from llmcloud.tls.errors import TLSError
@@ -53,12 +56,16 @@ def up(
         None, help="TCP port of the engine (setting engine_port)."
     ),
 ) -> None:
-    """Start the engine and the web app with the bundled model; Ctrl-C stops both."""
+    """Start the engine, the web app and the SOCKS proxy; Ctrl-C stops them all."""
     settings = settings_or_exit(web_port=port, engine_port=engine_port)
     try:
         parts = parts_for(settings)
     except TLSError as exc:
         fail(exc.message, code=2)
+    for part in parts:
+        for listener in part.listeners:
+            if message := listener.in_use_message(part.name):
+                fail(message, code=2)
     supervisor = Supervisor(parts)
     code = supervisor.run(on_ready=lambda: print_welcome(settings))
     if supervisor.failure:
@@ -68,17 +75,18 @@ def up(
 
 @dataclass
 class Part:
-    """One child process: its name for messages, its command, extra environment and health URL."""
+    """One child process: its name for messages, command, extra environment, ports and probe."""
 
     name: str
     argv: list[str]
     env: dict[str, str]
-    health_url: str
+    listeners: list[Listener]
+    readiness: ReadinessProbe
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
 
 def parts_for(settings: Settings) -> list[Part]:
-    """Return the engine and the web app, in start order, sharing the data dir."""
+    """Return the engine, the web app and the SOCKS proxy, in start order, sharing the data dir."""
     engine_base = f"http://{_client_host(settings.engine_host)}:{settings.engine_port}"
     common = {"LLMCLOUD_DATA_DIR": str(settings.data_dir)}
     command = [sys.executable, "-m", "llmcloud"]
@@ -90,7 +98,14 @@ def parts_for(settings: Settings) -> list[Part]:
             "LLMCLOUD_ENGINE_HOST": settings.engine_host,
             "LLMCLOUD_ENGINE_PORT": str(settings.engine_port),
         },
-        health_url=f"{engine_base}/healthz",
+        listeners=[
+            Listener(
+                settings.engine_host,
+                settings.engine_port,
+                "pick another port with --engine-port (setting engine_port)",
+            )
+        ],
+        readiness=HealthEndpoint(f"{engine_base}/healthz"),
     )
     web = Part(
         name="web app",
@@ -103,9 +118,51 @@ def parts_for(settings: Settings) -> list[Part]:
             **web_certificate_env(settings),
             **socks_metrics_env(settings),
         },
-        health_url=f"https://{_client_host(settings.web_host)}:{settings.web_port}/healthz",
+        listeners=web_listeners(settings),
+        readiness=HealthEndpoint(
+            f"https://{_client_host(settings.web_host)}:{settings.web_port}/healthz"
+        ),
     )
-    return [engine, web]
+    if not settings.socks_in_up:
+        return [engine, web]
+    return [engine, web, socks_part(settings, command, common)]
+
+
+def web_listeners(settings: Settings) -> list[Listener]:
+    listeners = [
+        Listener(
+            settings.web_host, settings.web_port, "pick another port with --port (setting web_port)"
+        )
+    ]
+    if settings.tls_http_port is not None:
+        remedy = "set tls_http_port to a free port, or unset it"
+        listeners.append(Listener(settings.web_host, settings.tls_http_port, remedy))
+    return listeners
+
+
+def socks_part(settings: Settings, command: list[str], common: dict[str, str]) -> Part:
+    """Return the SOCKS proxy, which reads its allow list and limits from the same settings."""
+    listeners = [
+        Listener(
+            settings.socks_host,
+            settings.socks_port,
+            "set socks_port to a free port, or socks_in_up to false to start without the proxy",
+        )
+    ]
+    if settings.socks_metrics_port is not None:
+        remedy = "set socks_metrics_port to a free port, or unset it"
+        listeners.append(Listener(settings.socks_host, settings.socks_metrics_port, remedy))
+    return Part(
+        name="SOCKS proxy",
+        argv=[*command, "socks", "serve"],
+        env={
+            **common,
+            "LLMCLOUD_SOCKS_HOST": settings.socks_host,
+            "LLMCLOUD_SOCKS_PORT": str(settings.socks_port),
+        },
+        listeners=listeners,
+        readiness=SocksGreeting(_client_host(settings.socks_host), settings.socks_port),
+    )
 
 
 def web_url(settings: Settings) -> str:
@@ -123,8 +180,9 @@ def web_certificate_env(settings: Settings) -> dict[str, str]:
 def socks_metrics_env(settings: Settings) -> dict[str, str]:
     """Point the web app's monitoring at the SOCKS proxy's /metrics, when the proxy serves one.
 
-    `up` does not start the proxy; one started from the same settings (`llmcloud socks serve`,
-    or the llmcloud-socks systemd unit) serves /metrics on socks_metrics_port.
+    A proxy started from the same settings serves /metrics on socks_metrics_port: the one that
+    `up` starts, or with socks_in_up false one run by `llmcloud socks serve` or the
+    llmcloud-socks systemd unit.
     """
     if settings.monitoring_socks_metrics_url or settings.socks_metrics_port is None:
         return {}
@@ -143,7 +201,37 @@ def print_welcome(settings: Settings) -> None:
             "Browsers warn about its certificate until they trust the internal CA: "
             "import the file that `llmcloud certs export-ca` prints."
         )
+    if settings.socks_in_up:
+        print_socks_welcome(settings)
     typer.echo("Press Ctrl-C to stop.")
+
+
+def print_socks_welcome(settings: Settings) -> None:
+    from llmcloud.socks.service import config_from_settings
+
+    config = config_from_settings(settings)
+    address = f"{settings.socks_host}:{settings.socks_port}"
+    if config.allow_no_auth and config.listens_on_loopback:
+        login = "it accepts clients without a login (socks_allow_no_auth)"
+    else:
+        roles = ", ".join(settings.socks_roles)
+        noun = "role" if len(settings.socks_roles) == 1 else "roles"
+        login = f"it takes the logins of accounts with {noun} {roles}"
+    typer.echo(f"The SOCKS5 proxy for admins listens on {address}; {login}.")
+    if not config.allow_list.rules:
+        typer.echo(
+            "It allows no destination until you list the internal hosts in socks_allow, "
+            'such as socks_allow = ["10.0.0.0/8:443"] in llmcloud.toml.'
+        )
+    if config.listens_on_loopback:
+        forward = f"{settings.socks_port}:{_client_host(settings.socks_host)}:{settings.socks_port}"
+        route = f"through an SSH tunnel to this machine (ssh -L {forward} USER@HOST)"
+    else:
+        route = "over the private network"
+    typer.echo(
+        f"Admins reach it {route}, and browsers take {web_url(settings)}/proxy.pac as their "
+        "proxy auto-config URL; docs/socks-proxy.md says more."
+    )
 
 
 def _has_accounts(settings: Settings) -> bool:
@@ -214,21 +302,19 @@ class Supervisor:
 
     def _wait_healthy(self, part: Part) -> bool:
         deadline = time.monotonic() + self.startup_timeout
-        # The probe reaches a child on loopback, whose certificate may name a public host.
-        with httpx.Client(timeout=2.0, verify=False) as client:  # noqa: S501
-            while not self.stop_requested.is_set():
-                if self._died(part):
-                    return False
-                if _is_healthy(client, part.health_url):
-                    log.info("the %s is up (%s)", part.name, part.health_url)
-                    return True
-                if time.monotonic() > deadline:
-                    self.failure = (
-                        f"the {part.name} did not answer {part.health_url} within "
-                        f"{self.startup_timeout:.0f} s; see its log above"
-                    )
-                    return False
-                self.stop_requested.wait(POLL_SECONDS)
+        while not self.stop_requested.is_set():
+            if self._died(part):
+                return False
+            if part.readiness.passes():
+                log.info("the %s is up (%s)", part.name, part.readiness.target)
+                return True
+            if time.monotonic() > deadline:
+                self.failure = (
+                    f"the {part.name} did not answer {part.readiness.target} within "
+                    f"{self.startup_timeout:.0f} s; see its log above"
+                )
+                return False
+            self.stop_requested.wait(POLL_SECONDS)
         return False
 
     def _watch(self) -> None:
@@ -267,13 +353,6 @@ class Supervisor:
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _is_healthy(client: httpx.Client, url: str) -> bool:
-    try:
-        return client.get(url).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def _client_host(host: str) -> str:
     """Return an address that reaches a server listening on `host` from this machine."""
     if host in ("0.0.0.0", ""):
@@ -288,8 +367,8 @@ def _client_host(host: str) -> str:
 def _stop_with_parent() -> None:
     """Ask Linux to send SIGTERM to this child when `up` dies, even by SIGKILL.
 
-    Without it a killed supervisor leaves the engine and web app running and holding their
-    ports. PR_SET_PDEATHSIG is option 1 of prctl(2).
+    Without it a killed supervisor leaves its children running and holding their ports.
+    PR_SET_PDEATHSIG is option 1 of prctl(2).
     """
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGTERM)
