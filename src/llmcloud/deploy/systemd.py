@@ -92,7 +92,7 @@ _PARTS = (
     ),
     _Part(
         unit="llmcloud-up.service",
-        description="llmcloud on one machine (engine and web app)",
+        description="llmcloud on one machine (engine, web app and SOCKS proxy)",
         arguments="up",
         after="network-online.target",
         private_devices=False,
