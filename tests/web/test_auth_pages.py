@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 
+import pytest
 import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
@@ -228,3 +230,39 @@ def test_admin_page_dependency_rejects_users(
     sign_up(user, "bob")
     assert admin.get("/admin-probe").json() == {"user": "admin"}
     assert user.get("/admin-probe").status_code == 403
+
+
+@pytest.mark.parametrize("path", ["/login", "/signup"])
+def test_json_body_rejected_as_not_form(client: TestClient, path: str) -> None:
+    sign_up(client, "admin")
+    client.cookies.clear()
+
+    response = client.post(path, json={"username": "admin", "password": PASSWORD})
+    text = html.unescape(response.text)
+
+    assert response.status_code == 415
+    assert "unsupported content type 'application/json'" in text
+    assert "application/x-www-form-urlencoded or multipart/form-data" in text
+    assert "invalid username or password" not in text
+
+
+def test_json_body_error_is_json_for_api_clients(client: TestClient) -> None:
+    response = client.post(
+        "/login",
+        json={"username": "admin", "password": PASSWORD},
+        headers={"Accept": "application/json"},
+    )
+
+    assert response.status_code == 415
+    assert response.json()["error"].startswith("unsupported content type 'application/json'")
+
+
+def test_multipart_login_accepted(client: TestClient) -> None:
+    sign_up(client, "admin")
+    client.cookies.clear()
+
+    response = client.post(
+        "/login", data={"username": "admin", "password": PASSWORD}, files={"unused": b""}
+    )
+
+    assert response.status_code == 303

@@ -23,7 +23,13 @@ from llmcloud.auth.providers import configured_providers
 from llmcloud.auth.sessions import create_session, delete_session
 from llmcloud.db.models import Outcome, Role, User
 from llmcloud.monitoring.metrics import logins
-from llmcloud.web.deps import CsrfChecked, SameOriginChecked, State, optional_session
+from llmcloud.web.deps import (
+    CsrfChecked,
+    FormBody,
+    SameOriginChecked,
+    State,
+    optional_session,
+)
 from llmcloud.web.security import (
     PENDING_COOKIE,
     SESSION_COOKIE,
@@ -61,7 +67,7 @@ def login_page(request: Request, state: State, next: str = HOME) -> Response:
     return render(request, "login.html", _login_context(state, safe_next(next), username=""))
 
 
-@router.post("/login", dependencies=[SameOriginChecked])
+@router.post("/login", dependencies=[SameOriginChecked, FormBody])
 def log_in(
     request: Request,
     state: State,
@@ -97,7 +103,7 @@ def signup_page(request: Request, state: State) -> Response:
     return render(request, "signup.html", _signup_context(state, username="", email=""))
 
 
-@router.post("/signup", dependencies=[SameOriginChecked])
+@router.post("/signup", dependencies=[SameOriginChecked, FormBody])
 def sign_up_submit(
     request: Request,
     state: State,

@@ -14,7 +14,8 @@ which the error handlers turn into a redirect to the login page or an error
 page. `AdminUser` also raises Forbidden for anyone but an admin.
 `CsrfChecked` checks the Origin or Referer header and the session's CSRF
 token. `SameOriginChecked` checks only the header, for the log-in and
-sign-up forms, which have no session yet.
+sign-up forms, which have no session yet. `FormBody` rejects a body that is
+not form data with 415, where the form's fields would otherwise read as empty.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Annotated, Any
 
 from argon2 import PasswordHasher
 from fastapi import Depends, Request
+from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 
 from llmcloud.auth.errors import AccountDeactivated, AccountPending, Forbidden, SessionExpired
@@ -39,6 +41,8 @@ from llmcloud.web.security import (
     check_same_origin,
     session_token,
 )
+
+FORM_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 @dataclass
@@ -117,12 +121,27 @@ def require_same_origin(request: Request) -> None:
     check_same_origin(request, web_state(request).settings)
 
 
+def require_form_body(request: Request) -> None:
+    if _has_form_body(request):
+        return
+    content_type = request.headers.get("content-type", "").split(";")[0].strip() or "none"
+    raise HTTPException(
+        415,
+        f"unsupported content type {content_type!r}; {request.url.path} expects HTML form "
+        "data, sent as application/x-www-form-urlencoded or multipart/form-data",
+    )
+
+
+def _has_form_body(request: Request) -> bool:
+    content_type = request.headers.get("content-type", "").lower()
+    return content_type.startswith(FORM_CONTENT_TYPES)
+
+
 async def _submitted_csrf_token(request: Request) -> str | None:
     header = request.headers.get(CSRF_HEADER)
     if header:
         return header
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+    if _has_form_body(request):
         value: Any = (await request.form()).get(CSRF_FIELD)
         return value if isinstance(value, str) else None
     return None
@@ -132,4 +151,5 @@ CurrentUser = Annotated[ActiveSession, Depends(require_user)]
 AdminUser = Annotated[ActiveSession, Depends(require_admin)]
 CsrfChecked = Depends(require_csrf)
 SameOriginChecked = Depends(require_same_origin)
+FormBody = Depends(require_form_body)
 State = Annotated[WebState, Depends(web_state)]
