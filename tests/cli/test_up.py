@@ -28,11 +28,13 @@ ADMIN = "alice"
 PASSWORD = "correct horse battery"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+def free_ports(count: int) -> list[int]:
+    """Return distinct free loopback ports; the sockets stay open until all are picked."""
+    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
+    ports = [int(sock.getsockname()[1]) for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
 
 
 @dataclass
@@ -121,9 +123,10 @@ def start_up(tmp_path: Path) -> Iterator[StartUp]:
         socks_port: int | None = None,
         **settings: str,
     ) -> UpProcess:
-        web_port = web_port or free_port()
-        engine_port = engine_port or free_port()
-        socks_port = socks_port or free_port()
+        free = free_ports(3)
+        web_port = web_port or free[0]
+        engine_port = engine_port or free[1]
+        socks_port = socks_port or free[2]
         env = {
             **os.environ,
             "LLMCLOUD_DATA_DIR": str(tmp_path / "data"),
