@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llmcloud.cli.up import parts_for
+from llmcloud.settings import Settings
 from llmcloud.socks.protocol import Reply
 
 STARTUP_SECONDS = 120
@@ -346,3 +348,18 @@ def socks_connect(client: socket.socket, host: str, port: int) -> int:
     client.sendall(bytes([5, 1, 0, 1]) + socket.inet_aton(host) + port.to_bytes(2, "big"))
     reply = receive_exactly(client, 10)
     return reply[1]
+
+
+def test_parts_for_leaves_out_socks_when_off(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, socks_in_up=False)
+    assert [part.name for part in parts_for(settings)] == ["engine", "web app"]
+
+
+def test_parts_for_socks_metrics_port(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, socks_port=11080, socks_metrics_port=19108)
+    _engine, web, socks = parts_for(settings)
+    metrics_url = web.env["LLMCLOUD_MONITORING_SOCKS_METRICS_URL"]
+    assert metrics_url == "http://127.0.0.1:19108/metrics"
+    assert [listener.port for listener in socks.listeners] == [11080, 19108]
+    assert socks.env["LLMCLOUD_SOCKS_PORT"] == "11080"
+    assert socks.argv[-2:] == ["socks", "serve"]
