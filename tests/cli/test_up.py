@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llmcloud.cli.up import parts_for
+from llmcloud.cli.up import Part, Supervisor, parts_for
 from llmcloud.settings import Settings
 from llmcloud.socks.protocol import Reply
 
@@ -213,18 +213,26 @@ def test_up_stops_cleanly_on_signal(running_up: UpProcess, stop_signal: signal.S
 
 
 @pytest.mark.parametrize(
-    ("command", "message"),
+    ("command", "name", "port_attribute"),
     [
-        ("engine", "the engine exited unexpectedly"),
-        ("socks", "the SOCKS proxy exited unexpectedly"),
+        ("engine", "engine", "engine_port"),
+        ("socks", "SOCKS proxy", "socks_port"),
     ],
 )
-def test_up_exits_naming_dead_part(running_up: UpProcess, command: str, message: str) -> None:
+def test_up_restarts_dead_part(
+    running_up: UpProcess, command: str, name: str, port_attribute: str
+) -> None:
     running_up.wait_for_line("Press Ctrl-C")
-    os.kill(running_up.child_pid(command), signal.SIGKILL)
-    assert running_up.process.wait(timeout=60) == 1
-    running_up.wait_for_line(message, seconds=5)
-    assert not is_listening(running_up.web_port)
+    dead = running_up.child_pid(command)
+
+    os.kill(dead, signal.SIGKILL)
+
+    running_up.wait_for_line(f"the {name} exited unexpectedly with status -9; starting it again")
+    running_up.wait_for_line(f"the {name} is serving again")
+    assert running_up.process.poll() is None
+    assert running_up.child_pid(command) != dead
+    assert is_listening(getattr(running_up, port_attribute))
+    assert running_up.get("/healthz").json() == {"status": "ok"}
 
 
 @pytest.mark.parametrize(
@@ -363,3 +371,54 @@ def test_parts_for_socks_metrics_port(tmp_path: Path) -> None:
     assert [listener.port for listener in socks.listeners] == [11080, 19108]
     assert socks.env["LLMCLOUD_SOCKS_PORT"] == "11080"
     assert socks.argv[-2:] == ["socks", "serve"]
+
+
+# The supervisor with stand-in children: a crash loop and a stop during the restart delay.
+
+
+@dataclass(frozen=True)
+class AlwaysReady:
+    target: str = "nothing"
+
+    def passes(self) -> bool:
+        return True
+
+
+def short_lived_part(seconds: float) -> Part:
+    """A part whose process exits with status 3 after `seconds`."""
+    code = f"import time, sys; time.sleep({seconds}); sys.exit(3)"
+    return Part("flaky part", [sys.executable, "-c", code], {}, [], AlwaysReady())
+
+
+def test_supervisor_gives_up_on_crash_loop() -> None:
+    supervisor = Supervisor([short_lived_part(0.1)], restart_limit=3, restart_delay=0.05)
+
+    assert supervisor.run() == 1
+    assert supervisor.failure is not None
+    assert supervisor.failure.startswith("the flaky part exited unexpectedly 3 times within 300 s")
+    assert "the last time with status 3" in supervisor.failure
+
+
+def test_supervisor_restart_forgets_old_exits() -> None:
+    # Exits further apart than the window never add up to the limit.
+    part = short_lived_part(0.2)
+    supervisor = Supervisor([part], restart_limit=2, restart_window=0.1, restart_delay=0.01)
+    stopper = threading.Timer(2.0, supervisor.stop_requested.set)
+    stopper.start()
+    try:
+        assert supervisor.run() == 0
+    finally:
+        stopper.cancel()
+    assert supervisor.failure is None
+    assert len(part.exits) == 1
+
+
+def test_supervisor_stop_during_restart_delay() -> None:
+    supervisor = Supervisor([short_lived_part(0.05)], restart_delay=60)
+    stopper = threading.Timer(1.0, supervisor.stop_requested.set)
+    stopper.start()
+    try:
+        assert supervisor.run() == 0
+    finally:
+        stopper.cancel()
+    assert supervisor.failure is None

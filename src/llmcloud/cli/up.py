@@ -8,10 +8,15 @@ pass its readiness probe (/healthz, or a SOCKS5 greeting) before starting
 the next, so the proxy starts after the web app has migrated the database
 whose accounts it checks. Then it prints the addresses, and on SIGINT or SIGTERM stops the
 children in reverse order: SIGTERM, then SIGKILL for a child still running
-after the stop timeout. When a child exits on its own, the others are
-stopped and `up` exits with status 1, naming the part that died. The
-children run in their own process group, so a Ctrl-C in the terminal
-reaches only the supervisor, which then stops them in order.
+after the stop timeout.
+
+A child that exits on its own once everything is up is started again, as
+systemd's Restart=on-failure would, after a delay that doubles with each
+restart in a row (1 s, 2 s, 4 s, up to 30 s) while the other parts keep
+serving. A part that exits RESTART_LIMIT times within RESTART_WINDOW_SECONDS,
+or dies before it is up, stops everything, and `up` exits with status 1,
+naming the part. The children run in their own process group, so a Ctrl-C in
+the terminal reaches only the supervisor, which then stops them in order.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ log = logging.getLogger("llmcloud.cli")
 STARTUP_TIMEOUT_SECONDS = 300.0
 STOP_TIMEOUT_SECONDS = 15.0
 POLL_SECONDS = 0.2
+RESTART_LIMIT = 5
+RESTART_WINDOW_SECONDS = 300.0
+RESTART_DELAY_SECONDS = 1.0
+RESTART_DELAY_MAX_SECONDS = 30.0
 
 
 def register(app: typer.Typer) -> None:
@@ -83,6 +92,8 @@ class Part:
     listeners: list[Listener]
     readiness: ReadinessProbe
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    exits: list[float] = field(default_factory=list, repr=False)
+    """time.monotonic() of each unexpected exit, for the restart limit."""
 
 
 def parts_for(settings: Settings) -> list[Part]:
@@ -258,10 +269,16 @@ class Supervisor:
         *,
         startup_timeout: float = STARTUP_TIMEOUT_SECONDS,
         stop_timeout: float = STOP_TIMEOUT_SECONDS,
+        restart_limit: int = RESTART_LIMIT,
+        restart_window: float = RESTART_WINDOW_SECONDS,
+        restart_delay: float = RESTART_DELAY_SECONDS,
     ) -> None:
         self.parts = parts
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
+        self.restart_limit = restart_limit
+        self.restart_window = restart_window
+        self.restart_delay = restart_delay
         self.stop_requested = threading.Event()
         self.failure: str | None = None
 
@@ -319,8 +336,48 @@ class Supervisor:
 
     def _watch(self) -> None:
         while not self.stop_requested.wait(POLL_SECONDS):
-            if any(self._died(part) for part in self.parts):
-                return
+            for part in self.parts:
+                code = part.process.poll() if part.process else None
+                if code is not None and not self._restart(part, code):
+                    return
+
+    def _restart(self, part: Part, code: int) -> bool:
+        """Start a part that exited again; return False when `up` must stop instead."""
+        while True:
+            now = time.monotonic()
+            part.exits = [t for t in part.exits if now - t < self.restart_window] + [now]
+            if len(part.exits) >= self.restart_limit:
+                self.failure = (
+                    f"the {part.name} exited unexpectedly {len(part.exits)} times within "
+                    f"{self.restart_window:.0f} s, the last time with status {code}, so "
+                    "llmcloud stopped; its log above says why"
+                )
+                return False
+            restarts = len(part.exits)
+            delay = min(self.restart_delay * 2 ** (restarts - 1), RESTART_DELAY_MAX_SECONDS)
+            log.warning(
+                "the %s exited unexpectedly with status %s; starting it again in %.0f s "
+                "(restart %d of at most %d within %.0f s)",
+                part.name,
+                code,
+                delay,
+                restarts,
+                self.restart_limit - 1,
+                self.restart_window,
+            )
+            if self.stop_requested.wait(delay):
+                return False
+            self._start(part)
+            if self._wait_healthy(part):
+                log.info("the %s is serving again", part.name)
+                return True
+            new_code = part.process.poll() if part.process else None
+            if self.stop_requested.is_set() or new_code is None:
+                # Stopped by a signal, or still running but not ready in time.
+                return False
+            # It died again while starting; count that exit too.
+            code = new_code
+            self.failure = None
 
     def _died(self, part: Part) -> bool:
         """Return whether the part's process has exited, recording the failure if so."""
