@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import typer
 
 from llmcloud.cli.common import fail, settings_or_exit
@@ -35,7 +37,14 @@ def serve(
     try:
         serve_proxy(settings)
     except OSError as exc:
-        fail(f"cannot listen on {settings.socks_host}:{settings.socks_port}: {exc}", code=2)
+        address = f"{settings.socks_host}:{settings.socks_port}"
+        if exc.errno == errno.EADDRINUSE:
+            fail(
+                f"port {settings.socks_port} on {settings.socks_host} is already in use; stop "
+                "the other program or pick another port with --port (setting socks_port)",
+                code=2,
+            )
+        fail(f"cannot listen on {address}: {exc.strerror or exc}", code=2)
 
 
 @app.command("ssh-config")
