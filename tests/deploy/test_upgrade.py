@@ -149,6 +149,20 @@ def test_new_database_migrates_without_backup(tmp_path: Path) -> None:
     assert result.after == head
 
 
+def test_new_database_migrates_without_redis(tmp_path: Path) -> None:
+    # The lock for the backup before a migration may live in Redis, but a new database needs no
+    # backup, so a first start works while Redis is down.
+    database = open_database(f"sqlite:///{tmp_path / 'new.db'}")
+    settings = Settings(data_dir=tmp_path, redis_url="redis://127.0.0.1:1/0")
+
+    result = migrate_with_backup(settings, database)
+    head = database.head_revision()
+    database.dispose()
+
+    assert not result.backed_up
+    assert result.after == head
+
+
 def test_current_database_skips_backup(old_database: Database, tmp_path: Path) -> None:
     calls: list[object] = []
 

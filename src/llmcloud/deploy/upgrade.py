@@ -54,8 +54,13 @@ def migrate_with_backup(
     migration fails; in both cases the schema is left as it was.
     """
     before = database.current_revision()
-    if before == database.head_revision():
+    head = database.head_revision()
+    if before == head:
         return MigrationResult(before=before, after=before, backed_up=False)
+    if before is None:
+        # Nothing to back up, and Database.upgrade() serialises concurrent migrations itself, so
+        # a first start needs neither the lock nor the Redis server that may hold it.
+        return _upgrade(database, before, head, backed_up=False)
 
     # Imported here, so that a start-up with no migration due does not load the backup package.
     from llmcloud.backup.deployment_lock import wait_for_deployment_lock
@@ -81,7 +86,12 @@ def _migrate_locked(
     if before is not None:
         _run_backup(backup or default_backup_hook(), settings, database, before, head)
         backed_up = True
+    return _upgrade(database, before, head, backed_up=backed_up)
 
+
+def _upgrade(
+    database: Database, before: str | None, head: str | None, *, backed_up: bool
+) -> MigrationResult:
     try:
         database.upgrade()
     except SQLAlchemyError as exc:
