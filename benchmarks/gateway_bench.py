@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import uvloop
+
 from gatewaybench import measure, report, servers
 from gatewaybench.client import Connection
 
@@ -208,7 +210,7 @@ def reproduce_command(arguments: argparse.Namespace) -> str:
 
 def main(argv: list[str]) -> None:
     arguments = parse_arguments(argv)
-    section = asyncio.run(run(arguments))
+    section = uvloop.run(run(arguments))
     print(section)
     if not arguments.no_write:
         report.update_page(DOCS_PAGE, section)
