@@ -236,9 +236,9 @@ run of `benchmarks/engine_bench.py`.
   the median of the per-round ratios, which varies less when other processes
   load the machine for part of the run. The targets are judged on the median
   ratios. The best round of each side is the one that other work slowed least,
-  so the ratio of the best rounds shows what each side reaches undisturbed, in
-  the spirit of the advice in Python's `timeit` documentation to take the
-  fastest of several repeats.
+  so the ratio of the best rounds shows what each side reaches undisturbed.
+  Python's `timeit` documentation gives the same advice: take the fastest of
+  several repeats.
 - Reproduce: `{environment.command}` (run on {environment.date}). A
   negative `nice` value lets the run take CPU time from other work on a
   shared machine. Every process of the run, on every side, has that value.
