@@ -124,6 +124,35 @@ def test_stream_ends_with_done_event(web: Web, key: str) -> None:
     assert response.text.endswith("data: [DONE]\n\n")
 
 
+def test_stream_start_passes_every_middleware(web: Web, key: str) -> None:
+    response = web.post(key, {"model": FAKE_MODEL, "messages": HELLO, "stream": True})
+    # The security headers come from a middleware that the body messages skip.
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert '"content":"Hello' in response.text
+    assert response.text.endswith("data: [DONE]\n\n")
+
+
+def test_body_send_skips_only_start_middleware(tmp_path: Path) -> None:
+    """Streamed body messages skip the middleware inside BodySendMiddleware.
+
+    Each middleware listed here reads or changes only `http.response.start`. A new
+    one that changes body messages (compression, say) must go outside
+    BodySendMiddleware, or streams would bypass it.
+    """
+    app = create_app(web_settings(tmp_path / "data", "http://127.0.0.1:9"), hasher=CHEAP_HASHER)
+    names = [entry.cls.__name__ for entry in app.user_middleware]  # type: ignore[attr-defined]
+    assert names == [
+        "BodySendMiddleware",
+        "HttpMetricsMiddleware",
+        "ProxyHeadersMiddleware",
+        "AccessLogMiddleware",
+        "BodySizeLimitMiddleware",
+        "SecurityHeadersMiddleware",
+        "UnexpectedErrorMiddleware",
+    ]
+
+
 def test_sampling_options_reach_backend(web: Web, key: str, fake_backend: FakeBackend) -> None:
     web.client(key).chat.completions.create(
         model=FAKE_MODEL,

@@ -54,6 +54,7 @@ from llmcloud.web.errors import UnexpectedErrorMiddleware, add_error_handlers
 from llmcloud.web.live import live_feed_for
 from llmcloud.web.middleware import (
     AccessLogMiddleware,
+    BodySendMiddleware,
     BodySizeLimitMiddleware,
     SecurityHeadersMiddleware,
 )
@@ -148,6 +149,8 @@ def create_app(
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.add_middleware(HttpMetricsMiddleware, app_name="web")
+    # Outermost of the added middleware, so that streamed body messages skip all the above.
+    app.add_middleware(BodySendMiddleware)
     add_error_handlers(app)
     app.state.metrics = AppRegistry()
     app.include_router(metrics_router(settings, app.state.metrics))

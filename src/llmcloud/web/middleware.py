@@ -1,4 +1,7 @@
-"""ASGI middleware of the web app: security headers, the request size limit, the access log."""
+"""ASGI middleware of the web app: security headers, the request size limit, the access log.
+
+It also contains `BodySendMiddleware`, which lets long streams skip the others for body messages.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("llmcloud.access")
+
+BODY_SEND = "llmcloud.body_send"
+"""The scope key under which `BodySendMiddleware` stores its `send`."""
 
 # Scripts and styles come only from /static, so an injected inline script or
 # event-handler attribute does not run even if it passed the HTML sanitiser.
@@ -161,3 +167,22 @@ class AccessLogMiddleware:
                 status["code"],
                 (time.perf_counter() - started) * 1000,
             )
+
+
+class BodySendMiddleware:
+    """Store this layer's `send` in the scope, for streamed body messages to skip the layers inside.
+
+    Every middleware that create_app() adds inside this one reads or changes only the
+    `http.response.start` message and passes body messages on unchanged (a test checks the
+    list), and so do Starlette's exception handlers there (as of Starlette 1.10). A response
+    whose start went through them all may therefore send its body messages to
+    `scope[BODY_SEND]`, which makes one call per token in place of one per layer.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[BODY_SEND] = send
+        await self.app(scope, receive, send)

@@ -38,6 +38,7 @@ from llmcloud.gateway import (
     Started,
     Token,
 )
+from llmcloud.web.middleware import BODY_SEND
 
 log = logging.getLogger("llmcloud.web")
 
@@ -150,7 +151,7 @@ class CompletionResponse(Response):
             response = error_response(first.status_code, first.message)
             await response(scope, receive, send)
         elif self.stream:
-            await self._send_stream(send, first)
+            await self._send_stream(send, scope.get(BODY_SEND, send), first)
         else:
             await self._send_whole(scope, receive, send, first)
 
@@ -161,8 +162,17 @@ class CompletionResponse(Response):
                 return event
         return Failed("the gateway ended the chat without an answer", partial=False)
 
-    async def _send_stream(self, send: Send, first: Started | Token | Done) -> None:
+    async def _send_stream(
+        self, send: Send, body_send: Send, first: Started | Token | Done
+    ) -> None:
+        """Send the SSE stream: its start through `send`, its body through `body_send`.
+
+        `body_send` is the middleware stack's outer `send` when the app provides one
+        (see BodySendMiddleware), which spares each token the calls through the layers that
+        do nothing with body messages.
+        """
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        send = body_send
         # The role chunk goes out together with the first token, in one write.
         opening = self._event(self._chunk({"role": "assistant", "content": ""}, None))
         final: Done | Failed | None = first if isinstance(first, Done) else None
