@@ -13,7 +13,13 @@ from llmcloud.backup import operations
 from llmcloud.instance import read_instance
 from llmcloud.settings import Settings
 from llmcloud.web import create_app
-from llmcloud.web.server import StartupError, freeze_startup_objects, open_and_migrate, serve
+from llmcloud.web.server import (
+    FULL_COLLECTION_THRESHOLD,
+    StartupError,
+    open_and_migrate,
+    prepare_garbage_collector,
+    serve,
+)
 
 
 def test_serve_rejects_unsupported_database(tmp_path: Path) -> None:
@@ -78,11 +84,15 @@ def test_served_app_schedules_backups(tmp_path: Path, caplog: pytest.LogCaptureF
     assert "backup scheduler started" in caplog.text
 
 
-def test_freeze_startup_objects_freezes_them() -> None:
+def test_garbage_collector_freezes_startup_objects() -> None:
+    thresholds = gc.get_threshold()
     try:
-        freeze_startup_objects()
+        prepare_garbage_collector()
         frozen = gc.get_freeze_count()
+        full_threshold = gc.get_threshold()[2]
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
     assert frozen > 0
+    assert full_threshold == FULL_COLLECTION_THRESHOLD
