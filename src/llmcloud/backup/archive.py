@@ -1,17 +1,23 @@
 """The backup archive: a zstd-compressed tar, encrypted with age, written and read as streams.
 
-Writing runs tar and zstd in a thread that feeds a pipe, while age encrypts
-from that pipe into the output file; reading runs the same steps backwards.
-Each file's sha256 and size are computed on the way, so no file is read
-twice. The result decrypts with the standard tools:
+Writing runs tar and zstd in a thread that feeds a child process running age
+(`agestream`), while this thread hashes its output into the archive file;
+reading runs the same steps backwards. age runs in a process of its own
+because pyrage holds the GIL while it works, which would stall tar, zstd and
+hashing. Each file's sha256 and size are computed on the way, so no file is
+read twice. The result decrypts with the standard tools:
 `age -d -i backup.age data.tar.zst.age | tar --zstd -x`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
+import queue
+import subprocess
+import sys
 import tarfile
 import threading
 from collections.abc import Callable, Iterable
@@ -23,12 +29,15 @@ import pyrage  # type: ignore[import-untyped]
 import zstandard
 from pyrage import x25519
 
-from llmcloud.backup.errors import IntegrityError, WrongKey
+from llmcloud.backup import agestream
+from llmcloud.backup.errors import BackupError, IntegrityError, WrongKey
 
 PIPE_BUFFER_BYTES = 1024 * 1024
 COPY_CHUNK_BYTES = 1024 * 1024
 # tarfile reads and writes streams in 10 KiB blocks by default, which costs many calls per GB.
 TAR_BUFFER_BYTES = 1024 * 1024
+# Chunks read ahead of the thread that hashes and writes an extracted file.
+QUEUED_CHUNKS = 4
 
 Progress = Callable[[int], None]
 
@@ -104,7 +113,8 @@ def write_archive(
 
     with open(output, "wb") as handle:
         sink = HashingWriter(handle)
-        _run_piped(produce, lambda source: pyrage.encrypt_io(source, sink, recipients))
+        arguments = ["encrypt", *(str(recipient) for recipient in recipients)]
+        _run_age(arguments, None, produce, lambda source: _copy(source, sink), output.name)
         handle.flush()
         os.fsync(handle.fileno())
     return records, FileRecord(output.name, sink.digest.hexdigest(), sink.size)
@@ -140,9 +150,10 @@ def read_archive(
         except (zstandard.ZstdError, tarfile.TarError, EOFError) as exc:
             raise IntegrityError(f"{archive.name} is damaged: {exc}") from None
 
+    secret = "\n".join(str(identity) for identity in identities).encode("ascii")
     with open(archive, "rb") as handle:
         reader = HashingReader(handle, None)
-        _run_piped(lambda sink: decrypt_stream(reader, sink, identities, archive.name), consume)
+        _run_age(["decrypt"], secret, lambda sink: _copy(reader, sink), consume, archive.name)
     return records, FileRecord(archive.name, reader.digest.hexdigest(), reader.size)
 
 
@@ -171,7 +182,7 @@ def decrypt_stream(
         raise IntegrityError(f"{name} is damaged and cannot be decrypted: {exc}") from None
 
 
-def _decrypt_error(name: str, exc: Exception) -> Exception:
+def _decrypt_error(name: str, exc: Exception | str) -> Exception:
     text = str(exc)
     if "No matching keys" in text or "no identity matched" in text.lower():
         return WrongKey(
@@ -213,44 +224,128 @@ def _extract_member(
     assert source is not None
     with open(target, "wb") as handle:
         sink = HashingWriter(handle, progress)
-        while chunk := source.read(COPY_CHUNK_BYTES):
-            sink.write(chunk)
+        if member.size <= COPY_CHUNK_BYTES:
+            _copy(source, sink)
+        else:
+            _copy_in_background(source, sink)
     os.chmod(target, member.mode & 0o777)
     return FileRecord(member.name, sink.digest.hexdigest(), sink.size)
 
 
-def _run_piped(producer: Callable[[IO[bytes]], Any], consumer: Callable[[IO[bytes]], Any]) -> None:
-    """Run `producer` in a thread writing into a pipe that `consumer` reads in this thread."""
-    read_end, write_end = os.pipe()
-    # Both ends are closed below: the writer by the producer's thread, the reader in `finally`.
-    reader = open(read_end, "rb", buffering=PIPE_BUFFER_BYTES)  # noqa: SIM115
-    writer = open(write_end, "wb", buffering=PIPE_BUFFER_BYTES)  # noqa: SIM115
+def _copy(source: IO[bytes] | HashingReader, sink: IO[bytes] | HashingWriter) -> None:
+    while chunk := source.read(COPY_CHUNK_BYTES):
+        sink.write(chunk)
+
+
+def _copy_in_background(source: IO[bytes], sink: HashingWriter) -> None:
+    """Copy with `sink` hashing and writing in a thread, while this one decompresses the next
+    chunk; the two together keep both cores busy.
+    """
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED_CHUNKS)
     failure: list[BaseException] = []
 
-    def run_producer() -> None:
-        try:
-            producer(writer)
-            writer.close()
-        except BaseException as exc:  # handed to the consumer's thread below
-            failure.append(exc)
-            with contextlib.suppress(OSError):
-                writer.close()
+    def write_chunks() -> None:
+        while (chunk := chunks.get()) is not None:
+            if failure:
+                continue  # keep taking chunks, so that the reading side never blocks
+            try:
+                sink.write(chunk)
+            except BaseException as exc:  # handed to the reading thread below
+                failure.append(exc)
 
-    thread = threading.Thread(target=run_producer, name="llmcloud-backup-pipe", daemon=True)
+    thread = threading.Thread(target=write_chunks, name="llmcloud-backup-write", daemon=True)
     thread.start()
-    consumer_failure: BaseException | None = None
     try:
-        consumer(reader)
-        # Drain what the consumer left unread, so the producer is never stuck on a full pipe.
-        while reader.read(PIPE_BUFFER_BYTES):
+        while not failure and (chunk := source.read(COPY_CHUNK_BYTES)):
+            chunks.put(chunk)
+    finally:
+        chunks.put(None)
+        thread.join()
+    if failure:
+        raise failure[0]
+
+
+def _run_age(
+    arguments: list[str],
+    secret: bytes | None,
+    feed: Callable[[IO[bytes]], Any],
+    drain: Callable[[IO[bytes]], Any],
+    name: str,
+) -> None:
+    """Run `agestream` with `arguments`: `feed` writes its input from a thread, `drain` reads
+    its output in this one. `secret` (the identities to decrypt with) goes through a pipe.
+
+    An error of age itself is raised first, because the other side then saw a cut stream.
+    A broken pipe on age's output is the effect of a failed drain, so the drain's error wins.
+    """
+    command = [sys.executable, "-m", agestream.__name__, *arguments]
+    keys = os.pipe() if secret is not None else None
+    if keys is not None:
+        command.append(str(keys[0]))
+    try:
+        process = subprocess.Popen(  # noqa: S603 - this interpreter running our module
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=() if keys is None else (keys[0],),
+        )
+    finally:
+        if keys is not None:
+            os.close(keys[0])
+    if keys is not None:
+        # The identities are a few hundred bytes, so the pipe buffers them until the child reads.
+        with open(keys[1], "wb") as key_pipe:
+            key_pipe.write(secret or b"")
+    stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
+    assert stdin is not None
+    assert stdout is not None
+    assert stderr is not None
+    _widen_pipe(stdin)
+    _widen_pipe(stdout)
+
+    feed_failure: list[BaseException] = []
+
+    def run_feed() -> None:
+        try:
+            feed(stdin)
+        except BaseException as exc:  # handed to this thread below
+            feed_failure.append(exc)
+        finally:
+            with contextlib.suppress(OSError):
+                stdin.close()
+
+    thread = threading.Thread(target=run_feed, name="llmcloud-backup-age", daemon=True)
+    thread.start()
+    drain_failure: BaseException | None = None
+    try:
+        drain(stdout)
+        # Read what the drain left unread, so that age is never stuck on a full pipe.
+        while stdout.read(PIPE_BUFFER_BYTES):
             pass
     except BaseException as exc:
-        consumer_failure = exc
+        drain_failure = exc
     finally:
-        reader.close()
+        # Closing it early ends age with a broken pipe, and age's exit then ends the feed.
+        stdout.close()
         thread.join()
-    # The producer's error is the cause when both failed: the consumer then saw a cut stream.
-    if failure and not isinstance(failure[0], BrokenPipeError):
-        raise failure[0]
-    if consumer_failure is not None:
-        raise consumer_failure
+        message = stderr.read().decode(errors="replace").strip()
+        stderr.close()
+        status = process.wait()
+
+    if status == agestream.KEY_ERROR:
+        raise _decrypt_error(name, message)
+    if drain_failure is None and status == agestream.STREAM_ERROR:
+        raise IntegrityError(f"{name} is damaged and cannot be decrypted: {message}")
+    if feed_failure and not isinstance(feed_failure[0], BrokenPipeError):
+        raise feed_failure[0]
+    if drain_failure is not None:
+        raise drain_failure
+    if status != 0:
+        raise BackupError(f"age failed on {name} with exit status {status}: {message}")
+
+
+def _widen_pipe(pipe: IO[bytes]) -> None:
+    """Let the pipe hold PIPE_BUFFER_BYTES, for fewer switches between the processes."""
+    with contextlib.suppress(OSError, AttributeError):  # Linux only; capped by pipe-max-size
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BUFFER_BYTES)
