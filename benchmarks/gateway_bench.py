@@ -51,7 +51,12 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--streams", type=int, nargs="+", help="concurrent stream counts (250 500 1000 1500)"
     )
-    parser.add_argument("--tokens", type=int, default=60, help="tokens per concurrent stream")
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        default=200,
+        help="tokens per concurrent stream (200: 10 s, longer than opening 1,000 streams takes)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of the engine")
     parser.add_argument("--no-model", action="store_true", help="skip the real model")
     parser.add_argument("--no-write", action="store_true", help="print only; leave the docs")
@@ -190,7 +195,9 @@ async def run(arguments: argparse.Namespace) -> str:
         commit=report.git_commit(servers.REPOSITORY),
         date=time.strftime("%Y-%m-%d"),
     )
-    return report.gateway_section(environment, overheads, streams, TOKEN_INTERVAL)
+    return report.gateway_section(
+        environment, overheads, streams, TOKEN_INTERVAL, tokens_per_stream=arguments.tokens
+    )
 
 
 def reproduce_command(arguments: argparse.Namespace) -> str:

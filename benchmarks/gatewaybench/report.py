@@ -162,6 +162,8 @@ def gateway_section(
     overheads: list[OverheadResult],
     streams: list[ConcurrencyResult],
     token_interval: float,
+    *,
+    tokens_per_stream: int,
 ) -> str:
     """Render the whole "Gateway" section, from its heading to its last table."""
     return f"""{SECTION_TITLE}
@@ -201,7 +203,10 @@ first token (TTFT) and for the time to `data: [DONE]` (total). Target: added med
 ### Concurrent streams
 
 N streaming chats at once through one web process, from a backend that
-sends one token every {token_interval * 1000:.0f} ms. Added inter-token delay: the gap between
+sends one token every {token_interval * 1000:.0f} ms, {tokens_per_stream} tokens per stream
+({tokens_per_stream * token_interval:.0f} s). Streams that end before the last one has started are
+never all open at once, so a stream lasts longer than the web app takes to open all of them;
+"Most open at backend" shows how many were. Added inter-token delay: the gap between
 two tokens' arrivals at the client minus the gap between their send times
 at the backend. Tokens that the web app read together arrive together,
 and each later one of them counts a negative added delay. Relay delay: a
