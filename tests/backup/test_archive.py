@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,38 @@ def test_read_archive_reports_failed_write_of_large_file(
     monkeypatch.setattr(archive.HashingWriter, "write", full_disk)
     with pytest.raises(OSError, match="No space left on device"):
         archive.read_archive(output, [identity], tmp_path / "unpacked")
+
+
+def test_tar_writer_matches_tarfile_stream(tmp_path: Path) -> None:
+    entries = make_entries(tmp_path)
+    expected = io.BytesIO()
+    with tarfile.open(fileobj=expected, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for name, source in entries:
+            info = tar.gettarinfo(source, arcname=name)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with open(source, "rb") as handle:
+                tar.addfile(info, handle)
+
+    written = io.BytesIO()
+    writer = archive.TarWriter(written)
+    for name, source in entries:
+        writer.add_file(name, source, None)
+    writer.close()
+
+    assert written.getvalue() == expected.getvalue()
+
+
+def test_tar_writer_names_file_that_shrank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = tmp_path / "shrinking.bin"
+    source.write_bytes(b"x" * 5000)
+    real_fstat = os.fstat
+
+    def fstat_then_shrink(descriptor: int) -> os.stat_result:
+        status = real_fstat(descriptor)
+        os.truncate(source, 100)
+        return status
+
+    monkeypatch.setattr(archive.os, "fstat", fstat_then_shrink)
+    with pytest.raises(IntegrityError, match=r"shrinking\.bin changed size"):
+        archive.TarWriter(io.BytesIO()).add_file("data/shrinking.bin", source, None)

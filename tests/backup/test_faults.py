@@ -183,13 +183,13 @@ from llmcloud.backup import operations
 from llmcloud.backup import archive
 from llmcloud.settings import Settings
 
-real = archive._add_file
+real = archive.TarWriter.add_file
 def slow_add(*args, **kwargs):
     record = real(*args, **kwargs)
     Path(sys.argv[2]).touch()
     time.sleep(60)
     return record
-archive._add_file = slow_add
+archive.TarWriter.add_file = slow_add
 operations.backup_and_prune(Settings(data_dir=sys.argv[1], backup_targets=[sys.argv[3]]))
 """
 
