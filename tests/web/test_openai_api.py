@@ -265,6 +265,11 @@ def test_unknown_model_gets_404(web: Web, key: str) -> None:
         ({"messages": HELLO}, "model"),
         ({"model": FAKE_MODEL, "messages": HELLO, "temperature": 3}, "temperature"),
         ({"model": FAKE_MODEL, "messages": HELLO, "max_tokens": 0}, "max_tokens"),
+        ({"model": FAKE_MODEL, "messages": HELLO, "max_tokens": 10**20}, "max_tokens"),
+        (
+            {"model": FAKE_MODEL, "messages": HELLO, "max_completion_tokens": 10**20},
+            "max_completion_tokens",
+        ),
         ({"model": FAKE_MODEL, "messages": HELLO, "n": 2}, "n"),
         ({"model": FAKE_MODEL, "messages": HELLO, "stream": "yes"}, "stream"),
         ({"model": FAKE_MODEL, "messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),

@@ -108,8 +108,10 @@ class ChatCompletionRequest(_Body):
     stop: StrictStr | list[StrictStr] | None = Field(None, max_length=4)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    max_tokens: StrictInt | None = Field(None, ge=1)
-    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    # The engine's bound on num_predict, so that a larger value is rejected here, naming this
+    # field, rather than by the engine, naming its own.
+    max_tokens: StrictInt | None = Field(None, ge=1, le=10_000_000)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=10_000_000)
     n: StrictInt = Field(1, ge=1, le=1)
     user: StrictStr | None = None
     response_format: ResponseFormat | None = None
