@@ -33,6 +33,7 @@ import llama_cpp
 from enginebench import clients, measure, report, servers
 from enginebench.clients import Sampling
 from enginebench.wire import Endpoint
+from gatewaybench.report import cpu_model, load_average
 
 DOCS_PAGE = servers.REPOSITORY / "docs" / "benchmarks.md"
 STREAM_COUNTS = [1, 2, 4, 8]
@@ -76,7 +77,7 @@ async def run(arguments: argparse.Namespace) -> str:
         model_path=bundled_model(), threads=arguments.threads, slots=SLOTS, slot_ctx=SLOT_CTX
     )
     sampling = Sampling(max_tokens=arguments.max_tokens)
-    load_before = report.load_average()
+    load_before = load_average()
 
     progress("building llama-server (minutes on the first run)")
     binary = arguments.llama_server or servers.build_llama_server()
@@ -96,14 +97,14 @@ async def run(arguments: argparse.Namespace) -> str:
             llama_server.stop()
 
     environment = report.Environment(
-        cpu_model=report.cpu_model(),
+        cpu_model=cpu_model(),
         cores=len(os.sched_getaffinity(0)),
         threads=arguments.threads,
         llama_server_version=servers.llama_server_version(binary),
         llama_cpp_python_version=llama_cpp.__version__,
         python_version=platform.python_version(),
         load_before=load_before,
-        load_after=report.load_average(),
+        load_after=load_average(),
         command=reproduce_command(arguments),
         date=time.strftime("%Y-%m-%d"),
     )

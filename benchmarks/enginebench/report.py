@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,21 +34,6 @@ class Environment:
     load_after: str
     command: str
     date: str
-
-
-def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """Return the "model name" of the first CPU in /proc/cpuinfo, or the platform's name."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-    return match.group(1).strip() if match else "unknown"
-
-
-def load_average() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
 
 
 def ratio(value: float | None, reference: float | None) -> float | None:

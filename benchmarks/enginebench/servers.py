@@ -7,20 +7,16 @@ client never shares a GIL or a thread pool with the server it measures.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from gatewaybench.servers import BENCHMARKS_DIR, REPOSITORY, ServerProcess, free_port
 
-BENCHMARKS_DIR = Path(__file__).resolve().parent.parent
-REPOSITORY = BENCHMARKS_DIR.parent
+__all__ = ["REPOSITORY", "ServerConfig", "ServerProcess", "start_engine", "start_llama_server"]
+
 BUILD_SCRIPT = BENCHMARKS_DIR / "build_llama_server.sh"
-START_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -31,56 +27,6 @@ class ServerConfig:
     threads: int
     slots: int
     slot_ctx: int
-
-
-class ServerProcess:
-    """A server in a child process, with its output in a log file for when it fails."""
-
-    def __init__(self, name: str, command: list[str], env: dict[str, str], url: str) -> None:
-        self.name = name
-        self.url = url
-        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
-            prefix=f"{name}-", suffix=".log", delete=False
-        )
-        self.process = subprocess.Popen(
-            command, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPOSITORY
-        )
-
-    def wait_ready(self, health_path: str) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                status = self.process.returncode
-                raise RuntimeError(f"{self.name} exited with status {status}: {self.tail()}")
-            try:
-                if httpx.get(self.url + health_path, timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        waited = f"{START_TIMEOUT_S:.0f} s"
-        raise RuntimeError(f"{self.name} was not ready after {waited}: {self.tail()}")
-
-    def tail(self, lines: int = 20) -> str:
-        text = Path(self.log.name).read_text(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
-        Path(self.log.name).unlink(missing_ok=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def start_engine(config: ServerConfig, data_dir: Path) -> ServerProcess:
@@ -103,7 +49,7 @@ def start_engine(config: ServerConfig, data_dir: Path) -> ServerProcess:
         "--port",
         str(port),
     ]
-    server = ServerProcess("llmcloud-engine", command, env, f"http://127.0.0.1:{port}")
+    server = ServerProcess("llmcloud-engine", command, env, port)
     server.wait_ready("/readyz")
     return server
 
@@ -113,7 +59,7 @@ def build_llama_server() -> Path:
     result = subprocess.run(
         ["bash", str(BUILD_SCRIPT)], check=True, capture_output=True, text=True, cwd=REPOSITORY
     )
-    return Path(result.stdout.strip().splitlines()[-1])
+    return Path(result.stdout.strip().splitlines()[-1]).resolve()
 
 
 def llama_server_version(binary: Path) -> str:
@@ -129,7 +75,7 @@ def start_llama_server(config: ServerConfig, binary: Path) -> ServerProcess:
     """Start llama-server with one slot per parallel stream and wait until the model loaded."""
     port = free_port()
     command = [
-        str(binary),
+        str(binary.resolve()),
         "--model",
         str(config.model_path),
         "--host",
@@ -148,6 +94,6 @@ def start_llama_server(config: ServerConfig, binary: Path) -> ServerProcess:
         "0",
         "--no-webui",
     ]
-    server = ServerProcess("llama-server", command, dict(os.environ), f"http://127.0.0.1:{port}")
+    server = ServerProcess("llama-server", command, dict(os.environ), port)
     server.wait_ready("/health")
     return server

@@ -10,6 +10,7 @@ import pytest
 from enginebench import report, wire
 from enginebench.clients import Generation
 from enginebench.measure import ConcurrentResult, ConcurrentRound
+from gatewaybench.report import cpu_model
 
 OTHER_SECTION = "## Gateway\n\nGateway numbers.\n"
 
@@ -59,14 +60,14 @@ def test_cpu_model_reads_model_name(tmp_path: Path) -> None:
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU 9000\nflags\t\t: fpu\n")
 
-    assert report.cpu_model(cpuinfo) == "Example CPU 9000"
+    assert cpu_model(cpuinfo) == "Example CPU 9000"
 
 
 def test_cpu_model_without_model_name(tmp_path: Path) -> None:
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\n")
 
-    assert report.cpu_model(cpuinfo) == "unknown"
+    assert cpu_model(cpuinfo) == "unknown"
 
 
 def _generation(tokens: int, started: float, first: float, last: float) -> Generation:
