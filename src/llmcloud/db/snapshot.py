@@ -120,7 +120,7 @@ def _snapshot_sqlite(database: Database, target: Path, timeout: float) -> Snapsh
     target.unlink(missing_ok=True)
     source = sqlite3.connect(source_path, timeout=timeout)
     copy = sqlite3.connect(target)
-    # The copy is scratch until the archive that holds it is fsynced, so it skips the journal
+    # The copy is scratch until the archive that contains it is fsynced, so it skips the journal
     # and the fsyncs that would make it durable on its own.
     copy.execute("PRAGMA journal_mode=OFF")
     copy.execute("PRAGMA synchronous=OFF")

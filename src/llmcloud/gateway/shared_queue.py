@@ -21,7 +21,7 @@ server, not a Redis Cluster. One Lua script prunes expired tickets, counts the r
 ones against each backend's max_parallel, and either assigns a slot, queues
 the ticket, or reports that the queue is full, in one atomic step on Redis's
 clock. A waiting ticket may take a free slot when fewer tickets than free
-slots came before it, so the order of arrival holds across instances.
+slots came before it, so the order of arrival is kept across instances.
 Waiting requests ask again every POLL_SECONDS, and at once when a slot frees
 on their own instance.
 
@@ -213,7 +213,7 @@ class SharedQueue:
         return ticket
 
     async def positions(self, ticket: Ticket) -> AsyncGenerator[int, None]:
-        """Yield the ticket's position each time it changes, until it holds a slot or ends.
+        """Yield the ticket's position each time it changes, until it takes a slot or ends.
 
         When Redis fails meanwhile, the ticket leaves the shared queue and the generator
         ends with the ticket unsettled, so that the caller queues it on this instance.
