@@ -225,6 +225,8 @@ def test_keyboard_only_login_and_chat(browser: Browser, web_url: str, admin_page
     context = browser.new_context(base_url=web_url)
     page = context.new_page()
     page.goto("/login")
+    # Chromium may apply autofocus after the load event, and keys typed before that are lost.
+    expect(page.get_by_label("Username")).to_be_focused()
     page.keyboard.type("alice")
     page.keyboard.press("Tab")
     page.keyboard.type(PASSWORD)
