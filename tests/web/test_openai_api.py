@@ -22,6 +22,7 @@ import pytest
 
 from llmcloud.auth import accounts, api_keys
 from llmcloud.db.models import Role, User
+from llmcloud.monitoring.metrics import REGISTRY
 from llmcloud.web import create_app
 from llmcloud.web.deps import WebState
 from tests.conftest import BUNDLED_MODEL, RunningServer
@@ -150,6 +151,7 @@ def test_body_send_skips_only_start_middleware(tmp_path: Path) -> None:
         "BodySizeLimitMiddleware",
         "SecurityHeadersMiddleware",
         "UnexpectedErrorMiddleware",
+        "OpenAIAPI",
     ]
 
 
@@ -339,6 +341,36 @@ def test_wrong_method_gets_405(web: Web, key: str) -> None:
     response = httpx.get(web.api_url + "/chat/completions")
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS"])
+def test_other_methods_get_405(web: Web, method: str) -> None:
+    response = httpx.request(method, web.api_url + "/models")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET"
+
+
+@pytest.mark.parametrize("path", ["", "/", "/chat/completions/", "/models/"])
+def test_paths_near_endpoints_get_404_error_shape(web: Web, key: str, path: str) -> None:
+    headers = {"Authorization": f"Bearer {key}"}
+    response = httpx.post(web.api_url + path, json={}, headers=headers)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "unknown_url"
+
+
+def test_api_requests_counted_under_route_template(web: Web, key: str) -> None:
+    labels = {"app": "web", "route": "/v1/models/{model:path}", "method": "GET", "status": "404"}
+    before = REGISTRY.get_sample_value("llmcloud_http_requests_total", labels) or 0.0
+    headers = {"Authorization": f"Bearer {key}"}
+    httpx.get(web.api_url + "/models/no-such-model", headers=headers)
+    after = REGISTRY.get_sample_value("llmcloud_http_requests_total", labels)
+    assert after == before + 1
+
+
+def test_api_requests_are_logged(web: Web, key: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="llmcloud.access"):
+        httpx.get(web.api_url + "/models", headers={"Authorization": f"Bearer {key}"})
+    assert any('"GET /v1/models" 200' in record.getMessage() for record in caplog.records)
 
 
 def test_backend_error_before_first_token_gets_502(

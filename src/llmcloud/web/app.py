@@ -46,7 +46,6 @@ from llmcloud.web import (
     health,
     live_ws,
     oauth_pages,
-    openai_api,
     proxy_pac,
 )
 from llmcloud.web.deps import WebState
@@ -58,16 +57,15 @@ from llmcloud.web.middleware import (
     BodySizeLimitMiddleware,
     SecurityHeadersMiddleware,
 )
+from llmcloud.web.openai_api import OpenAIAPI
 from llmcloud.web.rate_limit import rate_limiter_for
 from llmcloud.web.security import CookieSigner
 from llmcloud.web.templating import STATIC_DIR
 
 log = logging.getLogger("llmcloud.web")
 
-# Every router of the web app. The /v1 API comes first because routes are matched in
-# order, and its paths overlap no other router's.
+# Every router of the web app. The /v1 API is not among them: OpenAIAPI serves it.
 ROUTERS: list[APIRouter] = [
-    openai_api.router,
     health.router,
     auth_pages.router,
     oauth_pages.router,
@@ -143,6 +141,8 @@ def create_app(
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     app.state.live = live_feed_for(redis_url)
     app.state.rate_limiter = rate_limiter_for(settings.web_chat_rate_limit, redis_url)
+    # Innermost, so that /v1 requests pass all the middleware below and skip only the router.
+    app.add_middleware(OpenAIAPI)
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes(settings))

@@ -9,11 +9,16 @@ limit of waiting requests per model, and every message other than an
 answer is held to the chat page's prompt limit (`web_max_prompt_length`).
 
 Requests are validated as OpenAI's API does, and every error has its body
-shape, `{"error": {"message", "type", "param", "code"}}`. Errors of the web
-app's other routes have a different shape, so this router's routes catch
-their own errors (`OpenAIRoute`), and a catch-all route handles unknown
-paths under /v1. Streaming and the response bodies are in
+shape, `{"error": {"message", "type", "param", "code"}}`, unknown paths and
+methods under /v1 included. Streaming and the response bodies are in
 `llmcloud.web.openai_reply`.
+
+`OpenAIAPI` serves these routes as the innermost middleware of the web app,
+so that /v1 requests pass the access log, the metrics, the security headers
+and the error handling like any other, and skip FastAPI's router and
+per-route machinery. Those took about 30% of the web app's time between a
+chat request's arrival and the backend request's departure
+(docs/benchmarks.md, "Gateway: where the time goes").
 """
 
 from __future__ import annotations
@@ -21,14 +26,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmcloud.auth import api_keys
 from llmcloud.auth.errors import AccountDeactivated, AccountPending, ServiceError
@@ -44,6 +50,7 @@ log = logging.getLogger("llmcloud.web")
 # NOTE: a fixed limit, the same as the engine's default engine_max_body_bytes; the web app
 # has no setting of its own for it.
 MAX_BODY_BYTES = 8 * 1024 * 1024
+PREFIX = "/v1"
 ENDPOINTS = {"/v1/chat/completions": "POST", "/v1/models": "GET"}
 # Database checks of API keys in progress, by database and Authorization header.
 _key_checks: dict[tuple[int, str | None], asyncio.Future[User]] = {}
@@ -119,29 +126,44 @@ class ChatCompletionRequest(_Body):
     logprobs: StrictBool | None = None
 
 
-class OpenAIRoute(APIRoute):
-    """A route whose errors come back in OpenAI's error shape."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ServiceError as exc:
-                log.info("%s %s rejected: %s", request.method, request.url.path, exc.message)
-                return _service_error(exc)
-            except GatewayError as exc:
-                log.info("%s %s rejected: %s", request.method, request.url.path, exc.message)
-                return gateway_error_response(exc)
-
-        return handle
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-router = APIRouter(prefix="/v1", route_class=OpenAIRoute)
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A /v1 route: its methods and path template, which the metrics use as their label."""
+
+    methods: tuple[str, ...]
+    path: str
+    endpoint: Endpoint
 
 
-@router.get("/models")
+class OpenAIAPI:
+    """Serve the /v1 API and pass every other request on to `app`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or not (path == PREFIX or path.startswith(PREFIX + "/")):
+            await self.app(scope, receive, send)
+            return
+
+        route = match_route(scope["method"], path)
+        scope["route"] = route
+        request = Request(scope, receive, send)
+        try:
+            response = await route.endpoint(request)
+        except ServiceError as exc:
+            log.info("%s %s rejected: %s", request.method, path, exc.message)
+            response = _service_error(exc)
+        except GatewayError as exc:
+            log.info("%s %s rejected: %s", request.method, path, exc.message)
+            response = gateway_error_response(exc)
+        await response(scope, receive, send)
+
+
 async def list_models(request: Request) -> Response:
     state = web_state(request)
     await authenticate(request, state)
@@ -149,17 +171,16 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": [model_object(m.name) for m in models]})
 
 
-@router.get("/models/{model:path}")
-async def get_model(request: Request, model: str) -> Response:
+async def get_model(request: Request) -> Response:
     state = web_state(request)
     await authenticate(request, state)
+    model = request.scope["path"].removeprefix(MODEL_PREFIX)
     names = [info.name for info in await state.models.models()]
     if model not in names:
         raise UnknownModel(model, names)
     return JSONResponse(model_object(model))
 
 
-@router.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
     state = web_state(request)
     user = await authenticate(request, state)
@@ -172,15 +193,36 @@ async def chat_completions(request: Request) -> Response:
     return CompletionResponse(events, body.model, stream=body.stream, include_usage=include_usage)
 
 
-@router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-async def unknown_endpoint(request: Request, path: str) -> Response:
-    allowed = ENDPOINTS.get(request.url.path.rstrip("/"))
+async def unknown_endpoint(request: Request) -> Response:
+    path = request.scope["path"]
+    allowed = ENDPOINTS.get(path)
     if allowed is not None:
-        message = f"method {request.method} is not allowed on {request.url.path}; use {allowed}"
+        message = f"method {request.method} is not allowed on {path}; use {allowed}"
         return error_response(405, message, headers={"Allow": allowed})
     served = ", ".join(f"{method} {path}" for path, method in ENDPOINTS.items())
-    message = f"unknown endpoint {request.method} {request.url.path}; this API serves {served}"
+    message = f"unknown endpoint {request.method} {path}; this API serves {served}"
     return error_response(404, message, code="unknown_url")
+
+
+MODEL_PREFIX = "/v1/models/"
+CHAT = Route(("POST",), "/v1/chat/completions", chat_completions)
+MODELS = Route(("GET",), "/v1/models", list_models)
+MODEL = Route(("GET",), MODEL_PREFIX + "{model:path}", get_model)
+# Unknown paths and methods: OpenAI's 404 or 405, before any key check, so they reveal nothing.
+UNKNOWN = Route(("GET", "POST", "PUT", "PATCH", "DELETE"), "/v1/{path:path}", unknown_endpoint)
+ROUTES = (CHAT, MODELS, MODEL, UNKNOWN)
+
+
+def match_route(method: str, path: str) -> Route:
+    if path == CHAT.path:
+        return CHAT if method == "POST" else UNKNOWN
+    if method != "GET":
+        return UNKNOWN
+    if path == MODELS.path:
+        return MODELS
+    if path.startswith(MODEL_PREFIX) and len(path) > len(MODEL_PREFIX):
+        return MODEL
+    return UNKNOWN
 
 
 async def authenticate(request: Request, state: WebState) -> User:
