@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
+from contextlib import aclosing
 
 import pytest
 
 from llmcloud.gateway import (
+    Backend,
     Done,
     Failed,
     InvalidChatRequest,
@@ -28,10 +32,13 @@ from tests.gateway.conftest import (
     running_gateway,
 )
 from tests.gateway.fake_backend import DEFAULT_TOKENS, FakeBackend
+from tests.gateway.test_http import read_request, serving
 
 pytestmark = pytest.mark.anyio
 
 Fakes = Callable[..., FakeBackend]
+SSE_TOKEN = b'data: {"choices": [{"index": 0, "delta": {"content": "Hi"}}]}\n\n'
+SSE_FINISH = b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
 
 
 async def test_chat_relays_openai_stream(fakes: Fakes) -> None:
@@ -329,3 +336,36 @@ def test_texts_before_stream_error_are_kept() -> None:
     assert texts == ["Hi"]
     assert isinstance(error, UpstreamError)
     assert str(error) == "model crashed"
+
+
+async def test_done_comes_before_response_end_and_connection_is_reused() -> None:
+    """The last event does not wait for the response's chunked end, which still ends in time."""
+    end_delay = 0.3
+
+    async def slow_ending(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await read_request(reader)
+            if head.startswith(b"GET"):
+                body = json.dumps({"data": [{"id": "fake-model"}]}).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                continue
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for data in (SSE_TOKEN, SSE_FINISH, b"data: [DONE]\n\n"):
+                writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+            await writer.drain()
+            await asyncio.sleep(end_delay)
+            writer.write(b"0\r\n\r\n")
+
+    async with serving(slow_ending) as server:
+        backend = Backend(name="slow-end", kind="openai", base_url=server.url.removesuffix("/base"))
+        async with running_gateway(backend, health_interval=60) as gateway:
+            for _ in range(2):
+                started = time.monotonic()
+                async with aclosing(gateway.chat("fake-model", HELLO)) as events:
+                    async for event in events:
+                        if isinstance(event, Done):
+                            waited = time.monotonic() - started
+                            break
+
+    assert waited < end_delay
+    assert server.connections == 1

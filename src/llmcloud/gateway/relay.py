@@ -120,12 +120,20 @@ class ChatRelay:
                 except (HTTPError, UpstreamError) as exc:
                     final = _failed_midway(upstream.backend, describe_http_error(exc))
                 else:
-                    final = await _finish_answer(upstream, result, chat.arrived_ns)
+                    final = _answer_end(upstream, result, chat.arrived_ns)
+                # The slot is free before the last event, so a consumer that stops there keeps
+                # no slot.
+                self._finish(chat.ticket)
+                try:
+                    yield final
+                finally:
+                    # The rest of the response (its chunked end, say) is read only after the last
+                    # event went out, so the client does not wait for it. A response that ends in
+                    # time gives its connection back for reuse.
+                    if isinstance(final, Done):
+                        await upstream.response.drain(_DRAIN_SECONDS)
             finally:
                 upstream.response.close()
-            # The slot is free before the last event, so a consumer that stops there keeps no slot.
-            self._finish(chat.ticket)
-            yield final
         finally:
             self._finish(chat.ticket)
 
@@ -263,15 +271,11 @@ def _parse_lines(parser: StreamParser, lines: list[str]) -> tuple[list[str], Ups
     return texts, None
 
 
-async def _finish_answer(
-    upstream: Upstream, result: StreamResult | None, arrived_ns: int
-) -> Done | Failed:
+def _answer_end(upstream: Upstream, result: StreamResult | None, arrived_ns: int) -> Done | Failed:
     if result is None:
         return _failed_midway(upstream.backend, "the stream ended before the answer was complete")
-    done = _done(result, upstream, arrived_ns)
-    await upstream.response.drain(_DRAIN_SECONDS)
     upstream.backend.record_success()
-    return done
+    return _done(result, upstream, arrived_ns)
 
 
 def _done(result: StreamResult, upstream: Upstream, arrived_ns: int) -> Done:
