@@ -10,7 +10,9 @@ account with an API key. Then it measures:
 
 - added latency: time to first token and total time of a streamed chat
   through the web app's /v1 API against straight to the backend, with the
-  fast backend and with the real model (median and p99);
+  fast backend and with the real model (median and p99). The real model
+  runs once on the shared cores, and once as a one-thread engine pinned to
+  a core of its own, with a web app of its own;
 - concurrent streams: errors and added inter-token delay at each number of
   simultaneous streams, through the web app and, as a baseline, straight to
   the 50 ms backend.
@@ -47,7 +49,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and streams, a check")
     parser.add_argument("--rounds", type=int, help="timed rounds with the fast backend (500)")
-    parser.add_argument("--model-rounds", type=int, help="timed rounds with the real model (40)")
+    parser.add_argument("--model-rounds", type=int, help="timed rounds with the real model (100)")
     parser.add_argument(
         "--streams", type=int, nargs="+", help="concurrent stream counts (250 500 1000 1500)"
     )
@@ -64,7 +66,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     if arguments.rounds is None:
         arguments.rounds = 100 if arguments.quick else 500
     if arguments.model_rounds is None:
-        arguments.model_rounds = 5 if arguments.quick else 40
+        arguments.model_rounds = 5 if arguments.quick else 100
     if arguments.streams is None:
         arguments.streams = [100, 250] if arguments.quick else [250, 500, 1000, 1500]
     return arguments
@@ -85,41 +87,89 @@ async def measure_overheads(
     results = []
     try:
         progress(f"added latency, fast backend: {arguments.rounds} rounds")
-        direct = Connection(HOST, fast.port, "/v1/chat/completions", None)
-        cpu_before = measure.process_cpu_seconds(web.process.pid)
-        result = await measure.overhead(
-            "fast fake backend",
-            direct,
-            through,
-            FAST_MODEL,
-            rounds=arguments.rounds,
-            warmup=20,
-            max_tokens=8,
-            progress=progress,
+        results.append(
+            await overhead_with_cpu(
+                web, "fast fake backend", fast, through, FAST_MODEL, arguments.rounds, 8
+            )
         )
-        cpu = measure.process_cpu_seconds(web.process.pid) - cpu_before
-        result.web_cpu_per_request = cpu / (20 + arguments.rounds)
-        results.append(result)
-        direct.close()
         if engine is not None:
             progress(f"added latency, real model: {arguments.model_rounds} rounds")
-            direct = Connection(HOST, engine.port, "/v1/chat/completions", None)
+            label = f"real model ({ENGINE_MODEL}), cores shared"
             results.append(
-                await measure.overhead(
-                    f"real model ({ENGINE_MODEL})",
-                    direct,
-                    through,
-                    ENGINE_MODEL,
-                    rounds=arguments.model_rounds,
-                    warmup=3,
-                    max_tokens=16,
-                    progress=progress,
+                await overhead_with_cpu(
+                    web, label, engine, through, ENGINE_MODEL, arguments.model_rounds, 16
                 )
             )
-            direct.close()
     finally:
         through.close()
     return results
+
+
+async def measure_isolated(
+    arguments: argparse.Namespace, data_dir: Path, cores: list[int]
+) -> measure.OverheadResult:
+    """Measure with a one-thread engine on the last core, and a web app and the client on the rest.
+
+    This separates the gateway's own latency from the engine and the web app
+    competing for the same cores, as on two machines. The engine and the web
+    app are processes of their own, so that nothing else routes to them.
+    """
+    progress(f"added latency, real model on its own core: {arguments.model_rounds} rounds")
+    started: list[servers.ServerProcess] = []
+    rest = set(cores[:-1])
+    try:
+        engine = servers.start_engine(data_dir / "engine-alone", 1)
+        started.append(engine)
+        web_dir = data_dir / "web-alone"
+        api_key = servers.prepare_web_data(web_dir)
+        web = servers.start_web(web_dir, {"engine": engine.url}, 10)
+        started.append(web)
+        servers.pin(engine.process.pid, {cores[-1]})
+        servers.pin(web.process.pid, rest)
+        os.sched_setaffinity(0, rest)
+        through = Connection(HOST, web.port, "/v1/chat/completions", api_key)
+        try:
+            label = f"real model ({ENGINE_MODEL}), engine on its own core"
+            return await overhead_with_cpu(
+                web, label, engine, through, ENGINE_MODEL, arguments.model_rounds, 16
+            )
+        finally:
+            through.close()
+    finally:
+        os.sched_setaffinity(0, set(cores))
+        for server in reversed(started):
+            server.stop()
+
+
+async def overhead_with_cpu(
+    web: servers.ServerProcess,
+    label: str,
+    backend: servers.ServerProcess,
+    through: Connection,
+    model: str,
+    rounds: int,
+    max_tokens: int,
+) -> measure.OverheadResult:
+    """Run measure.overhead() against `backend`, and add the web process's CPU per request."""
+    warmup = 20 if max_tokens <= 8 else 3
+    direct = Connection(HOST, backend.port, "/v1/chat/completions", None)
+    cpu_before = measure.process_cpu_seconds(web.process.pid)
+    try:
+        result = await measure.overhead(
+            label,
+            direct,
+            through,
+            model,
+            rounds=rounds,
+            warmup=warmup,
+            max_tokens=max_tokens,
+            progress=progress,
+        )
+    finally:
+        direct.close()
+    cpu = measure.process_cpu_seconds(web.process.pid) - cpu_before
+    result.web_cpu_per_request = cpu / (warmup + rounds)
+    return result
 
 
 async def measure_streams(
@@ -180,6 +230,9 @@ async def run(arguments: argparse.Namespace) -> str:
             started.append(web)
 
             overheads = await measure_overheads(arguments, web, api_key, fast, engine)
+            cores = sorted(os.sched_getaffinity(0))
+            if engine is not None and len(cores) > 1:
+                overheads.append(await measure_isolated(arguments, Path(data_dir), cores))
             streams = await measure_streams(arguments, web, api_key, paced)
         finally:
             for server in reversed(started):

@@ -198,6 +198,13 @@ web app's time minus the direct time of the same round), for the time to
 first token (TTFT) and for the time to `data: [DONE]` (total). Target: added median at most
 {ms(ADDED_MEDIAN_TARGET)} ms and added p99 at most {ms(ADDED_P99_TARGET)} ms, for both.
 
+The real model runs twice. With "cores shared", the engine decodes on as
+many threads as there are cores, as `llmcloud up` runs it, and the web app
+and the client take CPU time from it. With "engine on its own core", a
+second engine with one thread is pinned to the last core, and a second web
+app and the client to the others, as when the engine has a machine of its
+own. "Web CPU per request" includes the relay of every token of the answer.
+
 {overhead_table(overheads)}
 
 ### Concurrent streams
