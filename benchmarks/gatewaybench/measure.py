@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import os
 import statistics
 from collections.abc import Callable
@@ -83,6 +84,16 @@ class OverheadResult:
         through: list[float] = getattr(self.gateway, metric)
         differences = [via - straight for via, straight in zip(through, direct, strict=True)]
         return percentile(differences, fraction)
+
+    def noise(self, metric: str, fraction: float) -> float:
+        """Return a percentile of the differences between consecutive direct rounds.
+
+        Both paths of such a pair are the same, so this is what the per-round
+        differences show for a gateway that adds nothing: their noise floor.
+        """
+        direct: list[float] = getattr(self.direct, metric)
+        changes = [later - earlier for earlier, later in itertools.pairwise(direct)]
+        return percentile(changes, fraction)
 
 
 async def overhead(

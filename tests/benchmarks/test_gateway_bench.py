@@ -11,6 +11,7 @@ import pytest
 
 from gatewaybench.backend import BackendProtocol, StreamCounter, TokenClock
 from gatewaybench.client import Connection
+from gatewaybench.measure import OverheadResult
 
 pytestmark = pytest.mark.anyio
 
@@ -135,3 +136,13 @@ async def test_stream_cut_short_is_an_error() -> None:
     assert stream.error is not None
     assert stream.error.startswith("ConnectionError")
     assert stream.done is None
+
+
+def test_noise_floor_uses_consecutive_direct_rounds() -> None:
+    result = OverheadResult("model", "bench-model", rounds=4, max_tokens=8)
+    result.direct.ttft = [0.010, 0.012, 0.011, 0.015]
+    result.gateway.ttft = [0.011, 0.013, 0.012, 0.016]
+
+    assert result.noise("ttft", 1.0) == pytest.approx(0.004)
+    assert result.noise("ttft", 0.0) == pytest.approx(-0.001)
+    assert result.added("ttft", 0.5) == pytest.approx(0.001)
