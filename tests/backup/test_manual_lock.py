@@ -138,7 +138,11 @@ def test_cli_run_names_postgres_holder(
 
 @pytest.mark.parametrize(
     ("command", "job", "purpose"),
-    [(["prune"], "backup", "the prune"), (["verify"], "verify", "the restore test")],
+    [
+        (["prune"], "backup", "the prune"),
+        (["verify"], "verify", "the restore test"),
+        (["restore", "20260101T000000Z-0000"], "backup", "the restore"),
+    ],
 )
 def test_cli_commands_name_redis_holder(
     tmp_path: Path,

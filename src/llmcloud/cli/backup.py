@@ -138,12 +138,18 @@ def restore(
     key: Path | None = KEY_OPTION,
 ) -> None:
     """Restore a backup into a new or empty data dir."""
+    from llmcloud.backup.deployment_lock import wait_for_deployment_lock
     from llmcloud.backup.operations import identities_for
     from llmcloud.backup.restore import restore_backup
     from llmcloud.backup.targets import targets_from_settings
 
     settings = settings_or_exit()
-    with _errors_as_exit(), _progress("Restoring") as progress:
+    # Under the backup lock, so that no instance backs up the database while it is replaced.
+    with (
+        _errors_as_exit(),
+        wait_for_deployment_lock(settings, "backup", "the restore"),
+        _progress("Restoring") as progress,
+    ):
         identities = identities_for(settings, key)
         result = restore_backup(
             settings,
