@@ -71,8 +71,14 @@ def backup_lock(data_dir: Path) -> Iterator[None]:
 
 
 def new_backup_id(now: datetime | None = None) -> str:
+    """Return an id that sorts by time: the UTC second, then six hex digits.
+
+    The first three digits are the milliseconds (000 to 3e7), so that backups
+    taken within one second sort in order, and the last three are random.
+    """
     moment = now or datetime.now(UTC)
-    return f"{moment.strftime(ID_TIME_FORMAT)}-{secrets.token_hex(3)}"
+    milliseconds = moment.microsecond // 1000
+    return f"{moment.strftime(ID_TIME_FORMAT)}-{milliseconds:03x}{secrets.randbelow(4096):03x}"
 
 
 def run_backup(
