@@ -216,3 +216,42 @@ def test_finished_chats_leave_no_tickets(
     client = redis.Redis.from_url(redis_url)
     assert client.zcard(f"llmcloud:gateway:waiting:{model}") == 0
     assert client.zcard(f"llmcloud:gateway:running:{slow_backend.url}") == 0
+
+
+def test_queue_lengths_count_every_instance(
+    redis_url: str, slow_backend: FakeBackend, model: str
+) -> None:
+    async def scenario() -> list[tuple[dict[str, int], bool]]:
+        async with gateways(2, slow_backend, redis_url) as (first, second):
+            running = first.chat(model, HELLO)
+            await until_started(running)
+            waiting = [first.chat(model, HELLO), second.chat(model, HELLO)]
+            for chat in waiting:
+                await next_event(chat)
+            lengths = [await first.queue_lengths(), await second.queue_lengths()]
+            for chat in [running, *waiting]:
+                await chat.aclose()
+            return lengths
+
+    lengths = asyncio.run(scenario())
+
+    assert lengths == [({model: 2}, True), ({model: 2}, True)]
+
+
+def test_queue_lengths_without_redis_are_this_instance_only(
+    slow_backend: FakeBackend, model: str
+) -> None:
+    down_url = f"redis://127.0.0.1:{free_port()}/0"
+
+    async def scenario() -> tuple[dict[str, int], bool]:
+        async with gateways(1, slow_backend, down_url) as (gateway,):
+            running = gateway.chat(model, HELLO)
+            await until_started(running)
+            waiting = gateway.chat(model, HELLO)
+            await next_event(waiting)
+            lengths = await gateway.queue_lengths()
+            for chat in (running, waiting):
+                await chat.aclose()
+            return lengths
+
+    assert asyncio.run(scenario()) == ({model: 1}, False)

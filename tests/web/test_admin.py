@@ -234,6 +234,11 @@ def test_status_page_shows_version_backends_models(admin: TestClient, bob: TestC
     assert "1 waiting for approval" in page
 
 
+def test_status_page_says_whose_queue_it_counts(admin: TestClient) -> None:
+    page = admin.get("/admin/status").text
+    assert "requests on this instance only" in page
+
+
 def test_nav_shows_admin_link_only_to_admins(admin: TestClient, bob: TestClient) -> None:
     assert 'href="/admin"' in admin.get("/chats").text
     assert 'href="/admin"' not in approved(admin, bob).get("/chats").text

@@ -14,6 +14,8 @@ import math
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import RedisError
+
 from llmcloud.gateway.backend import BackendClient
 from llmcloud.gateway.config import Backend, keep_alive_wire_value
 from llmcloud.gateway.dispatch import Dispatcher
@@ -202,6 +204,26 @@ class Gateway:
             backends=tuple(backend_status(client) for client in self._clients.values()),
             queued=queued,
         )
+
+    async def queue_lengths(self) -> tuple[dict[str, int], bool]:
+        """Return the waiting requests per model, and whether they are the whole deployment's.
+
+        With Redis, the counts cover every instance, plus this instance's requests that
+        wait in its own queue while Redis fails. Without Redis, or when Redis cannot
+        be reached, they cover this instance only, and the flag is False.
+        """
+        queued = self.status().queued
+        if self._shared is None:
+            return queued, False
+        models = sorted({info.name for info in await self.models()} | set(queued))
+        try:
+            everywhere = await self._shared.waiting_everywhere(models)
+        except (RedisError, OSError) as exc:
+            logger.warning("counting the deployment's queued chats in Redis failed: %s", exc)
+            return queued, False
+        for model, count in self._dispatcher.queued().items():
+            everywhere[model] = everywhere.get(model, 0) + count
+        return everywhere, True
 
     def chat(
         self,

@@ -108,6 +108,17 @@ redis.call('ZADD', KEYS[2], deadline, ticket)
 return {0, ahead + 1}
 """
 
+# KEYS: one waiting-deadlines set per model. Returns the unexpired tickets of each.
+_COUNT_WAITING = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local counts = {}
+for index = 1, #KEYS do
+  counts[index] = redis.call('ZCOUNT', KEYS[index], '(' .. now, '+inf')
+end
+return counts
+"""
+
 # KEYS: sorted sets scored by deadline; ARGV: ttl in ms, then one ticket id per key.
 _REFRESH = """
 local time = redis.call('TIME')
@@ -156,6 +167,7 @@ class SharedQueue:
         self.poll_interval = poll_interval
         self._claim = client.register_script(_CLAIM)
         self._refresh_script = client.register_script(_REFRESH)
+        self._count_script = client.register_script(_COUNT_WAITING)
         self._waiting: dict[str, Ticket] = {}
         self._running: dict[str, Ticket] = {}
         self._pending: set[asyncio.Task[Any]] = set()
@@ -175,6 +187,17 @@ class SharedQueue:
         for ticket in self._waiting.values():
             counts[ticket.model] = counts.get(ticket.model, 0) + 1
         return counts
+
+    async def waiting_everywhere(self, models: list[str]) -> dict[str, int]:
+        """Return the number of requests that wait for each model on every instance.
+
+        Raises RedisError or OSError when Redis cannot be reached.
+        """
+        if not models:
+            return {}
+        keys = [_deadlines_key(model) for model in models]
+        counts = await self._count_script(keys=keys)
+        return {model: int(count) for model, count in zip(models, counts, strict=True) if count}
 
     def start(self) -> None:
         """Start moving the expiry of this instance's tickets forward."""

@@ -57,6 +57,7 @@ def admin_home(active: AdminUser) -> Response:
 async def status_page(request: Request, state: State, active: AdminUser) -> Response:
     users = await run_in_threadpool(accounts.list_accounts, state.db)
     gateway = state.models.status()
+    queued, queued_everywhere = await state.models.queue_lengths()
     started_at = getattr(request.app.state, "started_at", None)
     started_monotonic = getattr(request.app.state, "started_monotonic", None)
     uptime = None if started_monotonic is None else time.monotonic() - started_monotonic
@@ -68,7 +69,8 @@ async def status_page(request: Request, state: State, active: AdminUser) -> Resp
         "uptime": None if uptime is None else format_duration(uptime),
         "account_counts": count_by_state(users),
         "backends": gateway.backends,
-        "queued": gateway.queued,
+        "queued": queued,
+        "queued_everywhere": queued_everywhere,
         "models": await state.models.models(),
     }
     return render(request, "admin/status.html", context)
