@@ -199,7 +199,7 @@ async def unknown_endpoint(request: Request) -> Response:
     if allowed is not None:
         message = f"method {request.method} is not allowed on {path}; use {allowed}"
         return error_response(405, message, headers={"Allow": allowed})
-    served = ", ".join(f"{method} {path}" for path, method in ENDPOINTS.items())
+    served = ", ".join(f"{verb} {endpoint}" for endpoint, verb in ENDPOINTS.items())
     message = f"unknown endpoint {request.method} {path}; this API serves {served}"
     return error_response(404, message, code="unknown_url")
 
