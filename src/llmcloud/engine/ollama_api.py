@@ -47,6 +47,7 @@ from llmcloud.engine.service import (
     start_generation,
 )
 from llmcloud.engine.store import ModelEntry
+from llmcloud.engine.tool_calls import ToolCall, ToolCalls, tool_names, with_tool_calls
 
 router = APIRouter()
 
@@ -117,6 +118,7 @@ async def chat(request: Request) -> Response:
         entry,
         body.stream,
         lambda text: {"message": {"role": "assistant", "content": text}},
+        tools=tool_names(body.tools),
     )
 
 
@@ -215,26 +217,37 @@ def _respond(
     shape: Shape,
     *,
     with_context: bool = False,
+    tools: set[str] | None = None,
 ) -> Response:
+    """Send a generation's events; with `tools`, the output is parsed for calls to them."""
     name = entry.name.display
     started = time.perf_counter_ns()
+    events: AsyncIterator[Event | ToolCalls] = (
+        with_tool_calls(generation, tools) if tools else generation
+    )
     if stream:
         return StreamingResponse(
-            _stream(generation, name, shape, started, with_context),
+            _stream(generation, events, name, shape, started, with_context),
             media_type=NDJSON,
             background=BackgroundTask(generation.aclose),
         )
     return DeferredResponse(
-        lambda: _collect(generation, name, shape, started, with_context), generation.aclose
+        lambda: _collect(generation, events, name, shape, started, with_context),
+        generation.aclose,
     )
 
 
 async def _stream(
-    generation: Generation, name: str, shape: Shape, started: int, with_context: bool
+    generation: Generation,
+    events: AsyncIterator[Event | ToolCalls],
+    name: str,
+    shape: Shape,
+    started: int,
+    with_context: bool,
 ) -> AsyncIterator[bytes]:
     lines: list[bytes] = []
     try:
-        async for event in generation:
+        async for event in events:
             lines.append(_event_line(generation, event, name, shape, started, with_context))
             # The runner hands over several tokens' events at once, and one write sends them all.
             if generation.job.events.empty():
@@ -248,7 +261,7 @@ async def _stream(
 
 def _event_line(
     generation: Generation,
-    event: Event,
+    event: Event | ToolCalls,
     name: str,
     shape: Shape,
     started: int,
@@ -258,22 +271,37 @@ def _event_line(
         return ndjson_line(
             {"model": name, "created_at": rfc3339_now(), **shape(event.text), "done": False}
         )
+    if isinstance(event, ToolCalls):
+        message = {"role": "assistant", "content": "", "tool_calls": _tool_calls(event.calls)}
+        return ndjson_line(
+            {"model": name, "created_at": rfc3339_now(), "message": message, "done": False}
+        )
     if event.error is not None:
         return ndjson_line({"error": event.error})
     return ndjson_line(_final(generation, event, name, shape(""), started, with_context))
 
 
 async def _collect(
-    generation: Generation, name: str, shape: Shape, started: int, with_context: bool
+    generation: Generation,
+    events: AsyncIterator[Event | ToolCalls],
+    name: str,
+    shape: Shape,
+    started: int,
+    with_context: bool,
 ) -> Response:
     parts: list[str] = []
-    async for event in generation:
+    calls: list[ToolCall] = []
+    async for event in events:
         if isinstance(event, Chunk):
             parts.append(event.text)
+        elif isinstance(event, ToolCalls):
+            calls.extend(event.calls)
         elif event.error is not None:
             return JSONResponse({"error": event.error}, status_code=500)
         else:
             payload = shape("".join(parts))
+            if calls:
+                payload["message"]["tool_calls"] = _tool_calls(calls)
             return JSONResponse(_final(generation, event, name, payload, started, with_context))
     return JSONResponse({"error": "the generation ended without a result"}, status_code=500)
 
@@ -338,6 +366,10 @@ def _shorten(vector: list[float], dimensions: int) -> list[float]:
     head = vector[:dimensions]
     norm = math.sqrt(sum(value * value for value in head)) or 1.0
     return [value / norm for value in head]
+
+
+def _tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
+    return [{"function": {"name": call.name, "arguments": call.arguments}} for call in calls]
 
 
 def _details(entry: ModelEntry) -> dict[str, Any]:

@@ -7,6 +7,7 @@ the stream began arrives as one `data: {"error": {...}}` event before it.
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import struct
 import time
@@ -20,7 +21,7 @@ from starlette.background import BackgroundTask
 from llmcloud.engine.errors import InvalidRequest
 from llmcloud.engine.http import SSE, DeferredResponse, read_json, sse_event
 from llmcloud.engine.ollama_api import embed_texts
-from llmcloud.engine.runtime import Chunk, Finished
+from llmcloud.engine.runtime import Chunk, Event, Finished
 from llmcloud.engine.schemas import (
     OpenAIChatRequest,
     OpenAICompletionRequest,
@@ -36,6 +37,7 @@ from llmcloud.engine.service import (
     start_generation,
 )
 from llmcloud.engine.store import ModelEntry
+from llmcloud.engine.tool_calls import ToolCall, ToolCalls, tool_names, with_tool_calls
 
 router = APIRouter(prefix="/v1")
 
@@ -61,6 +63,7 @@ async def chat_completions(request: Request) -> Response:
         _format_grammar(body.response_format),
     )
     reply = _Reply(generation, entry.name.display, chat=True, include_usage=_usage(body))
+    reply.tools = tool_names(body.tools)
     return reply.response(body.stream)
 
 
@@ -156,7 +159,11 @@ def _usage(body: OpenAIChatRequest | OpenAICompletionRequest) -> bool:
 
 
 class _Reply:
-    """Shapes one generation as a chat completion or a text completion."""
+    """Shapes one generation as a chat completion or a text completion.
+
+    With `tools`, a chat's output is parsed for calls to them, and a reply with
+    calls ends with the finish reason "tool_calls".
+    """
 
     def __init__(self, generation: Generation, model: str, *, chat: bool, include_usage: bool):
         self.generation = generation
@@ -164,6 +171,7 @@ class _Reply:
         self.chat = chat
         self.include_usage = include_usage
         self.prefix = ""
+        self.tools: set[str] = set()
         self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         self.created = int(time.time())
 
@@ -174,15 +182,23 @@ class _Reply:
             )
         return DeferredResponse(self._collect, self.generation.aclose)
 
+    def _events(self) -> AsyncIterator[Event | ToolCalls]:
+        if self.tools:
+            return with_tool_calls(self.generation, self.tools)
+        return self.generation
+
     async def _collect(self) -> Response:
         parts = [self.prefix]
-        async for event in self.generation:
+        calls: list[ToolCall] = []
+        async for event in self._events():
             if isinstance(event, Chunk):
                 parts.append(event.text)
+            elif isinstance(event, ToolCalls):
+                calls.extend(event.calls)
             elif event.error is not None:
                 return JSONResponse(_server_error(event.error), status_code=500)
             else:
-                return JSONResponse(self._complete("".join(parts), event))
+                return JSONResponse(self._complete("".join(parts), event, calls))
         return JSONResponse(_server_error("the generation ended without a result"), 500)
 
     async def _stream(self) -> AsyncIterator[bytes]:
@@ -191,28 +207,36 @@ class _Reply:
                 yield sse_event(self._chunk({"role": "assistant", "content": ""}, None))
             if self.prefix:
                 yield sse_event(self._chunk({"content": self.prefix}, None))
-            async for event in self.generation:
+            calls_sent = 0
+            async for event in self._events():
                 if isinstance(event, Chunk):
                     yield sse_event(self._chunk({"content": event.text}, None))
+                elif isinstance(event, ToolCalls):
+                    deltas = [
+                        {"index": calls_sent + offset, **call}
+                        for offset, call in enumerate(_tool_calls(event.calls))
+                    ]
+                    calls_sent += len(deltas)
+                    yield sse_event(self._chunk({"tool_calls": deltas}, None))
                 elif event.error is not None:
                     yield sse_event(_server_error(event.error))
                 else:
-                    yield sse_event(self._chunk({}, _finish_reason(event)))
+                    reason = "tool_calls" if calls_sent else _finish_reason(event)
+                    yield sse_event(self._chunk({}, reason))
                     if self.include_usage:
                         yield sse_event(self._object([], _usage_counts(event)))
             yield sse_event("[DONE]")
         finally:
             await self.generation.aclose()
 
-    def _complete(self, text: str, event: Finished) -> dict[str, Any]:
-        reason = _finish_reason(event)
+    def _complete(self, text: str, event: Finished, calls: list[ToolCall]) -> dict[str, Any]:
+        reason = "tool_calls" if calls else _finish_reason(event)
         if self.chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": reason,
-                "logprobs": None,
-            }
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if calls:
+                message["content"] = text or None
+                message["tool_calls"] = _tool_calls(calls)
+            choice = {"index": 0, "message": message, "finish_reason": reason, "logprobs": None}
         else:
             choice = {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}
         return self._object([choice], _usage_counts(event))
@@ -247,6 +271,18 @@ class _Reply:
 
 def _finish_reason(event: Finished) -> str:
     return "length" if event.reason == "length" else "stop"
+
+
+def _tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
+    """Calls in OpenAI's shape, each with a new id and its arguments as a JSON string."""
+    return [
+        {
+            "id": "call_" + secrets.token_hex(12),
+            "type": "function",
+            "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+        }
+        for call in calls
+    ]
 
 
 def _usage_counts(event: Finished) -> dict[str, int]:
