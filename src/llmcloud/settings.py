@@ -465,6 +465,12 @@ class Settings(BaseSettings):
         description="Cron expression (UTC) of the restore test of the newest backup; empty "
         "turns it off.",
     )
+    backup_verify_blob_days: int = Field(
+        30,
+        ge=0,
+        description="Days for which a model blob that verify decrypted and hashed on a target "
+        "is afterwards only checked for presence there; 0 checks every blob on every verify.",
+    )
 
     # Monitoring
     metrics_token: SecretStr | None = Field(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from llmcloud.backup import operations, run
+from llmcloud.backup.blobs import CHECKED_FILE
 from llmcloud.backup.errors import IntegrityError
 from llmcloud.backup.restore import restore_backup
 from llmcloud.backup.run import backup_lock
@@ -97,6 +99,69 @@ def test_verify_names_missing_blob(blob_settings: Settings) -> None:
 
     assert missing.name in caught.value.message
     assert "missing" in caught.value.message
+
+
+def corrupt(blob: Path) -> None:
+    data = bytearray(blob.read_bytes())
+    data[-100] ^= 0x01
+    blob.write_bytes(bytes(data))
+
+
+def test_verify_skips_blobs_checked_recently(blob_settings: Settings) -> None:
+    digests = add_model(blob_settings, "tiny:1")
+    operations.backup_and_prune(blob_settings)
+    first = operations.verify(blob_settings)
+    corrupt(max(stored_blobs(blob_settings), key=lambda path: path.stat().st_size))
+
+    second = operations.verify(blob_settings)
+
+    assert first.blobs_present_only == 0
+    assert second.blobs == len(digests)
+    assert second.blobs_present_only == len(digests)
+
+
+def test_verify_with_zero_days_checks_every_blob(blob_settings: Settings) -> None:
+    add_model(blob_settings, "tiny:1")
+    operations.backup_and_prune(blob_settings)
+    operations.verify(blob_settings)
+    corrupt(max(stored_blobs(blob_settings), key=lambda path: path.stat().st_size))
+    every_time = blob_settings.model_copy(update={"backup_verify_blob_days": 0})
+
+    with pytest.raises(IntegrityError, match="is damaged"):
+        operations.verify(every_time)
+
+
+def test_verify_rechecks_blob_after_its_days(blob_settings: Settings) -> None:
+    add_model(blob_settings, "tiny:1")
+    operations.backup_and_prune(blob_settings)
+    operations.verify(blob_settings)
+    checked = blob_settings.data_dir / CHECKED_FILE
+    checked.write_text(checked.read_text().replace(str(datetime.now(UTC).year), "2001"))
+    corrupt(max(stored_blobs(blob_settings), key=lambda path: path.stat().st_size))
+
+    with pytest.raises(IntegrityError, match="is damaged"):
+        operations.verify(blob_settings)
+
+
+def test_verify_finds_missing_blob_checked_recently(blob_settings: Settings) -> None:
+    add_model(blob_settings, "tiny:1")
+    operations.backup_and_prune(blob_settings)
+    operations.verify(blob_settings)
+    missing = stored_blobs(blob_settings)[0]
+    missing.unlink()
+
+    with pytest.raises(IntegrityError, match="is missing"):
+        operations.verify(blob_settings)
+
+
+def test_unreadable_check_times_mean_full_check(blob_settings: Settings) -> None:
+    add_model(blob_settings, "tiny:1")
+    operations.backup_and_prune(blob_settings)
+    (blob_settings.data_dir / CHECKED_FILE).write_text("{not json")
+
+    result = operations.verify(blob_settings)
+
+    assert result.blobs_present_only == 0
 
 
 def test_restore_brings_model_back(blob_settings: Settings, filled: Database) -> None:

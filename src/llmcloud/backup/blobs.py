@@ -8,14 +8,22 @@ change blobs are stored again under the new key instead of being reused
 from a key that can no longer decrypt them. Blobs are uploaded before the
 manifest that references them, and pruning removes a blob only when no
 remaining backup's manifest names it.
+
+A blob never changes once stored, so verify does not download and decrypt
+it every time. `<data_dir>/backup-blobs-checked.json` records when verify
+last checked each blob on each target. For backup_verify_blob_days after
+that check, verify only makes sure that the blob is still there. A restore
+always checks every blob it writes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyrage  # type: ignore[import-untyped]
@@ -29,6 +37,8 @@ from llmcloud.engine.store import ModelStore
 from llmcloud.settings import Settings
 
 log = logging.getLogger("llmcloud.backup")
+
+CHECKED_FILE = "backup-blobs-checked.json"
 
 
 @dataclass(frozen=True)
@@ -125,17 +135,25 @@ def check_blobs(
     scratch: Path,
     destination: Path | None,
     backup_id: str,
+    *,
+    present_only: frozenset[str] = frozenset(),
 ) -> None:
     """Fetch and decrypt every blob, checking its sha256 and size against the manifest.
 
-    With `destination`, each checked blob is also written there as `sha256-HEX`.
-    Raises IntegrityError naming the first blob that is missing or damaged.
+    Blobs whose object names are in `present_only` are only checked to be on the
+    target. With `destination`, each checked blob is also written there as
+    `sha256-HEX`. Raises IntegrityError naming the first blob that is missing or damaged.
     """
     downloads = scratch / "blobs"
     if destination is not None:
         destination.mkdir(parents=True, exist_ok=True)
+    stored = target.list_blobs() if present_only else set()
     for record in records:
         where = f"backup {backup_id}: model blob {record.digest} ({BLOBS_FOLDER}/{record.object})"
+        if record.object in present_only:
+            if record.object not in stored:
+                raise IntegrityError(f"{where} is missing")
+            continue
         try:
             source = target.fetch_blob(record.object, downloads)
         except IntegrityError as exc:
@@ -200,3 +218,51 @@ def _fail(target: Target, failures: dict[str, str], exc: Exception) -> None:
     detail = exc.message if isinstance(exc, ServiceError) else str(exc)
     log.error("model blobs could not be stored in %s: %s", target.name, detail)
     failures[target.name] = detail
+
+
+def recently_checked(data_dir: Path, target: str, days: int) -> frozenset[str]:
+    """Return the blobs that verify checked on `target` within the last `days` days."""
+    if days <= 0:
+        return frozenset()
+    since = datetime.now(UTC) - timedelta(days=days)
+    checked = _read_checked(data_dir).get(target, {})
+    return frozenset(name for name, when in checked.items() if _parse_time(when) > since)
+
+
+def record_checked(data_dir: Path, target: str, names: set[str]) -> None:
+    """Record that verify checked the blobs `names` on `target` now."""
+    if not names:
+        return
+    document = _read_checked(data_dir)
+    now = datetime.now(UTC).isoformat()
+    document.setdefault(target, {}).update(dict.fromkeys(names, now))
+    path = data_dir / CHECKED_FILE
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(document, indent=1, sort_keys=True))
+    os.replace(partial, path)
+
+
+def _read_checked(data_dir: Path) -> dict[str, dict[str, str]]:
+    """Read the check times, or nothing when the file is missing or unreadable."""
+    try:
+        document = json.loads((data_dir / CHECKED_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("%s is unreadable, so verify checks every blob again: %s", CHECKED_FILE, exc)
+        return {}
+    if not isinstance(document, dict):
+        return {}
+    return {
+        target: {str(name): str(when) for name, when in times.items()}
+        for target, times in document.items()
+        if isinstance(times, dict)
+    }
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

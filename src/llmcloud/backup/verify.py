@@ -26,7 +26,7 @@ from pyrage import x25519  # type: ignore[import-untyped]
 from sqlalchemy.engine import make_url
 
 from llmcloud.backup.archive import FileRecord, Progress, read_archive
-from llmcloud.backup.blobs import check_blobs
+from llmcloud.backup.blobs import check_blobs, recently_checked, record_checked
 from llmcloud.backup.errors import BackupError, BackupNotFound, IntegrityError, WrongKey
 from llmcloud.backup.keys import passphrase_of, unlock_passphrase_key
 from llmcloud.backup.manifest import Manifest, decrypt_manifest
@@ -56,6 +56,8 @@ class VerifyResult:
     size: int
     row_counts: dict[str, int]
     blobs: int = 0
+    blobs_present_only: int = 0
+    """Blobs checked within backup_verify_blob_days, so only checked to be on the target now."""
 
 
 def find_backup(targets: list[Target], backup_id: str | None) -> tuple[Target, str]:
@@ -106,11 +108,13 @@ def unpack_backup(
     *,
     passphrase: str | None = None,
     blobs_into: Path | None = None,
+    blobs_present_only: frozenset[str] = frozenset(),
 ) -> tuple[Manifest, Path]:
     """Fetch, decrypt and unpack a backup into `scratch/unpacked`, checking every checksum.
 
     Every model blob the manifest names is decrypted and checked as well, and
-    written into `blobs_into` when given. Returns the manifest and the
+    written into `blobs_into` when given, except those in `blobs_present_only`,
+    which are only checked to be on the target. Returns the manifest and the
     unpacked folder. Raises IntegrityError naming the missing or damaged piece.
     """
     folder = target.fetch(backup_id, scratch / "fetched")
@@ -127,7 +131,15 @@ def unpack_backup(
         raise IntegrityError(f"backup {backup_id}: {exc.message}") from None
     _check_archive(archive_record, manifest.archive, backup_id)
     _compare_files(records, manifest.files, backup_id)
-    check_blobs(manifest.blobs, target, identities, scratch, blobs_into, backup_id)
+    check_blobs(
+        manifest.blobs,
+        target,
+        identities,
+        scratch,
+        blobs_into,
+        backup_id,
+        present_only=blobs_present_only,
+    )
     return manifest, unpacked
 
 
@@ -190,12 +202,22 @@ def _verify_locked(
 ) -> VerifyResult:
     target, found_id = find_backup(targets, backup_id)
     passphrase = passphrase_of(settings)
+    recent = recently_checked(settings.data_dir, target.name, settings.backup_verify_blob_days)
     with scratch_folder(settings.data_dir) as scratch:
         manifest, unpacked = unpack_backup(
-            target, found_id, identities, scratch, progress, passphrase=passphrase
+            target,
+            found_id,
+            identities,
+            scratch,
+            progress,
+            passphrase=passphrase,
+            blobs_present_only=recent,
         )
         database_file = unpacked / manifest.database_file
         row_counts = _check_database(settings, manifest, database_file)
+    names = {blob.object for blob in manifest.blobs}
+    if settings.backup_verify_blob_days > 0:
+        record_checked(settings.data_dir, target.name, names - recent)
     return VerifyResult(
         found_id,
         target.name,
@@ -203,6 +225,7 @@ def _verify_locked(
         manifest.total_size,
         row_counts,
         len(manifest.blobs),
+        len(names & recent),
     )
 
 

@@ -123,10 +123,15 @@ def verify(backup_id: str | None = typer.Argument(None), key: Path | None = KEY_
     ):
         result = verify_backup(settings, backup_id, key_file=key, progress=progress)
     rows = sum(result.row_counts.values())
+    blobs = f"{result.blobs} model blobs"
+    if result.blobs_present_only:
+        blobs += (
+            f" ({result.blobs_present_only} of them only checked to be there, because verify "
+            f"checked them within the last {settings.backup_verify_blob_days} days)"
+        )
     typer.echo(
         f"backup {result.backup_id} on {result.target} verified: {result.files} files, "
-        f"{result.size} bytes, {rows} rows in {len(result.row_counts)} tables, "
-        f"{result.blobs} model blobs"
+        f"{result.size} bytes, {rows} rows in {len(result.row_counts)} tables, {blobs}"
     )
 
 
