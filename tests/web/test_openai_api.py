@@ -350,6 +350,13 @@ def test_other_methods_get_405(web: Web, method: str) -> None:
     assert response.headers["allow"] == "GET"
 
 
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS", "PUT", "DELETE"])
+def test_model_path_other_methods_get_405(web: Web, method: str) -> None:
+    response = httpx.request(method, web.api_url + "/models/some-model")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET"
+
+
 @pytest.mark.parametrize("path", ["", "/", "/chat/completions/", "/models/"])
 def test_paths_near_endpoints_get_404_error_shape(web: Web, key: str, path: str) -> None:
     headers = {"Authorization": f"Bearer {key}"}

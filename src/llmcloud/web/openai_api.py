@@ -196,6 +196,8 @@ async def chat_completions(request: Request) -> Response:
 async def unknown_endpoint(request: Request) -> Response:
     path = request.scope["path"]
     allowed = ENDPOINTS.get(path)
+    if allowed is None and _names_model(path):
+        allowed = "GET"
     if allowed is not None:
         message = f"method {request.method} is not allowed on {path}; use {allowed}"
         return error_response(405, message, headers={"Allow": allowed})
@@ -220,9 +222,13 @@ def match_route(method: str, path: str) -> Route:
         return UNKNOWN
     if path == MODELS.path:
         return MODELS
-    if path.startswith(MODEL_PREFIX) and len(path) > len(MODEL_PREFIX):
+    if _names_model(path):
         return MODEL
     return UNKNOWN
+
+
+def _names_model(path: str) -> bool:
+    return path.startswith(MODEL_PREFIX) and len(path) > len(MODEL_PREFIX)
 
 
 async def authenticate(request: Request, state: WebState) -> User:
