@@ -185,3 +185,26 @@ def test_openai_chat_without_tools_is_content(openai_client: openai.OpenAI) -> N
     assert choice.finish_reason == "stop"
     assert choice.message.tool_calls is None
     assert json.loads(choice.message.content or "")["name"] == "get_weather"
+
+
+def test_openai_chat_takes_call_without_content(client: httpx.Client) -> None:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+    messages = [
+        *MESSAGES,
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C and sunny"},
+    ]
+    body = {"model": BUNDLED_MODEL, "messages": messages, "tools": TOOLS, "max_tokens": 8}
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+
+
+def test_openai_chat_rejects_message_without_content(client: httpx.Client) -> None:
+    body = {"model": BUNDLED_MODEL, "messages": [{"role": "user"}], "max_tokens": 8}
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages.0.content"

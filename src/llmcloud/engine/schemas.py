@@ -18,6 +18,7 @@ from pydantic import (
     StrictStr,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 KeepAlive = StrictStr | StrictInt | float | None
@@ -116,6 +117,15 @@ class OpenAIMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | list[OpenAITextPart] | None
     name: StrictStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tool_calls_without_content(cls, data: Any) -> Any:
+        # OpenAI's API lets an assistant message that has tool_calls leave out content, and
+        # clients send the model's call back that way in the next request.
+        if isinstance(data, dict) and data.get("tool_calls") and "content" not in data:
+            return {**data, "content": None}
+        return data
 
     def text(self) -> str:
         if self.content is None:
