@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,22 @@ def test_verify_rechecks_blob_after_its_days(blob_settings: Settings) -> None:
     operations.verify(blob_settings)
     checked = blob_settings.data_dir / CHECKED_FILE
     checked.write_text(checked.read_text().replace(str(datetime.now(UTC).year), "2001"))
+    corrupt(max(stored_blobs(blob_settings), key=lambda path: path.stat().st_size))
+
+    with pytest.raises(IntegrityError, match="is damaged"):
+        operations.verify(blob_settings)
+
+
+def test_verify_rechecks_blob_checked_in_future(blob_settings: Settings) -> None:
+    add_model(blob_settings, "tiny:1")
+    operations.backup_and_prune(blob_settings)
+    operations.verify(blob_settings)
+    checked = blob_settings.data_dir / CHECKED_FILE
+    times = json.loads(checked.read_text())
+    future = (datetime.now(UTC) + timedelta(days=365)).isoformat()
+    for blobs in times.values():
+        blobs.update(dict.fromkeys(blobs, future))
+    checked.write_text(json.dumps(times))
     corrupt(max(stored_blobs(blob_settings), key=lambda path: path.stat().st_size))
 
     with pytest.raises(IntegrityError, match="is damaged"):

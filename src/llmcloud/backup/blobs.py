@@ -224,9 +224,12 @@ def recently_checked(data_dir: Path, target: str, days: int) -> frozenset[str]:
     """Return the blobs that verify checked on `target` within the last `days` days."""
     if days <= 0:
         return frozenset()
-    since = datetime.now(UTC) - timedelta(days=days)
+    now = datetime.now(UTC)
+    since = now - timedelta(days=days)
     checked = _read_checked(data_dir).get(target, {})
-    return frozenset(name for name, when in checked.items() if _parse_time(when) > since)
+    # A check time in the future, written while the clock was wrong, counts as no check, so
+    # that it cannot spare a blob the full check for longer than `days`.
+    return frozenset(name for name, when in checked.items() if since < _parse_time(when) <= now)
 
 
 def record_checked(data_dir: Path, target: str, names: set[str]) -> None:
