@@ -85,6 +85,19 @@ def test_restore_rejects_live_data_dir(settings: Settings, filled: Database) -> 
         restore_backup(settings, targets_from_settings(settings), identities, result.backup_id)
 
 
+def test_restore_rejects_file_as_data_dir(settings: Settings, filled: Database) -> None:
+    result = operations.backup_and_prune(settings)
+    identities = operations.identities_for(settings)
+    file = settings.data_dir.parent / "file"
+    file.write_text("not a folder")
+
+    with pytest.raises(BackupError, match="is not a folder"):
+        restore_backup(
+            settings, targets_from_settings(settings), identities, result.backup_id, data_dir=file
+        )
+    assert file.read_text() == "not a folder"
+
+
 def test_forced_restore_backs_up_live_data_dir_first(settings: Settings, filled: Database) -> None:
     first = operations.backup_and_prune(settings)
     fill_database(filled, users=0)

@@ -78,6 +78,11 @@ def restore_backup(
     backed up first, to the same targets.
     """
     destination = data_dir or settings.data_dir
+    if destination.exists() and not destination.is_dir():
+        raise BackupError(
+            f"data dir {destination} is not a folder; restore into a new or empty folder "
+            "with --to DIR"
+        )
     safety_backup_id = None
     if is_live(destination) or _postgres_has_tables(settings):
         if not force:
