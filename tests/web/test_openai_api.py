@@ -365,6 +365,32 @@ def test_paths_near_endpoints_get_404_error_shape(web: Web, key: str, path: str)
     assert response.json()["error"]["code"] == "unknown_url"
 
 
+def test_image_part_gets_400_naming_part(web: Web, key: str) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    content = [{"type": "text", "text": "What is this?"}, image]
+    body = {"model": FAKE_MODEL, "messages": [{"role": "user", "content": content}]}
+
+    response = web.post(key, body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages.0.content.1"
+    assert "'image_url'" in response.json()["error"]["message"]
+
+
+def test_user_message_without_content_gets_400(web: Web, key: str) -> None:
+    body = {"model": FAKE_MODEL, "messages": [{"role": "user", "content": None}]}
+
+    response = web.post(key, body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages.0.content"
+
+
+def test_unknown_path_message_lists_every_endpoint(web: Web) -> None:
+    message = httpx.get(web.api_url + "/embeddings").json()["error"]["message"]
+    assert "GET /v1/models/{model}" in message
+
+
 def test_api_requests_counted_under_route_template(web: Web, key: str) -> None:
     labels = {"app": "web", "route": "/v1/models/{model:path}", "method": "GET", "status": "404"}
     before = REGISTRY.get_sample_value("llmcloud_http_requests_total", labels) or 0.0

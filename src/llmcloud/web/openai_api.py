@@ -76,14 +76,16 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
-class TextPart(_Body):
-    type: Literal["text"]
-    text: StrictStr
+class ContentPart(_Body):
+    """A part of a message's content; only text parts are accepted (see gateway_messages)."""
+
+    type: StrictStr
+    text: StrictStr | None = None
 
 
 class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: StrictStr | list[TextPart] | None = None
+    content: StrictStr | list[ContentPart] | None = None
     name: StrictStr | None = None
 
     def text(self) -> str:
@@ -91,7 +93,7 @@ class ChatMessage(_Body):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text or "" for part in self.content)
 
 
 class StreamOptions(_Body):
@@ -202,7 +204,10 @@ async def unknown_endpoint(request: Request) -> Response:
         message = f"method {request.method} is not allowed on {path}; use {allowed}"
         return error_response(405, message, headers={"Allow": allowed})
     served = ", ".join(f"{verb} {endpoint}" for endpoint, verb in ENDPOINTS.items())
-    message = f"unknown endpoint {request.method} {path}; this API serves {served}"
+    message = (
+        f"unknown endpoint {request.method} {path}; this API serves {served}, "
+        "GET /v1/models/{model}"
+    )
     return error_response(404, message, code="unknown_url")
 
 
@@ -330,6 +335,7 @@ def gateway_messages(body: ChatCompletionRequest, max_length: int) -> list[dict[
     """Return the messages as the gateway takes them; "developer" becomes "system"."""
     messages = []
     for index, message in enumerate(body.messages):
+        check_content(message, index)
         text = message.text()
         if message.role != "assistant" and len(text) > max_length:
             raise InvalidRequest(
@@ -340,6 +346,27 @@ def gateway_messages(body: ChatCompletionRequest, max_length: int) -> list[dict[
         role = "system" if message.role == "developer" else message.role
         messages.append({"role": role, "content": text})
     return messages
+
+
+def check_content(message: ChatMessage, index: int) -> None:
+    """Reject content that the gateway cannot pass on: none outside answers, or non-text parts."""
+    if message.content is None and message.role != "assistant":
+        raise InvalidRequest(
+            f"messages.{index}.content is missing; a {message.role} message needs its text",
+            param=f"messages.{index}.content",
+        )
+    for part_index, part in enumerate(message.content or []):
+        if not isinstance(part, ContentPart):
+            continue
+        where = f"messages.{index}.content.{part_index}"
+        if part.type != "text":
+            raise InvalidRequest(
+                f"{where} has type {part.type!r}; this API takes text parts only, so leave "
+                "out images and other media",
+                param=where,
+            )
+        if part.text is None:
+            raise InvalidRequest(f"{where}.text is missing", param=f"{where}.text")
 
 
 def gateway_options(body: ChatCompletionRequest) -> dict[str, Any]:
