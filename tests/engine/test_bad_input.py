@@ -149,6 +149,24 @@ CASES: list[tuple[str, str, Any, int, str]] = [
         "gpt-9",
     ),
     ("unknown_route", "/api/nothing", {"model": M}, 404, "/api/nothing"),
+    (
+        "tool_without_name_ollama",
+        "/api/chat",
+        {"model": M, "messages": [{"role": "user", "content": "hi"}], "tools": [{"function": {}}]},
+        400,
+        "tool 0 has no function name",
+    ),
+    (
+        "tool_name_not_text_openai",
+        "/v1/chat/completions",
+        {
+            "model": M,
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": 5}}],
+        },
+        400,
+        "tool 0 has no function name",
+    ),
 ]
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from llmcloud.engine.prompt import ChatTemplate
 from llmcloud.engine.runtime import Chunk, Event, Finished
 from llmcloud.engine.tool_calls import (
     ParsedText,
@@ -15,6 +16,7 @@ from llmcloud.engine.tool_calls import (
     ToolCallParser,
     ToolCalls,
     parse_tool_calls,
+    template_message,
     tool_names,
     with_tool_calls,
 )
@@ -234,3 +236,48 @@ def test_with_tool_calls_releases_held_text_at_end() -> None:
     assert events[0] == Chunk("a ")
     assert events[1] == Chunk("<tool")
     assert isinstance(events[2], Finished)
+
+
+def test_template_message_decodes_openai_arguments() -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+
+    message = template_message("assistant", "", tool_calls=[call])
+
+    assert message["tool_calls"][0]["function"]["arguments"] == {"a": 1}
+    assert message["tool_calls"][0]["id"] == "call_1"
+
+
+def test_template_message_keeps_arguments_it_cannot_decode() -> None:
+    call = {"function": {"name": "f", "arguments": "not json"}}
+
+    message = template_message("assistant", "", tool_calls=[call])
+
+    assert message["tool_calls"] == [call]
+
+
+def test_template_message_carries_tool_result_ids() -> None:
+    message = template_message("tool", "22 C", tool_name="weather", tool_call_id="call_1")
+
+    assert message == {
+        "role": "tool",
+        "content": "22 C",
+        "name": "weather",
+        "tool_call_id": "call_1",
+    }
+
+
+def test_earlier_calls_reach_chat_template() -> None:
+    source = (
+        "{% for m in messages %}{{ m.role }}:{{ m.content }}"
+        "{% for c in m.tool_calls or [] %}[{{ c.function.name }} {{ c.function.arguments.city }}]"
+        "{% endfor %}{% if m.name %}({{ m.name }}){% endif %};{% endfor %}"
+    )
+    call = {"function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}
+    messages = [
+        template_message("assistant", "", tool_calls=[call]),
+        template_message("tool", "3 C", tool_name="weather"),
+    ]
+
+    text = ChatTemplate(source).render(messages, add_generation_prompt=False)
+
+    assert text == "assistant:[weather Oslo];tool:3 C(weather);"

@@ -47,7 +47,13 @@ from llmcloud.engine.service import (
     start_generation,
 )
 from llmcloud.engine.store import ModelEntry
-from llmcloud.engine.tool_calls import ToolCall, ToolCalls, tool_names, with_tool_calls
+from llmcloud.engine.tool_calls import (
+    ToolCall,
+    ToolCalls,
+    template_message,
+    tool_names,
+    with_tool_calls,
+)
 
 router = APIRouter()
 
@@ -102,7 +108,10 @@ async def chat(request: Request) -> Response:
             request, entry, keep_alive, {"message": {"role": "assistant", "content": ""}}
         )
 
-    messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
+    messages = [
+        template_message(m.role, m.content or "", tool_calls=m.tool_calls, tool_name=m.tool_name)
+        for m in body.messages
+    ]
     if entry.system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": entry.system})
     generation = await start_generation(

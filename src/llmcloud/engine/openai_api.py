@@ -37,7 +37,13 @@ from llmcloud.engine.service import (
     start_generation,
 )
 from llmcloud.engine.store import ModelEntry
-from llmcloud.engine.tool_calls import ToolCall, ToolCalls, tool_names, with_tool_calls
+from llmcloud.engine.tool_calls import (
+    ToolCall,
+    ToolCalls,
+    template_message,
+    tool_names,
+    with_tool_calls,
+)
 
 router = APIRouter(prefix="/v1")
 
@@ -49,7 +55,13 @@ async def chat_completions(request: Request) -> Response:
     body = await read_json(request, OpenAIChatRequest)
     entry = resolve_model(request.app.state.store, body.model)
     messages = [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        template_message(
+            "system" if m.role == "developer" else m.role,
+            m.text(),
+            tool_calls=m.tool_calls,
+            tool_name=m.name if m.role == "tool" else None,
+            tool_call_id=m.tool_call_id,
+        )
         for m in body.messages
     ]
     if entry.system and messages[0]["role"] != "system":

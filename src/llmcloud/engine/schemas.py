@@ -7,9 +7,10 @@ field is type-checked and range-checked, so a bad value gets a 400 naming it.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -47,12 +48,29 @@ class Options(_Body):
     frequency_penalty: float | None = Field(None, ge=-10, le=10)
 
 
+def _check_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    # Both APIs describe a tool as {"type": "function", "function": {"name": ..., ...}}, and
+    # the name is what a call in the output is matched against.
+    for index, tool in enumerate(tools or []):
+        function = tool.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise ValueError(
+                f"tool {index} has no function name: give each tool "
+                '{"type": "function", "function": {"name": "...", "parameters": {...}}}'
+            )
+    return tools
+
+
+Tools = Annotated[list[dict[str, Any]] | None, AfterValidator(_check_tools)]
+
+
 class ChatMessage(_Body):
     # tool_calls is declared before content because pydantic validates fields in declaration
     # order, and the content check needs tool_calls.
     role: Literal["system", "user", "assistant", "tool"]
     images: list[StrictStr] | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    tool_name: StrictStr | None = None
     content: StrictStr | None = Field(None, validate_default=True)
 
     @field_validator("content")
@@ -72,7 +90,7 @@ class OllamaChatRequest(_Body):
     format: FormatSpec = None
     options: Options | None = None
     keep_alive: KeepAlive = None
-    tools: list[dict[str, Any]] | None = None
+    tools: Tools = None
     think: StrictBool | None = None
 
 
@@ -117,6 +135,8 @@ class OpenAIMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | list[OpenAITextPart] | None
     name: StrictStr | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: StrictStr | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -168,7 +188,7 @@ class OpenAIChatRequest(_OpenAISampling):
     max_tokens: StrictInt | None = Field(None, ge=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: Tools = None
 
 
 class OpenAICompletionRequest(_OpenAISampling):

@@ -70,6 +70,42 @@ def tool_names(tools: list[dict[str, Any]] | None) -> set[str]:
     return names
 
 
+def template_message(
+    role: str,
+    content: str,
+    *,
+    tool_calls: list[dict[str, Any]] | None = None,
+    tool_name: str | None = None,
+    tool_call_id: str | None = None,
+) -> dict[str, Any]:
+    """Return a request message as chat templates read it, with its earlier calls and results.
+
+    Templates read a call's arguments as an object, which OpenAI's API sends as a
+    JSON string; a string that holds a JSON object is decoded, and any other is kept.
+    """
+    message: dict[str, Any] = {"role": role, "content": content}
+    if tool_calls:
+        message["tool_calls"] = [_call_for_template(call) for call in tool_calls]
+    if tool_name is not None:
+        message["name"] = tool_name
+    if tool_call_id is not None:
+        message["tool_call_id"] = tool_call_id
+    return message
+
+
+def _call_for_template(call: dict[str, Any]) -> dict[str, Any]:
+    function = call.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+        return call
+    try:
+        arguments = json.loads(function["arguments"])
+    except ValueError:
+        return call
+    if not isinstance(arguments, dict):
+        return call
+    return {**call, "function": {**function, "arguments": arguments}}
+
+
 def parse_tool_calls(text: str, names: set[str]) -> ParsedText:
     """Split a whole output into content and calls."""
     parser = ToolCallParser(names)
