@@ -57,8 +57,11 @@ def test_read_archive_with_other_key_raises_wrong_key(
     output = tmp_path / "data.tar.zst.age"
     archive.write_archive(make_entries(tmp_path), output, [identity.to_public()])
 
-    with pytest.raises(WrongKey, match="encrypted to another key"):
+    with pytest.raises(WrongKey, match="encrypted to another key") as caught:
         archive.read_archive(output, [x25519.Identity.generate()], tmp_path / "unpacked")
+
+    assert "--key FILE" in caught.value.message
+    assert "backup_identity_file" in caught.value.message
 
 
 def test_read_archive_names_cut_archive(tmp_path: Path, identity: x25519.Identity) -> None:

@@ -236,7 +236,8 @@ def _decrypt_error(name: str, exc: Exception | str) -> Exception:
     if "No matching keys" in text or "no identity matched" in text.lower():
         return WrongKey(
             f"the backup key cannot decrypt {name}: it was encrypted to another key; "
-            "set backup_identity_file to the key that was in use when it was taken"
+            "give the key that was in use when it was taken with --key FILE, or set "
+            "backup_identity_file to it"
         )
     return IntegrityError(f"{name} is damaged and cannot be decrypted: {text}")
 

@@ -152,7 +152,7 @@ def check_blobs(
         where = f"backup {backup_id}: model blob {record.digest} ({BLOBS_FOLDER}/{record.object})"
         if record.object in present_only:
             if record.object not in stored:
-                raise IntegrityError(f"{where} is missing")
+                raise IntegrityError(f"{where} is missing from {target.name}")
             continue
         try:
             source = target.fetch_blob(record.object, downloads)
