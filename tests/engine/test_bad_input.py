@@ -241,3 +241,12 @@ def test_invalid_schema_format_is_rejected(engine_url: str) -> None:
     assert response.status_code == 400
     assert "format" in _message(response)
     _next_request_succeeds(engine_url)
+
+
+def test_wrong_method_gets_405_naming_allowed(engine_url: str) -> None:
+    response = httpx.put(engine_url + "/v1/models", timeout=30)
+
+    assert response.status_code == 405
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert "use GET" in error["message"]

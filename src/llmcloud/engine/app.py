@@ -148,7 +148,9 @@ def _http_error_message(request: Request, exc: HTTPException) -> str:
     if exc.status_code == 404:
         return f"no route for {request.method} {request.url.path}"
     if exc.status_code == 405:
-        return f"method {request.method} is not allowed on {request.url.path}"
+        allowed = (exc.headers or {}).get("Allow")
+        use = f"; use {allowed}" if allowed else ""
+        return f"method {request.method} is not allowed on {request.url.path}{use}"
     return str(exc.detail)
 
 

@@ -86,6 +86,7 @@ OPENAI_ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     413: "invalid_request_error",
     503: "server_busy",
 }
