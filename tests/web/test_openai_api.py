@@ -396,14 +396,27 @@ def test_api_requests_counted_under_route_template(web: Web, key: str) -> None:
     before = REGISTRY.get_sample_value("llmcloud_http_requests_total", labels) or 0.0
     headers = {"Authorization": f"Bearer {key}"}
     httpx.get(web.api_url + "/models/no-such-model", headers=headers)
+    # The request is counted once the response has been sent, so it may follow the reply.
+    deadline = time.monotonic() + 5
     after = REGISTRY.get_sample_value("llmcloud_http_requests_total", labels)
+    while after != before + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+        after = REGISTRY.get_sample_value("llmcloud_http_requests_total", labels)
     assert after == before + 1
 
 
 def test_api_requests_are_logged(web: Web, key: str, caplog: pytest.LogCaptureFixture) -> None:
+    def logged() -> bool:
+        return any('"GET /v1/models" 200' in record.getMessage() for record in caplog.records)
+
     with caplog.at_level("INFO", logger="llmcloud.access"):
         httpx.get(web.api_url + "/models", headers={"Authorization": f"Bearer {key}"})
-    assert any('"GET /v1/models" 200' in record.getMessage() for record in caplog.records)
+        # The line is written once the response has been sent, so it may follow the reply.
+        deadline = time.monotonic() + 5
+        while not logged() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    assert logged()
 
 
 def test_backend_error_before_first_token_gets_502(
