@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from pyrage import x25519  # type: ignore[import-untyped]
 
 from llmcloud.backup import operations
 from llmcloud.backup.errors import BackupError
@@ -96,6 +97,42 @@ def test_restore_rejects_file_as_data_dir(settings: Settings, filled: Database) 
             settings, targets_from_settings(settings), identities, result.backup_id, data_dir=file
         )
     assert file.read_text() == "not a folder"
+
+
+def test_failed_restore_leaves_no_new_folder(settings: Settings, filled: Database) -> None:
+    result = operations.backup_and_prune(settings)
+    wrong_key = [x25519.Identity.generate()]
+    destination = settings.data_dir.parent / "restored"
+
+    with pytest.raises(BackupError, match="another key"):
+        restore_backup(
+            settings,
+            targets_from_settings(settings),
+            wrong_key,
+            result.backup_id,
+            data_dir=destination,
+        )
+
+    assert not destination.exists()
+
+
+def test_failed_restore_into_empty_folder_leaves_it_empty(
+    settings: Settings, filled: Database
+) -> None:
+    result = operations.backup_and_prune(settings)
+    destination = settings.data_dir.parent / "restored"
+    destination.mkdir()
+
+    with pytest.raises(BackupError, match="another key"):
+        restore_backup(
+            settings,
+            targets_from_settings(settings),
+            [x25519.Identity.generate()],
+            result.backup_id,
+            data_dir=destination,
+        )
+
+    assert list(destination.iterdir()) == []
 
 
 def test_forced_restore_backs_up_live_data_dir_first(settings: Settings, filled: Database) -> None:

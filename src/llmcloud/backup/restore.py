@@ -14,6 +14,7 @@ result names both paths so the operator can move it into place.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from dataclasses import dataclass
@@ -24,7 +25,14 @@ from pyrage import x25519  # type: ignore[import-untyped]
 from llmcloud.backup.archive import Progress
 from llmcloud.backup.errors import BackupError
 from llmcloud.backup.keys import identity_path, passphrase_of
-from llmcloud.backup.run import CONFIG_ENTRY, DATA_FOLDERS, DATA_PREFIX, backup_lock, run_backup
+from llmcloud.backup.run import (
+    CONFIG_ENTRY,
+    DATA_FOLDERS,
+    DATA_PREFIX,
+    LOCK_FILE,
+    backup_lock,
+    run_backup,
+)
 from llmcloud.backup.targets import Target
 from llmcloud.backup.verify import find_backup, scratch_folder, unpack_backup
 from llmcloud.db import database_url_from_settings, open_database
@@ -94,24 +102,30 @@ def restore_backup(
         log.warning("backup %s taken before the forced restore", safety_backup_id)
 
     target, found_id = find_backup(targets, backup_id)
+    created = not destination.exists()
+    had_lock_file = (destination / LOCK_FILE).exists()
     destination.mkdir(parents=True, exist_ok=True)
     # Unpacking inside the destination lets every restored file be moved into place by rename.
     passphrase = passphrase_of(settings)
-    with backup_lock(destination), scratch_folder(destination) as scratch:
-        manifest, unpacked = unpack_backup(
-            target,
-            found_id,
-            identities,
-            scratch,
-            progress,
-            passphrase=passphrase,
-            blobs_into=unpacked_blobs(scratch),
-        )
-        _replace_data(unpacked / "data", destination)
-        _restore_database(
-            settings, destination, unpacked / manifest.database_file, manifest.database_kind
-        )
-        config_file = _restore_config(unpacked, destination, manifest.settings_entry)
+    try:
+        with backup_lock(destination), scratch_folder(destination) as scratch:
+            manifest, unpacked = unpack_backup(
+                target,
+                found_id,
+                identities,
+                scratch,
+                progress,
+                passphrase=passphrase,
+                blobs_into=unpacked_blobs(scratch),
+            )
+            _replace_data(unpacked / "data", destination)
+            _restore_database(
+                settings, destination, unpacked / manifest.database_file, manifest.database_kind
+            )
+            config_file = _restore_config(unpacked, destination, manifest.settings_entry)
+    except BaseException:
+        _remove_lock_left(destination, created=created, had_lock_file=had_lock_file)
+        raise
 
     log.info("backup %s restored into %s", found_id, destination)
     return RestoreResult(
@@ -122,6 +136,15 @@ def restore_backup(
         manifest.settings_file,
         len(manifest.blobs),
     )
+
+
+def _remove_lock_left(destination: Path, *, created: bool, had_lock_file: bool) -> None:
+    """Remove the lock file that a failed restore made, and the folder when it made that too."""
+    if not had_lock_file:
+        (destination / LOCK_FILE).unlink(missing_ok=True)
+    if created:
+        with contextlib.suppress(OSError):
+            destination.rmdir()  # only when empty: a failure after files moved in keeps them
 
 
 def unpacked_blobs(scratch: Path) -> Path:
