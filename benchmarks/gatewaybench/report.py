@@ -204,7 +204,7 @@ many threads as there are cores, as `llmcloud up` runs it, and the web app
 and the client take CPU time from it. With "engine on its own core", a
 second engine with one thread is pinned to the last core, and a second web
 app and the client to the others, as when the engine has a machine of its
-own. "Web CPU per request" includes the relay of every token of the answer.
+own. "Web CPU per request" includes the relay of every token of the response.
 "Noise floor" is the p99 of the differences between consecutive direct
 rounds: what the added p99 would show if the web app added nothing. Where
 it is above the p99 target, this measurement cannot show the target met.

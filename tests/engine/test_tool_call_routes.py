@@ -2,7 +2,7 @@
 
 The bundled model does not write tool calls by itself, so these tests force its output
 with a JSON schema (Ollama's `format`, OpenAI's `response_format`). The schema fixes
-every value, so the output is a bare JSON call whatever the model would have said.
+every value, so the output is a bare JSON call whatever the model would have written.
 """
 
 from __future__ import annotations

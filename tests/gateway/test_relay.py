@@ -338,7 +338,7 @@ def test_texts_before_stream_error_are_kept() -> None:
     assert str(error) == "model crashed"
 
 
-async def test_done_comes_before_response_end_and_connection_is_reused() -> None:
+async def test_done_precedes_response_end() -> None:
     """The last event does not wait for the response's chunked end, which still ends in time."""
     end_delay = 0.3
 

@@ -1,7 +1,7 @@
 """Tool calls parsed out of a model's output when the request offered tools.
 
 Models trained for function calling write a call as text, in one of two common
-forms, and the chat template tells them which:
+forms, and the chat template names the form:
 
 - Hermes and Qwen style: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`,
   one block per call, possibly after some text.
@@ -81,7 +81,7 @@ def template_message(
     """Return a request message as chat templates read it, with its earlier calls and results.
 
     Templates read a call's arguments as an object, which OpenAI's API sends as a
-    JSON string; a string that holds a JSON object is decoded, and any other is kept.
+    JSON string; a string that contains a JSON object is decoded, and any other is kept.
     """
     message: dict[str, Any] = {"role": role, "content": content}
     if tool_calls:

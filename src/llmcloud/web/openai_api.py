@@ -349,7 +349,7 @@ def gateway_messages(body: ChatCompletionRequest, max_length: int) -> list[dict[
 
 
 def check_content(message: ChatMessage, index: int) -> None:
-    """Reject content that the gateway cannot pass on: none outside answers, or non-text parts."""
+    """Reject missing text outside assistant messages, and parts that are not text."""
     if message.content is None and message.role != "assistant":
         raise InvalidRequest(
             f"messages.{index}.content is missing; a {message.role} message needs its text",
