@@ -250,6 +250,9 @@ class Gateway:
 
     def _check_model(self, model: str) -> None:
         """Raise UnknownModel or NoBackendAvailable unless a healthy backend lists the model."""
+        for client in self._clients.values():
+            if client.routable and client.serves(model):
+                return
         enabled = [client for client in self._clients.values() if client.config.enabled]
         if not enabled:
             raise NoBackendAvailable(

@@ -11,7 +11,6 @@ with Failed(partial=True).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
@@ -22,7 +21,7 @@ from typing import Any
 from llmcloud.gateway.backend import BackendClient, BackendFailure, describe_http_error
 from llmcloud.gateway.dispatch import Dispatcher, Ticket
 from llmcloud.gateway.events import ChatEvent, Done, Durations, Failed, Queued, Started, Token
-from llmcloud.gateway.http import HTTPError, Response
+from llmcloud.gateway.http import HTTPError, ReadTimeout, Response
 from llmcloud.gateway.protocols import StreamParser, StreamResult, UpstreamError
 from llmcloud.gateway.request import ChatRequest, build_chat_request
 from llmcloud.gateway.shared_queue import SharedQueue
@@ -144,9 +143,10 @@ class ChatRelay:
         """
         failures: dict[str, BackendFailure] = {}
         while True:
-            async with aclosing(self._positions(chat.ticket)) as positions:
-                async for position in positions:
-                    yield Queued(position)
+            if not chat.ticket.settled:
+                async with aclosing(self._positions(chat.ticket)) as positions:
+                    async for position in positions:
+                        yield Queued(position)
             if not chat.ticket.settled:
                 # The shared queue failed while the request waited: wait on this instance.
                 chat.ticket = self.dispatcher.submit(
@@ -202,28 +202,34 @@ class ChatRelay:
                 await ticket.changed.wait()
 
     async def _open(self, backend: BackendClient, request: ChatRequest) -> Upstream:
-        """Send the request and read up to its first token, within first_token_timeout."""
+        """Send the request and read up to its first token, within first_token_timeout.
+
+        Each wait for the backend's head or a line is limited by the connection's read
+        timeout, which is first_token_timeout too, so the whole wait is checked only
+        after each read. That check catches a backend that sends lines without a token
+        for longer; it costs less than an asyncio timeout around the whole.
+        """
         body = backend.protocol.chat_body(request, self.keep_alive)
         parser = backend.protocol.parser()
         sent_ns = time.perf_counter_ns()
+        deadline = sent_ns + int(self.first_token_timeout * 1e9)
         response: Response | None = None
         try:
-            async with asyncio.timeout(self.first_token_timeout):
-                response = await backend.open_chat(body)
-                while lines := await response.read_lines():
-                    for index, line in enumerate(lines):
-                        text = parser.feed(line)
-                        if text or parser.result is not None:
-                            first_ns = time.perf_counter_ns()
-                            rest = lines[index + 1 :]
-                            return Upstream(
-                                backend, response, rest, parser, text, sent_ns, first_ns
-                            )
-                if parser.finish() is not None:
-                    first_ns = time.perf_counter_ns()
-                    return Upstream(backend, response, [], parser, None, sent_ns, first_ns)
-                error = "the stream ended before the first token"
-        except TimeoutError:
+            response = await backend.open_chat(body)
+            while lines := await response.read_lines():
+                for index, line in enumerate(lines):
+                    text = parser.feed(line)
+                    if text or parser.result is not None:
+                        first_ns = time.perf_counter_ns()
+                        rest = lines[index + 1 :]
+                        return Upstream(backend, response, rest, parser, text, sent_ns, first_ns)
+                if time.perf_counter_ns() > deadline:
+                    raise TimeoutError
+            if parser.finish() is not None:
+                first_ns = time.perf_counter_ns()
+                return Upstream(backend, response, [], parser, None, sent_ns, first_ns)
+            error = "the stream ended before the first token"
+        except (TimeoutError, ReadTimeout):
             error = f"no first token within {self.first_token_timeout:g} s"
         except (HTTPError, UpstreamError) as exc:
             error = describe_http_error(exc)

@@ -24,6 +24,9 @@ class ChatMessage(_Strict):
     content: StrictStr
 
 
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
 class ChatOptions(_Strict):
     """Ollama's model options, as its docs/api.md lists them; unknown names are rejected.
 
@@ -78,16 +81,27 @@ def build_chat_request(
     if not messages:
         raise InvalidChatRequest("messages is empty; send at least one message")
 
-    chat = [
-        _validate(ChatMessage, message, f"messages.{index}").model_dump()
-        for index, message in enumerate(messages)
-    ]
+    chat = [_message(message, index) for index, message in enumerate(messages)]
     if system:
         chat.insert(0, {"role": "system", "content": system})
 
-    checked = _validate(ChatOptions, options or {}, "options")
-    given = checked.model_dump(exclude_none=True)
+    given: dict[str, Any] = {}
+    if options:
+        given = _validate(ChatOptions, options, "options").model_dump(exclude_none=True)
     return ChatRequest(model=model, messages=chat, options=given)
+
+
+def _message(message: object, index: int) -> dict[str, str]:
+    # A dict of exactly a known role and a string content, which the web app always sends,
+    # is valid as it is; anything else gets the model's validation and its error messages.
+    if (
+        type(message) is dict
+        and len(message) == 2
+        and message.get("role") in ROLES
+        and type(message.get("content")) is str
+    ):
+        return {"role": message["role"], "content": message["content"]}
+    return _validate(ChatMessage, message, f"messages.{index}").model_dump()
 
 
 def _check_model_name(model: object) -> None:

@@ -56,11 +56,12 @@ class HttpMetricsMiddleware:
             status = status or 500
             raise
         finally:
-            self._record(scope, status, time.perf_counter() - started)
+            record_request(self.app_name, scope, status, time.perf_counter() - started)
 
-    def _record(self, scope: Scope, status: int, seconds: float) -> None:
-        route = route_template(scope)
-        method = method_label(scope["method"])
-        # 0 means the client left before a response started.
-        http_requests.labels(self.app_name, route, method, str(status)).inc()
-        http_request_duration.labels(self.app_name, route, method).observe(seconds)
+
+def record_request(app_name: str, scope: Scope, status: int, seconds: float) -> None:
+    """Count a request and observe its duration; status 0 means the client left before one."""
+    route = route_template(scope)
+    method = method_label(scope["method"])
+    http_requests.labels(app_name, route, method, str(status)).inc()
+    http_request_duration.labels(app_name, route, method).observe(seconds)

@@ -19,6 +19,31 @@ if TYPE_CHECKING:
     from llmcloud.gateway.events import ChatEvent
 
 
+class _Series:
+    """The labelled children of one component and model that each request uses."""
+
+    __slots__ = ("inter_token", "running", "ttft", "waiting")
+
+    def __init__(self, component: str, model: str) -> None:
+        self.ttft = metrics.llm_time_to_first_token.labels(component, model)
+        self.inter_token = metrics.llm_inter_token_latency.labels(component, model)
+        self.running = metrics.llm_requests_running.labels(component, model)
+        self.waiting = metrics.llm_requests_waiting.labels(component, model)
+
+
+# Looked up once per request rather than through labels(), which takes a lock and checks
+# the label values each time. There is one entry per component and model that served a
+# request, as there is one series.
+_series: dict[tuple[str, str], _Series] = {}
+
+
+def _series_for(component: str, model: str) -> _Series:
+    series = _series.get((component, model))
+    if series is None:
+        series = _series[component, model] = _Series(component, model)
+    return series
+
+
 class GenerationMetrics:
     """Time to first token, inter-token latency, duration and tokens of one generation.
 
@@ -31,8 +56,9 @@ class GenerationMetrics:
         self.last_chunk: float | None = None
         self.component = component
         self.model = model
-        self._ttft = metrics.llm_time_to_first_token.labels(component, model)
-        self._inter_token = metrics.llm_inter_token_latency.labels(component, model)
+        series = _series_for(component, model)
+        self._ttft = series.ttft
+        self._inter_token = series.inter_token
         self._done = False
 
     def chunk(self) -> None:
@@ -116,8 +142,9 @@ async def observe_gateway_chat(
                     continue
                 if recorder is None:
                     recorder = GenerationMetrics("gateway", model, started)
-                    gauges["running"] = metrics.llm_requests_running.labels("gateway", model)
-                    gauges["waiting"] = metrics.llm_requests_waiting.labels("gateway", model)
+                    series = _series_for("gateway", model)
+                    gauges["running"] = series.running
+                    gauges["waiting"] = series.waiting
                 if isinstance(event, Queued) and state != "waiting":
                     move("waiting")
                 elif isinstance(event, Started):

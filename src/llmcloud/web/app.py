@@ -12,11 +12,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, cast
 
 from argon2 import PasswordHasher
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from llmcloud import __version__
@@ -53,18 +55,17 @@ from llmcloud.web.errors import UnexpectedErrorMiddleware, add_error_handlers
 from llmcloud.web.live import live_feed_for
 from llmcloud.web.middleware import (
     AccessLogMiddleware,
-    BodySendMiddleware,
     BodySizeLimitMiddleware,
     SecurityHeadersMiddleware,
 )
-from llmcloud.web.openai_api import OpenAIAPI
+from llmcloud.web.openai_api import OpenAIAPI, is_api_path
 from llmcloud.web.rate_limit import rate_limiter_for
 from llmcloud.web.security import CookieSigner
 from llmcloud.web.templating import STATIC_DIR
 
 log = logging.getLogger("llmcloud.web")
 
-# Every router of the web app. The /v1 API is not among them: OpenAIAPI serves it.
+# Every router of the web app. The /v1 API is not among them: WebApp sends it to OpenAIAPI.
 ROUTERS: list[APIRouter] = [
     health.router,
     auth_pages.router,
@@ -88,7 +89,7 @@ def create_app(
     database: Database | None = None,
     hasher: PasswordHasher | None = None,
     schedule_backups: bool | None = None,
-) -> FastAPI:
+) -> WebApp:
     """Build the web app.
 
     A `gateway` or `database` passed in belongs to the caller, who starts and
@@ -129,7 +130,8 @@ def create_app(
             yield
         log.info("web app stopped")
 
-    app = FastAPI(
+    app = WebApp(
+        api_app(settings),
         title="llmcloud",
         version=__version__,
         lifespan=lifespan,
@@ -141,16 +143,12 @@ def create_app(
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     app.state.live = live_feed_for(redis_url)
     app.state.rate_limiter = rate_limiter_for(settings.web_chat_rate_limit, redis_url)
-    # Innermost, so that /v1 requests pass all the middleware below and skip only the router.
-    app.add_middleware(OpenAIAPI)
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes(settings))
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.add_middleware(HttpMetricsMiddleware, app_name="web")
-    # Outermost of the added middleware, so that streamed body messages skip all the above.
-    app.add_middleware(BodySendMiddleware)
     add_error_handlers(app)
     app.state.metrics = AppRegistry()
     app.include_router(metrics_router(settings, app.state.metrics))
@@ -160,6 +158,33 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+def api_app(settings: Settings) -> ASGIApp:
+    """Return OpenAIAPI behind the handling of X-Forwarded-* from trusted_proxies."""
+    # uvicorn types its middleware with ASGI types of its own, which Starlette's do not match.
+    api: Any = OpenAIAPI()
+    proxied: Any = ProxyHeadersMiddleware(api, trusted_hosts=settings.trusted_proxies)
+    return cast(ASGIApp, proxied)
+
+
+class WebApp(FastAPI):
+    """The web app: `api` serves /v1 (OpenAIAPI), and FastAPI with its middleware the rest.
+
+    The /v1 requests skip Starlette's middleware stack and FastAPI's router, which
+    OpenAIAPI replaces with a layer of its own.
+    """
+
+    def __init__(self, api: ASGIApp, **options: Any) -> None:
+        super().__init__(**options)
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and is_api_path(scope["path"]):
+            scope["app"] = self
+            await self.api(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 async def _favicon() -> FileResponse:

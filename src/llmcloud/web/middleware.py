@@ -1,7 +1,4 @@
-"""ASGI middleware of the web app: security headers, the request size limit, the access log.
-
-It also contains `BodySendMiddleware`, which lets long streams skip the others for body messages.
-"""
+"""ASGI middleware of the web app: security headers, the request size limit, the access log."""
 
 from __future__ import annotations
 
@@ -13,9 +10,6 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("llmcloud.access")
-
-BODY_SEND = "llmcloud.body_send"
-"""The scope key under which `BodySendMiddleware` stores its `send`."""
 
 # Scripts and styles come only from /static, so an injected inline script or
 # event-handler attribute does not run even if it passed the HTML sanitiser.
@@ -32,6 +26,14 @@ SECURITY_HEADERS = [
 ]
 
 
+def add_security_headers(start: Message) -> None:
+    """Add to an `http.response.start` message the security headers that it does not set."""
+    headers = start.get("headers", [])
+    names = {name for name, _ in headers}
+    extra = [(name, value) for name, value in SECURITY_HEADERS if name not in names]
+    start["headers"] = [*headers, *extra]
+
+
 class SecurityHeadersMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -43,9 +45,7 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                names = {name for name, _ in message.get("headers", [])}
-                extra = [(name, value) for name, value in SECURITY_HEADERS if name not in names]
-                message["headers"] = [*message.get("headers", []), *extra]
+                add_security_headers(message)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -158,31 +158,17 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            client = scope.get("client") or ("-", 0)
-            access_log.info(
-                '%s "%s %s" %s %.1fms',
-                client[0],
-                scope.get("method", "WEBSOCKET"),
-                scope["path"],
-                status["code"],
-                (time.perf_counter() - started) * 1000,
-            )
+            log_access(scope, status["code"], started)
 
 
-class BodySendMiddleware:
-    """Store this layer's `send` in the scope, for streamed body messages to skip the layers inside.
-
-    Every middleware that create_app() adds inside this one reads or changes only the
-    `http.response.start` message and passes body messages on unchanged (a test checks the
-    list), and so do Starlette's exception handlers there (as of Starlette 1.10). A response
-    whose start went through them all may therefore send its body messages to
-    `scope[BODY_SEND]`, which makes one call per token in place of one per layer.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scope[BODY_SEND] = send
-        await self.app(scope, receive, send)
+def log_access(scope: Scope, status: int, started: float) -> None:
+    """Log a request's line; `started` is its `time.perf_counter()` at arrival."""
+    client = scope.get("client") or ("-", 0)
+    access_log.info(
+        '%s "%s %s" %s %.1fms',
+        client[0],
+        scope.get("method", "WEBSOCKET"),
+        scope["path"],
+        status,
+        (time.perf_counter() - started) * 1000,
+    )

@@ -13,12 +13,15 @@ shape, `{"error": {"message", "type", "param", "code"}}`, unknown paths and
 methods under /v1 included. Streaming and the response bodies are in
 `llmcloud.web.openai_reply`.
 
-`OpenAIAPI` serves these routes as the innermost middleware of the web app,
-so that /v1 requests pass the access log, the metrics, the security headers
-and the error handling like any other, and skip FastAPI's router and
-per-route machinery. Those took about 30% of the web app's time between a
-chat request's arrival and the backend request's departure
-(docs/benchmarks.md, "Gateway: where the time goes").
+`OpenAIAPI` serves these routes in front of the web app's middleware and
+router (see `llmcloud.web.app.WebApp`), in one layer that does for /v1
+what that middleware does for the pages: it adds the security headers,
+counts and times the request in the metrics, writes its access log line,
+and logs an unexpected error once and answers it with a 500. Starlette's
+middleware stack, the seven layers on it and FastAPI's router took about
+40% of the web app's time between a chat request's arrival and the
+backend request's departure (docs/benchmarks.md, "Gateway: where the time
+goes").
 """
 
 from __future__ import annotations
@@ -26,24 +29,33 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmcloud.auth import api_keys
 from llmcloud.auth.errors import AccountDeactivated, AccountPending, ServiceError
 from llmcloud.db.database import Database
 from llmcloud.db.models import User
 from llmcloud.gateway import GatewayError, UnknownModel
+from llmcloud.monitoring.http_metrics import record_request
 from llmcloud.monitoring.metrics import api_key_requests
 from llmcloud.web.deps import WebState, web_state
-from llmcloud.web.openai_reply import CompletionResponse, error_response, gateway_error_response
+from llmcloud.web.middleware import add_security_headers, log_access
+from llmcloud.web.openai_reply import (
+    BODY_SEND,
+    CompletionResponse,
+    error_response,
+    gateway_error_response,
+)
 
 log = logging.getLogger("llmcloud.web")
 
@@ -52,6 +64,8 @@ log = logging.getLogger("llmcloud.web")
 MAX_BODY_BYTES = 8 * 1024 * 1024
 PREFIX = "/v1"
 ENDPOINTS = {"/v1/chat/completions": "POST", "/v1/models": "GET"}
+_OK_REQUESTS = api_key_requests.labels("ok")
+_INVALID_KEY_REQUESTS = api_key_requests.labels("invalid_key")
 # Database checks of API keys in progress, by database and Authorization header.
 _key_checks: dict[tuple[int, str | None], asyncio.Future[User]] = {}
 
@@ -128,7 +142,7 @@ class ChatCompletionRequest(_Body):
     logprobs: StrictBool | None = None
 
 
-Endpoint = Callable[[Request], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[ASGIApp]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,39 +155,75 @@ class Route:
 
 
 class OpenAIAPI:
-    """Serve the /v1 API and pass every other request on to `app`."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    """Serve a /v1 request, with the security headers, metrics, access log and error handling."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "")
-        if scope["type"] != "http" or not (path == PREFIX or path.startswith(PREFIX + "/")):
-            await self.app(scope, receive, send)
-            return
+        started = time.perf_counter()
+        status = 0
 
-        route = match_route(scope["method"], path)
+        async def send_start(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                add_security_headers(message)
+            await send(message)
+
+        # Streamed body messages go to `send` directly: only the start needs this layer.
+        scope[BODY_SEND] = send
+        route = match_route(scope["method"], scope["path"])
         scope["route"] = route
-        request = Request(scope, receive, send)
         try:
-            response = await route.endpoint(request)
-        except ServiceError as exc:
-            log.info("%s %s rejected: %s", request.method, path, exc.message)
-            response = _service_error(exc)
-        except GatewayError as exc:
-            log.info("%s %s rejected: %s", request.method, path, exc.message)
-            response = gateway_error_response(exc)
-        await response(scope, receive, send)
+            await _respond(route, scope, receive, send_start)
+        except Exception as exc:
+            if status == 0:
+                await _unexpected_error(scope, exc)(scope, receive, send_start)
+            else:
+                # The status went out with the headers, so the client sees the body cut short.
+                _log_unexpected_error(scope, exc)
+        except BaseException:
+            status = status or 500
+            raise
+        finally:
+            record_request("web", scope, status, time.perf_counter() - started)
+            log_access(scope, status, started)
 
 
-async def list_models(request: Request) -> Response:
+async def _respond(route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+    request = Request(scope, receive, send)
+    reply: ASGIApp
+    try:
+        reply = await route.endpoint(request)
+    except ServiceError as exc:
+        log.info("%s %s rejected: %s", request.method, scope["path"], exc.message)
+        reply = _service_error(exc)
+    except GatewayError as exc:
+        log.info("%s %s rejected: %s", request.method, scope["path"], exc.message)
+        reply = gateway_error_response(exc)
+    await reply(scope, receive, send)
+
+
+def _unexpected_error(scope: Scope, exc: Exception) -> JSONResponse:
+    request_id = _log_unexpected_error(scope, exc)
+    message = f"internal error (request id {request_id}); the server log has the details"
+    return error_response(500, message)
+
+
+def _log_unexpected_error(scope: Scope, exc: Exception) -> str:
+    request_id = uuid.uuid4().hex[:12]
+    log.error(
+        "%s %s failed, request id %s", scope["method"], scope["path"], request_id, exc_info=exc
+    )
+    return request_id
+
+
+async def list_models(request: Request) -> JSONResponse:
     state = web_state(request)
     await authenticate(request, state)
     models = await state.models.models()
     return JSONResponse({"object": "list", "data": [model_object(m.name) for m in models]})
 
 
-async def get_model(request: Request) -> Response:
+async def get_model(request: Request) -> JSONResponse:
     state = web_state(request)
     await authenticate(request, state)
     model = request.scope["path"].removeprefix(MODEL_PREFIX)
@@ -183,7 +233,7 @@ async def get_model(request: Request) -> Response:
     return JSONResponse(model_object(model))
 
 
-async def chat_completions(request: Request) -> Response:
+async def chat_completions(request: Request) -> CompletionResponse:
     state = web_state(request)
     user = await authenticate(request, state)
     body = parse_chat_request(await read_body(request))
@@ -195,7 +245,7 @@ async def chat_completions(request: Request) -> Response:
     return CompletionResponse(events, body.model, stream=body.stream, include_usage=include_usage)
 
 
-async def unknown_endpoint(request: Request) -> Response:
+async def unknown_endpoint(request: Request) -> JSONResponse:
     path = request.scope["path"]
     allowed = ENDPOINTS.get(path)
     if allowed is None and _names_model(path):
@@ -218,6 +268,10 @@ MODEL = Route(("GET",), MODEL_PREFIX + "{model:path}", get_model)
 # Unknown paths and methods: OpenAI's 404 or 405, before any key check, so they reveal nothing.
 UNKNOWN = Route(("GET", "POST", "PUT", "PATCH", "DELETE"), "/v1/{path:path}", unknown_endpoint)
 ROUTES = (CHAT, MODELS, MODEL, UNKNOWN)
+
+
+def is_api_path(path: str) -> bool:
+    return path == PREFIX or path.startswith(PREFIX + "/")
 
 
 def match_route(method: str, path: str) -> Route:
@@ -248,9 +302,9 @@ async def authenticate(request: Request, state: WebState) -> User:
         try:
             user = await _check_in_database(state.db, header)
         except ServiceError:
-            api_key_requests.labels("invalid_key").inc()
+            _INVALID_KEY_REQUESTS.inc()
             raise
-    api_key_requests.labels("ok").inc()
+    _OK_REQUESTS.inc()
     return user
 
 

@@ -25,7 +25,6 @@ from contextlib import aclosing
 from typing import Any
 
 from fastapi.responses import JSONResponse
-from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from llmcloud.gateway import (
@@ -38,10 +37,12 @@ from llmcloud.gateway import (
     Started,
     Token,
 )
-from llmcloud.web.middleware import BODY_SEND
 
 log = logging.getLogger("llmcloud.web")
 
+BODY_SEND = "llmcloud.body_send"
+"""The scope key of a `send` that takes a stream's body messages past the layers that only
+read or change the response's start (see OpenAIAPI)."""
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -49,8 +50,9 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 DONE_EVENT = b"data: [DONE]\n\n"
-# json.dumps(ensure_ascii=False) builds a new encoder on every call; this one is built once.
+# json.dumps() with any argument builds a new encoder on every call; these are built once.
 _encode_json = json.JSONEncoder(ensure_ascii=False).encode
+_encode_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -92,7 +94,7 @@ def gateway_error_response(exc: GatewayError) -> JSONResponse:
     return error_response(exc.status_code, exc.message, code=code, headers=headers)
 
 
-class CompletionResponse(Response):
+class CompletionResponse:
     """One chat completion from the gateway's events, as SSE or as one JSON object."""
 
     def __init__(
@@ -103,14 +105,13 @@ class CompletionResponse(Response):
         stream: bool,
         include_usage: bool,
     ) -> None:
-        super().__init__()
         self.events = events
         self.model = model
         self.stream = stream
         self.include_usage = include_usage
         self.id = "chatcmpl-" + secrets.token_hex(12)
         self.created = int(time.time())
-        head = json.dumps(self._chunk({"content": ""}, None), separators=(",", ":"))
+        head = _encode_compact(self._chunk({"content": ""}, None))
         # Each token event is these two halves around the JSON string of the token, which
         # skips building and dumping a dict per token.
         before, after = head.split('"content":""', 1)
@@ -118,19 +119,17 @@ class CompletionResponse(Response):
         self._token_tail = (after + "\n\n").encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The response is sent from a task of its own, which a plain task that watches for
-        # the client's disconnect cancels. An anyio task group did this before, and its
-        # set-up and cancellation, once per request, were a large share of a request's CPU
-        # time in cProfile. The own task also spares each token's wake-up the resumption of
-        # every middleware's frame.
-        loop = asyncio.get_running_loop()
-        responding = loop.create_task(self._respond_and_close(scope, receive, send))
-        watcher = loop.create_task(_cancel_on_disconnect(receive, responding))
+        # A task that watches for the client's disconnect cancels this one. An anyio task
+        # group did this before, and its set-up and cancellation, once per request, were a
+        # large share of a request's CPU time in cProfile.
+        task = asyncio.current_task()
+        assert task is not None
+        left = asyncio.Event()
+        watcher = asyncio.get_running_loop().create_task(_cancel_on_disconnect(receive, task, left))
         try:
-            await responding
+            await self._respond_and_close(scope, receive, send)
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
+            if not left.is_set() or task.uncancel() > 0:
                 raise
             # Only the watcher cancelled the response, because the client left.
         finally:
@@ -167,9 +166,9 @@ class CompletionResponse(Response):
     ) -> None:
         """Send the SSE stream: its start through `send`, its body through `body_send`.
 
-        `body_send` is the middleware stack's outer `send` when the app provides one
-        (see BodySendMiddleware), which spares each token the calls through the layers that
-        do nothing with body messages.
+        `body_send` is the server's `send` when the app provides it under BODY_SEND,
+        which spares each token the calls through the layers that do nothing with body
+        messages.
         """
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         send = body_send
@@ -215,7 +214,7 @@ class CompletionResponse(Response):
                     final = event
                     break
 
-        response: Response
+        response: JSONResponse
         if isinstance(final, Done):
             choice = {
                 "index": 0,
@@ -254,7 +253,7 @@ class CompletionResponse(Response):
 
     @staticmethod
     def _event(data: dict[str, Any]) -> bytes:
-        return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
+        return b"data: " + _encode_json(data).encode() + b"\n\n"
 
 
 def finish_reason(done: Done) -> str:
@@ -290,7 +289,10 @@ def _body(data: bytes, *, more: bool = True) -> dict[str, Any]:
     return {"type": "http.response.body", "body": data, "more_body": more}
 
 
-async def _cancel_on_disconnect(receive: Receive, responding: asyncio.Task[None]) -> None:
+async def _cancel_on_disconnect(
+    receive: Receive, responding: asyncio.Task[Any], left: asyncio.Event
+) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+    left.set()
     responding.cancel()
