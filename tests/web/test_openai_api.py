@@ -9,6 +9,7 @@ the bundled model.
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -443,6 +444,41 @@ def test_backend_dying_midstream_sends_error_event(
         read_all()
     assert "".join(texts) == "Hello,"
     assert "failed during the answer" in raised.value.message
+
+
+def test_client_leaving_during_the_body_is_no_error(
+    web: Web, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def logged() -> bool:
+        return any('"POST /v1/chat/completions" 0' in r.getMessage() for r in caplog.records)
+
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000\r\n\r\n"
+    )
+    with caplog.at_level("INFO"):
+        with socket.create_connection(("127.0.0.1", web.server.port)) as sock:
+            sock.sendall(head.encode() + b'{"model": ')
+            time.sleep(0.2)
+        deadline = time.monotonic() + 5
+        while not logged() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    # Status 0 in the access log: the client left before any response.
+    assert logged()
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+
+
+def test_backend_dying_before_first_token_gets_502(
+    web: Web, key: str, fake_backend: FakeBackend
+) -> None:
+    # The backend answers 200 and closes the connection before its first token.
+    fake_backend.die_after = 0
+    for stream in (True, False):
+        body = {"model": FAKE_MODEL, "messages": HELLO, "stream": stream}
+        response = web.post(key, body)
+        assert response.status_code == 502
+        assert "no backend could answer" in response.json()["error"]["message"]
 
 
 def test_full_queue_gets_503_with_retry_after(tmp_path: Path, fake_backend: FakeBackend) -> None:

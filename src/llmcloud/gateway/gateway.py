@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from llmcloud.gateway.backend import BackendClient
+from llmcloud.gateway.chat_metrics import observe_gateway_chat
 from llmcloud.gateway.config import Backend, keep_alive_wire_value
 from llmcloud.gateway.dispatch import Dispatcher
 from llmcloud.gateway.errors import InvalidBackends, NoBackendAvailable, UnknownModel
@@ -24,7 +25,6 @@ from llmcloud.gateway.events import ChatEvent
 from llmcloud.gateway.relay import ChatRelay
 from llmcloud.gateway.shared_queue import SharedQueue
 from llmcloud.gateway.status import GatewayStatus, ModelInfo, backend_status, merge_models
-from llmcloud.monitoring.llm_metrics import observe_gateway_chat
 
 if TYPE_CHECKING:
     from llmcloud.settings import Settings

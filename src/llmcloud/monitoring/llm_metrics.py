@@ -1,4 +1,4 @@
-"""Recording of LLM request metrics, for the engine and the gateway.
+"""Recording of LLM request metrics, for the engine and the gateway (gateway.chat_metrics).
 
 `GenerationMetrics` binds the labelled children once per request, so each
 streamed chunk costs one clock read and one histogram observation.
@@ -7,16 +7,8 @@ streamed chunk costs one clock read and one histogram observation.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
-from typing import TYPE_CHECKING
-
-from prometheus_client import Gauge
 
 from llmcloud.monitoring import metrics
-
-if TYPE_CHECKING:
-    from llmcloud.gateway.events import ChatEvent
 
 
 class _Series:
@@ -37,7 +29,7 @@ class _Series:
 _series: dict[tuple[str, str], _Series] = {}
 
 
-def _series_for(component: str, model: str) -> _Series:
+def series_for(component: str, model: str) -> _Series:
     series = _series.get((component, model))
     if series is None:
         series = _series[component, model] = _Series(component, model)
@@ -56,7 +48,7 @@ class GenerationMetrics:
         self.last_chunk: float | None = None
         self.component = component
         self.model = model
-        series = _series_for(component, model)
+        series = series_for(component, model)
         self._ttft = series.ttft
         self._inter_token = series.inter_token
         self._done = False
@@ -104,60 +96,3 @@ def record_slots(component: str, model: str, in_flight: int, slots: int) -> None
     """Split a model's accepted requests into running (up to its slots) and waiting."""
     metrics.llm_requests_running.labels(component, model).set(min(in_flight, slots))
     metrics.llm_requests_waiting.labels(component, model).set(max(0, in_flight - slots))
-
-
-async def observe_gateway_chat(
-    model: str, events: AsyncGenerator[ChatEvent, None]
-) -> AsyncGenerator[ChatEvent, None]:
-    """Pass a gateway chat's events through, recording its metrics under `gateway`.
-
-    The labelled series are bound at the first event, which comes only after
-    the gateway found a backend that lists the model, so requests for unknown
-    model names add no series.
-    """
-    from llmcloud.gateway.errors import GatewayBusy
-    from llmcloud.gateway.events import Done, Failed, Queued, Started, Token
-
-    started = time.perf_counter()
-    recorder: GenerationMetrics | None = None
-    gauges: dict[str, Gauge] = {}
-    state = "new"
-
-    def move(to: str) -> None:
-        nonlocal state
-        for name, gauge in gauges.items():
-            if state == name:
-                gauge.dec()
-            if to == name:
-                gauge.inc()
-        state = to
-
-    try:
-        async with aclosing(events):
-            async for event in events:
-                # Tokens are nearly all of the events, so they take the shortest path.
-                if type(event) is Token and recorder is not None:
-                    recorder.chunk()
-                    yield event
-                    continue
-                if recorder is None:
-                    recorder = GenerationMetrics("gateway", model, started)
-                    series = _series_for("gateway", model)
-                    gauges["running"] = series.running
-                    gauges["waiting"] = series.waiting
-                if isinstance(event, Queued) and state != "waiting":
-                    move("waiting")
-                elif isinstance(event, Started):
-                    move("running")
-                elif isinstance(event, Token):
-                    recorder.chunk()
-                elif isinstance(event, Done):
-                    recorder.finished(event.completion_tokens, event.prompt_tokens, failed=False)
-                elif isinstance(event, Failed):
-                    recorder.finished(None, None, failed=True)
-                yield event
-    except GatewayBusy:
-        record_queue_rejection("gateway", model)
-        raise
-    finally:
-        move("done")

@@ -100,19 +100,7 @@ class BodySizeLimitMiddleware:
             "(setting web_max_import_bytes plus 64 KiB for form framing); send a smaller body"
         )
         path: str = scope.get("path", "")
-        if path.startswith("/v1/"):
-            body = json.dumps(
-                {
-                    "error": {
-                        "message": message,
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "request_too_large",
-                    }
-                }
-            ).encode()
-            content_type = b"application/json"
-        elif path.startswith("/api/"):
+        if path.startswith("/api/"):
             body = json.dumps({"error": message}).encode()
             content_type = b"application/json"
         else:

@@ -39,6 +39,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmcloud.auth import api_keys
@@ -174,6 +175,8 @@ class OpenAIAPI:
         scope["route"] = route
         try:
             await _respond(route, scope, receive, send_start)
+        except ClientDisconnect:
+            pass  # The client left while it sent the body; status 0 records that.
         except Exception as exc:
             if status == 0:
                 await _unexpected_error(scope, exc)(scope, receive, send_start)
@@ -338,8 +341,14 @@ async def read_body(request: Request) -> dict[str, Any]:
             f"request body of {declared} bytes is over the limit of {MAX_BODY_BYTES} bytes"
         )
     body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
+    receive = request.receive
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
         if len(body) > MAX_BODY_BYTES:
             raise PayloadTooLarge(f"request body is over the limit of {MAX_BODY_BYTES} bytes")
     if not body.strip():
