@@ -238,12 +238,11 @@ async def get_model(request: Request) -> JSONResponse:
 
 async def chat_completions(request: Request) -> CompletionResponse:
     state = web_state(request)
-    user = await authenticate(request, state)
+    await authenticate(request, state)
     body = parse_chat_request(await read_body(request))
     check_unsupported(body)
     messages = gateway_messages(body, state.settings.web_max_prompt_length)
     events = state.models.chat(body.model, messages, options=gateway_options(body))
-    log.debug("account %s: chat completion on model %s", user.id, body.model)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     return CompletionResponse(events, body.model, stream=body.stream, include_usage=include_usage)
 

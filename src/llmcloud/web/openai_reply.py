@@ -16,6 +16,7 @@ the backend.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import secrets
@@ -50,6 +51,10 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 DONE_EVENT = b"data: [DONE]\n\n"
+# Completion ids are unique, not secret: a random prefix per process and a counter, which
+# spares each request a call for random bytes.
+_ID_PREFIX = secrets.token_hex(8)
+_ids = itertools.count()
 # json.dumps() with any argument builds a new encoder on every call; these are built once.
 _encode_json = json.JSONEncoder(ensure_ascii=False).encode
 _encode_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -109,7 +114,7 @@ class CompletionResponse:
         self.model = model
         self.stream = stream
         self.include_usage = include_usage
-        self.id = "chatcmpl-" + secrets.token_hex(12)
+        self.id = f"chatcmpl-{_ID_PREFIX}{next(_ids):08x}"
         self.created = int(time.time())
         head = _encode_compact(self._chunk({"content": ""}, None))
         # Each token event is these two halves around the JSON string of the token, which
