@@ -11,8 +11,8 @@ account with an API key. Then it measures:
 - added latency: time to first token and total time of a streamed chat
   through the web app's /v1 API against straight to the backend, with the
   fast backend and with the real model (median and p99). The real model
-  runs once on the shared cores, and once as a one-thread engine pinned to
-  a core of its own, with a web app of its own;
+  runs once on the shared cores, and once with a web app of its own pinned
+  to a core of its own, and a one-thread engine and the client on another;
 - concurrent streams: errors and added inter-token delay at each number of
   simultaneous streams, through the web app and, as a baseline, straight to
   the 50 ms backend.
@@ -108,15 +108,17 @@ async def measure_overheads(
 async def measure_isolated(
     arguments: argparse.Namespace, data_dir: Path, cores: list[int]
 ) -> measure.OverheadResult:
-    """Measure with a one-thread engine on the last core, and a web app and the client on the rest.
+    """Measure with a web app on the first core, and a one-thread engine and the client on the last.
 
     This separates the gateway's own latency from the engine and the web app
     competing for the same cores, as on two machines. The engine and the web
-    app are processes of their own, so that nothing else routes to them.
+    app are processes of their own, so that nothing else routes to them. The
+    client stands for users elsewhere: on the engine's core it takes the same
+    CPU time from the engine on both paths.
     """
-    progress(f"added latency, real model on its own core: {arguments.model_rounds} rounds")
+    progress(f"added latency, real model, web app on its own core: {arguments.model_rounds} rounds")
     started: list[servers.ServerProcess] = []
-    rest = set(cores[:-1])
+    web_cores, engine_cores = set(cores[:-1]), {cores[-1]}
     try:
         engine = servers.start_engine(data_dir / "engine-alone", 1)
         started.append(engine)
@@ -124,12 +126,12 @@ async def measure_isolated(
         api_key = servers.prepare_web_data(web_dir)
         web = servers.start_web(web_dir, {"engine": engine.url}, 10)
         started.append(web)
-        servers.pin(engine.process.pid, {cores[-1]})
-        servers.pin(web.process.pid, rest)
-        os.sched_setaffinity(0, rest)
+        servers.pin(engine.process.pid, engine_cores)
+        servers.pin(web.process.pid, web_cores)
+        os.sched_setaffinity(0, engine_cores)
         through = Connection(HOST, web.port, "/v1/chat/completions", api_key)
         try:
-            label = f"real model ({ENGINE_MODEL}), engine on its own core"
+            label = f"real model ({ENGINE_MODEL}), web app on its own core"
             return await overhead_with_cpu(
                 web, label, engine, through, ENGINE_MODEL, arguments.model_rounds, 16
             )

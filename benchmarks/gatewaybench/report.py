@@ -201,10 +201,13 @@ first token (TTFT) and for the time to `data: [DONE]` (total). Target: added med
 
 The real model runs twice. With "cores shared", the engine decodes on as
 many threads as there are cores, as `llmcloud up` runs it, and the web app
-and the client take CPU time from it. With "engine on its own core", a
-second engine with one thread is pinned to the last core, and a second web
-app and the client to the others, as when the engine has a machine of its
-own. "Web CPU per request" includes the relay of every token of the response.
+and the client take CPU time from it. With "web app on its own core", a
+second web app is pinned to the first core, and a second engine, with one
+thread, to the last one, as when the two run on machines of their own. The
+client, which stands for users on other machines, shares the engine's core.
+It takes the same CPU time from the engine on both paths, and keeps its own
+work out of the web app's core and caches. "Web CPU per request" includes
+the relay of every token of the response.
 "Noise floor" is the p99 of the differences between consecutive direct
 rounds: what the added p99 would show if the web app added nothing. Where
 it is above the p99 target, this measurement cannot show the target met.
