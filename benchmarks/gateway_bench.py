@@ -12,7 +12,9 @@ account with an API key. Then it measures:
   through the web app's /v1 API against straight to the backend, with the
   fast backend and with the real model (median and p99). The real model
   runs once on the shared cores, and once with a web app of its own pinned
-  to a core of its own, and a one-thread engine and the client on another;
+  to a core of its own, and a one-thread engine and the client on another.
+  Each of the three is measured through nginx as well, where nginx is
+  installed, as a reference for what any proxy adds on the same path;
 - concurrent streams: errors and added inter-token delay at each number of
   simultaneous streams, through the web app and, as a baseline, straight to
   the 50 ms backend.
@@ -78,6 +80,7 @@ def progress(message: str) -> None:
 
 async def measure_overheads(
     arguments: argparse.Namespace,
+    data_dir: Path,
     web: servers.ServerProcess,
     api_key: str,
     fast: servers.ServerProcess,
@@ -87,27 +90,70 @@ async def measure_overheads(
     results = []
     try:
         progress(f"added latency, fast backend: {arguments.rounds} rounds")
-        results.append(
-            await overhead_with_cpu(
-                web, "fast fake backend", fast, through, FAST_MODEL, arguments.rounds, 8
+        label = "fast fake backend"
+        results.extend(
+            await with_reference(
+                data_dir / "nginx-fast", label, fast, FAST_MODEL, arguments.rounds, 8
             )
+        )
+        results.append(
+            await overhead_with_cpu(web, label, fast, through, FAST_MODEL, arguments.rounds, 8)
         )
         if engine is not None:
             progress(f"added latency, real model: {arguments.model_rounds} rounds")
             label = f"real model ({ENGINE_MODEL}), cores shared"
+            rounds = arguments.model_rounds
+            results.extend(
+                await with_reference(data_dir / "nginx", label, engine, ENGINE_MODEL, rounds, 16)
+            )
             results.append(
-                await overhead_with_cpu(
-                    web, label, engine, through, ENGINE_MODEL, arguments.model_rounds, 16
-                )
+                await overhead_with_cpu(web, label, engine, through, ENGINE_MODEL, rounds, 16)
             )
     finally:
         through.close()
     return results
 
 
+async def with_reference(
+    data_dir: Path,
+    label: str,
+    backend: servers.ServerProcess,
+    model: str,
+    rounds: int,
+    max_tokens: int,
+    cores: set[int] | None = None,
+) -> list[measure.OverheadResult]:
+    """Measure nginx in front of `backend`, on `cores` when given; no row without nginx."""
+    if not servers.nginx_available():
+        progress("nginx is not installed (scripts/install-test-packages): no reference row")
+        return []
+    nginx = servers.start_nginx(data_dir, backend)
+    if cores is not None:
+        servers.pin(nginx.process.pid, cores)
+    direct = Connection(HOST, backend.port, "/v1/chat/completions", None)
+    through = Connection(HOST, nginx.port, "/v1/chat/completions", None)
+    try:
+        result = await measure.overhead(
+            f"{label}, through nginx (reference)",
+            direct,
+            through,
+            model,
+            rounds=rounds,
+            warmup=20 if max_tokens <= 8 else 3,
+            max_tokens=max_tokens,
+            progress=progress,
+        )
+    finally:
+        direct.close()
+        through.close()
+        nginx.stop()
+    result.reference = True
+    return [result]
+
+
 async def measure_isolated(
     arguments: argparse.Namespace, data_dir: Path, cores: list[int]
-) -> measure.OverheadResult:
+) -> list[measure.OverheadResult]:
     """Measure with a web app on the first core, and a one-thread engine and the client on the last.
 
     This separates the gateway's own latency from the engine and the web app
@@ -129,14 +175,19 @@ async def measure_isolated(
         servers.pin(engine.process.pid, engine_cores)
         servers.pin(web.process.pid, web_cores)
         os.sched_setaffinity(0, engine_cores)
+        label = f"real model ({ENGINE_MODEL}), web app on its own core"
+        rounds = arguments.model_rounds
+        results = await with_reference(
+            data_dir / "nginx-alone", label, engine, ENGINE_MODEL, rounds, 16, web_cores
+        )
         through = Connection(HOST, web.port, "/v1/chat/completions", api_key)
         try:
-            label = f"real model ({ENGINE_MODEL}), web app on its own core"
-            return await overhead_with_cpu(
-                web, label, engine, through, ENGINE_MODEL, arguments.model_rounds, 16
+            results.append(
+                await overhead_with_cpu(web, label, engine, through, ENGINE_MODEL, rounds, 16)
             )
         finally:
             through.close()
+        return results
     finally:
         os.sched_setaffinity(0, set(cores))
         for server in reversed(started):
@@ -231,10 +282,12 @@ async def run(arguments: argparse.Namespace) -> str:
             web = servers.start_web(web_dir, backend_urls, max(arguments.streams) + 100)
             started.append(web)
 
-            overheads = await measure_overheads(arguments, web, api_key, fast, engine)
+            overheads = await measure_overheads(
+                arguments, Path(data_dir), web, api_key, fast, engine
+            )
             cores = sorted(os.sched_getaffinity(0))
             if engine is not None and len(cores) > 1:
-                overheads.append(await measure_isolated(arguments, Path(data_dir), cores))
+                overheads.extend(await measure_isolated(arguments, Path(data_dir), cores))
             streams = await measure_streams(arguments, web, api_key, paced)
         finally:
             for server in reversed(started):

@@ -77,6 +77,8 @@ class OverheadResult:
     errors: list[str] = field(default_factory=list)
     web_cpu_per_request: float | None = None
     """CPU seconds of the web process per request through it, warm-up included."""
+    reference: bool = False
+    """True for a path through nginx, which shows what any proxy adds; it has no target."""
 
     def added(self, metric: str, fraction: float) -> float:
         """Return a percentile of the per-round differences, gateway minus direct."""

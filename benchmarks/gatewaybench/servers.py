@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -157,4 +158,56 @@ def start_web(data_dir: Path, backend_urls: dict[str, str], max_parallel: int) -
     command = llmcloud_command("web", "--host", "127.0.0.1", "--port", str(port))
     server = ServerProcess("llmcloud-web", command, env, port)
     server.wait_ready("/readyz")
+    return server
+
+
+def nginx_available() -> bool:
+    return shutil.which("nginx") is not None
+
+
+def start_nginx(data_dir: Path, upstream: ServerProcess) -> ServerProcess:
+    """Start nginx in one process as a reverse proxy to `upstream`, for reference rows.
+
+    It streams as docs/tls.md configures nginx in front of the web app (proxy_buffering
+    off) and keeps its connections to `upstream` open, as the gateway does.
+    """
+    data_dir.mkdir(parents=True)
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    for kind in kinds:
+        (data_dir / kind).mkdir()
+    temp_paths = "\n".join(f"    {kind}_temp_path {data_dir / kind};" for kind in kinds)
+    port = free_port()
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    config = data_dir / "nginx.conf"
+    config.write_text(
+        f"""{user}worker_processes 1;
+daemon off;
+master_process off;
+pid {data_dir / "nginx.pid"};
+error_log {data_dir / "error.log"};
+events {{
+    worker_connections 256;
+}}
+http {{
+    access_log off;
+{temp_paths}
+    upstream backend {{
+        server 127.0.0.1:{upstream.port};
+        keepalive 8;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+    )
+    command = ["nginx", "-p", str(data_dir), "-e", str(data_dir / "error.log"), "-c", str(config)]
+    server = ServerProcess("nginx", command, dict(os.environ), port)
+    server.wait_ready("/v1/models")
     return server
