@@ -51,7 +51,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and streams, a check")
     parser.add_argument("--rounds", type=int, help="timed rounds with the fast backend (500)")
-    parser.add_argument("--model-rounds", type=int, help="timed rounds with the real model (100)")
+    parser.add_argument("--model-rounds", type=int, help="timed rounds with the real model (300)")
     parser.add_argument(
         "--streams", type=int, nargs="+", help="concurrent stream counts (250 500 1000 1500)"
     )
@@ -68,7 +68,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     if arguments.rounds is None:
         arguments.rounds = 100 if arguments.quick else 500
     if arguments.model_rounds is None:
-        arguments.model_rounds = 5 if arguments.quick else 100
+        arguments.model_rounds = 5 if arguments.quick else 300
     if arguments.streams is None:
         arguments.streams = [100, 250] if arguments.quick else [250, 500, 1000, 1500]
     return arguments
@@ -265,6 +265,11 @@ async def run(arguments: argparse.Namespace) -> str:
     load_before = report.load_average()
     started: list[servers.ServerProcess] = []
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as data_dir:
+        cores = sorted(os.sched_getaffinity(0))
+        isolated: list[measure.OverheadResult] = []
+        if not arguments.no_model and len(cores) > 1:
+            # First, while no other server of the benchmark runs to take the web app's core.
+            isolated = await measure_isolated(arguments, Path(data_dir), cores)
         try:
             fast = servers.start_backend(FAST_MODEL, 0.0)
             started.append(fast)
@@ -285,9 +290,7 @@ async def run(arguments: argparse.Namespace) -> str:
             overheads = await measure_overheads(
                 arguments, Path(data_dir), web, api_key, fast, engine
             )
-            cores = sorted(os.sched_getaffinity(0))
-            if engine is not None and len(cores) > 1:
-                overheads.extend(await measure_isolated(arguments, Path(data_dir), cores))
+            overheads.extend(isolated)
             streams = await measure_streams(arguments, web, api_key, paced)
         finally:
             for server in reversed(started):
