@@ -299,6 +299,13 @@ async def test_unreachable_backend_raises_503_not_404() -> None:
         ([], None, "messages is empty"),
         ([{"role": "robot", "content": "Hi"}], None, "messages.0.role = 'robot'"),
         ([{"role": "user"}], None, "messages.0.content: Field required"),
+        ([{"role": "user", "content": 7}], None, "messages.0.content: Input should be"),
+        ([{"role": "user", "text": "Hi"}], None, "messages.0.text: unknown field"),
+        (
+            [{"role": "user", "content": "Hi", "name": "x"}],
+            None,
+            "messages.0.name: unknown field",
+        ),
         (HELLO, {"temprature": 1}, "options.temprature: unknown field"),
         (HELLO, {"temperature": "hot"}, "options.temperature = 'hot'"),
         (HELLO, {"num_predict": -5}, "options.num_predict = -5"),

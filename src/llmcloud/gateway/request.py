@@ -92,8 +92,8 @@ def build_chat_request(
 
 
 def _message(message: object, index: int) -> dict[str, str]:
-    # A dict of exactly a known role and a string content, which the web app always sends,
-    # is valid as it is; anything else gets the model's validation and its error messages.
+    # A dict of exactly a known role and a string content, as the web app sends, is valid as
+    # it is. Anything else gets the model's validation, for its error messages.
     if (
         type(message) is dict
         and len(message) == 2

@@ -17,11 +17,11 @@ methods under /v1 included. Streaming and the response bodies are in
 router (see `llmcloud.web.app.WebApp`), in one layer that does for /v1
 what that middleware does for the pages: it adds the security headers,
 counts and times the request in the metrics, writes its access log line,
-and logs an unexpected error once and answers it with a 500. Starlette's
-middleware stack, the seven layers on it and FastAPI's router took about
-40% of the web app's time between a chat request's arrival and the
-backend request's departure (docs/benchmarks.md, "Gateway: where the time
-goes").
+and logs an unexpected error once and answers it with a 500. FastAPI's
+router and Starlette's middleware stack took about 40% (an estimate from
+two measurements) of the web app's time between a chat request's arrival
+and the backend request's departure (docs/benchmarks.md, "Gateway: where
+the time goes").
 """
 
 from __future__ import annotations
