@@ -203,9 +203,10 @@ first token (TTFT) and for the time to `data: [DONE]` (total). Target: added med
 The real model runs twice. With "cores shared", the engine decodes on as
 many threads as there are cores, as `llmcloud up` runs it, and the web app
 and the client take CPU time from it. With "web app on its own core", a
-second web app is pinned to the first core, and a second engine, with one
-thread, to the last one, as when the two run on machines of their own. The
-client, which stands for users on other machines, shares the engine's core.
+web app and a one-thread engine of their own run before the other servers
+start: the web app pinned to the first core and the engine to the last, as
+when the two run on machines of their own. The client, which stands for
+users on other machines, shares the engine's core.
 It takes the same CPU time from the engine on both paths, and keeps its own
 work out of the web app's core and caches. "Web CPU per request" includes
 the relay of every token of the response.
