@@ -111,6 +111,19 @@ def test_import_chats_rejects_invalid_json(database: Database, alice: int) -> No
         import_chats(database, alice, "{oops")
 
 
+def test_import_chats_rejects_deep_nesting(database: Database, alice: int) -> None:
+    with pytest.raises(InvalidInput, match="nested too deeply"):
+        import_chats(database, alice, "[" * 100_000 + "]" * 100_000)
+
+
+def test_import_chats_rejects_lone_surrogate(database: Database, alice: int) -> None:
+    text = json.dumps(_valid_archive()).replace('"Imported"', '"Imported \\ud800"')
+    with pytest.raises(InvalidInput) as error:
+        import_chats(database, alice, text)
+    assert "chats.0.title has a lone surrogate (U+D800)" in error.value.message
+    assert chats.list_chats(database, alice) == []
+
+
 def test_import_chats_rejects_other_format(database: Database, alice: int) -> None:
     archive = _valid_archive() | {"format": "chatgpt"}
     with pytest.raises(InvalidInput, match=r"format: .*\(got 'chatgpt'\)"):

@@ -306,6 +306,8 @@ async def test_unreachable_backend_raises_503_not_404() -> None:
             None,
             "messages.0.name: unknown field",
         ),
+        ([{"role": "user", "content": "\ud800"}], None, "messages.0.content has a lone"),
+        (HELLO, {"stop": ["\udfff"]}, "options.stop.0 has a lone surrogate (U+DFFF)"),
         (HELLO, {"temprature": 1}, "options.temprature: unknown field"),
         (HELLO, {"temperature": "hot"}, "options.temperature = 'hot'"),
         (HELLO, {"num_predict": -5}, "options.num_predict = -5"),

@@ -109,7 +109,12 @@ def test_system_prompt_goes_to_backend(admin: TestClient, fake_backend: FakeBack
     ("text", "expected"),
     [
         ("not json", "not valid JSON"),
-        ("[1, 2]", "JSON list; expected an object"),
+        ("[1, 2]", "JSON array; expected an object"),
+        ("[" * 50_000 + "]" * 50_000, "nested too deeply"),
+        (
+            '{"type": "send", "content": "a\\ud800", "model": "fake-model"}',
+            "field content has a lone surrogate (U+D800) at character 1",
+        ),
         ('{"type": "dance"}', 'type "dance" is unknown'),
         ('{"content": "hi"}', "type null is unknown"),
         ('{"type": "send", "model": "fake-model"}', "field content: Field required"),

@@ -446,6 +446,46 @@ def test_backend_dying_midstream_sends_error_event(
     assert "failed during the answer" in raised.value.message
 
 
+@pytest.mark.parametrize(
+    ("body", "expected", "param"),
+    [
+        (b"null", "must be a JSON object, not null", None),
+        (b"[1]", "must be a JSON object, not array", None),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply", None),
+        (
+            b'{"model": "fake-model", "messages": [{"role": "user", "content": "\\ud800"}]}',
+            "messages.0.content has a lone surrogate (U+D800) at character 0",
+            "messages.0.content",
+        ),
+        (
+            b'{"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}], '
+            b'"stop": ["\\uDC00"], "stream": true}',
+            "stop.0 has a lone surrogate",
+            "stop.0",
+        ),
+    ],
+)
+def test_unusable_json_gets_400(
+    web: Web, key: str, body: bytes, expected: str, param: str | None
+) -> None:
+    response = httpx.post(
+        web.api_url + "/chat/completions",
+        content=body,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert expected in error["message"]
+    assert error["param"] == param
+
+
+def test_empty_bearer_token_is_missing_key(web: Web) -> None:
+    response = httpx.get(web.api_url + "/models", headers={"Authorization": "Bearer"})
+    assert response.status_code == 401
+    assert "missing API key" in response.json()["error"]["message"]
+
+
 def test_client_leaving_during_the_body_is_no_error(
     web: Web, key: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -117,11 +117,11 @@ def revoke_api_key(db: Database, user_id: int, key_id: int) -> ApiKey:
 
 def authenticate_bearer(db: Database, authorization: str | None) -> User:
     """Return the account of an `Authorization: Bearer <key>` header value."""
-    if not authorization:
+    key = _bearer_key(authorization) if authorization else ""
+    if key == "":
         raise InvalidCredentials(
             "missing API key; send the header 'Authorization: Bearer llmc_...'"
         )
-    key = _bearer_key(authorization)
     if key is None:
         raise InvalidCredentials(_INVALID_KEY)
     return authenticate_api_key(db, key)

@@ -36,6 +36,7 @@ from llmcloud.db.chats import (
 from llmcloud.db.database import Database
 from llmcloud.db.errors import InvalidInput, quote_value
 from llmcloud.db.models import Chat, Message, MessageRole, MessageStatus, utcnow
+from llmcloud.text import surrogate_problem
 
 FORMAT_NAME = "llmcloud-chats"
 FORMAT_VERSION = 1
@@ -142,6 +143,14 @@ def parse_archive(data: str | bytes | dict[str, Any]) -> ChatArchive:
             ) from None
         except UnicodeDecodeError:
             raise InvalidInput("import file is not UTF-8 text; expected a JSON export") from None
+        except RecursionError:
+            raise InvalidInput(
+                "import file is not valid JSON: it is nested too deeply; expected a file made "
+                "by the chat export"
+            ) from None
+    problem = surrogate_problem(data)
+    if problem is not None:
+        raise InvalidInput(f"import file field {problem[1]}")
     try:
         return ChatArchive.model_validate(data)
     except ValidationError as exc:

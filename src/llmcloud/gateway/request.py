@@ -9,6 +9,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from llmcloud.gateway.errors import InvalidChatRequest
+from llmcloud.text import describe_surrogate
 
 MAX_MODEL_NAME = 256
 
@@ -82,13 +83,25 @@ def build_chat_request(
         raise InvalidChatRequest("messages is empty; send at least one message")
 
     chat = [_message(message, index) for index, message in enumerate(messages)]
+    for index, message in enumerate(chat):
+        _check_text(message["content"], f"messages.{index}.content")
     if system:
+        _check_text(system, "system")
         chat.insert(0, {"role": "system", "content": system})
 
     given: dict[str, Any] = {}
     if options:
         given = _validate(ChatOptions, options, "options").model_dump(exclude_none=True)
+        stop = given.get("stop")
+        for index, text in enumerate([stop] if isinstance(stop, str) else stop or []):
+            _check_text(text, f"options.stop.{index}")
     return ChatRequest(model=model, messages=chat, options=given)
+
+
+def _check_text(text: str, where: str) -> None:
+    problem = describe_surrogate(text, where)
+    if problem is not None:
+        raise InvalidChatRequest(problem)
 
 
 def _message(message: object, index: int) -> dict[str, str]:

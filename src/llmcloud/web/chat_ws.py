@@ -41,6 +41,7 @@ from llmcloud.auth.errors import CsrfFailed, ServiceError
 from llmcloud.db import chats
 from llmcloud.db.models import MessageRole
 from llmcloud.gateway import GatewayStatus, UnknownModel
+from llmcloud.text import json_type_name, may_have_surrogate, surrogate_problem
 from llmcloud.web.chat_stream import DISCONNECTED, AnswerStream, stopped_message
 from llmcloud.web.deps import WebState, current_session, web_state
 from llmcloud.web.live import Publisher
@@ -274,10 +275,16 @@ def parse_client_message(text: str, max_prompt_length: int) -> dict[str, Any]:
             f"message is not valid JSON ({exc.msg} at column {exc.colno}); expected an object "
             'such as {"type": "send", "content": "Hello", "model": "smollm2:135m"}'
         ) from None
+    except RecursionError:
+        raise InvalidClientMessage("message is not valid JSON: it is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidClientMessage(
-            f"message is a JSON {type(data).__name__}; expected an object with a type field"
+            f"message is a JSON {json_type_name(data)}; expected an object with a type field"
         )
+    if may_have_surrogate(text):
+        problem = surrogate_problem(data)
+        if problem is not None:
+            raise InvalidClientMessage(f"message field {problem[1]}")
     kind = data.get("type")
     if kind not in ("send", "stop", "regenerate"):
         shown = json.dumps(kind)[:40]
@@ -311,6 +318,7 @@ def check_model_listed(status: GatewayStatus, model: str) -> None:
 def check_prompt(content: str, max_length: int) -> str:
     if not content.strip():
         raise InvalidClientMessage("prompt is empty; type a message before sending")
+
     if len(content) > max_length:
         raise InvalidClientMessage(
             f"prompt has {len(content)} characters; expected at most {max_length} "

@@ -49,6 +49,7 @@ from llmcloud.db.models import User
 from llmcloud.gateway import GatewayError, UnknownModel
 from llmcloud.monitoring.http_metrics import record_request
 from llmcloud.monitoring.metrics import api_key_requests
+from llmcloud.text import json_type_name, may_have_surrogate, surrogate_problem
 from llmcloud.web.deps import WebState, web_state
 from llmcloud.web.middleware import add_security_headers, log_access
 from llmcloud.web.openai_reply import (
@@ -359,8 +360,14 @@ async def read_body(request: Request) -> dict[str, Any]:
         raise InvalidRequest(f"request body is not valid UTF-8 (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("request body is not valid JSON: it is nested too deeply") from None
     if not isinstance(data, dict):
-        raise InvalidRequest(f"request body must be a JSON object, not {type(data).__name__}")
+        raise InvalidRequest(f"request body must be a JSON object, not {json_type_name(data)}")
+    if may_have_surrogate(body):
+        problem = surrogate_problem(data)
+        if problem is not None:
+            raise InvalidRequest(problem[1], param=problem[0])
     return data
 
 

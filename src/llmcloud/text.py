@@ -1,0 +1,80 @@
+"""Checks that text from clients is valid Unicode, and JSON type names for error messages.
+
+A JSON escape such as \\ud800 decodes to a lone surrogate, which UTF-8 cannot
+encode. The backends, the databases and every response use UTF-8, so such
+text is rejected where it comes in, naming where it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+JSON_TYPE_NAMES = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
+
+def lone_surrogate(text: str) -> int | None:
+    """Return the index of the first lone surrogate in `text`, or None when there is none."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def describe_surrogate(text: str, where: str) -> str | None:
+    """Return an error message for a lone surrogate in `text`, named by `where`, or None."""
+    index = lone_surrogate(text)
+    if index is None:
+        return None
+    return (
+        f"{where} has a lone surrogate (U+{ord(text[index]):04X}) at character {index}, "
+        "which is not valid Unicode text; send the character's full surrogate pair or remove it"
+    )
+
+
+def may_have_surrogate(raw: str | bytes | bytearray) -> bool:
+    """Return whether raw JSON text has an escape that could decode to a lone surrogate."""
+    if isinstance(raw, str):
+        return "\\ud" in raw or "\\uD" in raw
+    return b"\\ud" in raw or b"\\uD" in raw
+
+
+def surrogate_problem(value: Any) -> tuple[str, str] | None:
+    """Return the path and error message of the first string with a lone surrogate, or None.
+
+    `value` is parsed JSON; a path reads like `messages.0.content`.
+    """
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            problem = describe_surrogate(item, path or "the value")
+            if problem is not None:
+                return path, problem
+        elif isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                where = f"{path}.{key}" if path else str(key)
+                problem = describe_surrogate(key, f"the name of {where}")
+                if problem is not None:
+                    return path, problem
+                stack.append((child, where))
+        elif isinstance(item, list):
+            stack.extend(
+                (child, f"{path}.{index}") for index, child in reversed(list(enumerate(item)))
+            )
+    return None
+
+
+def json_type_name(value: object) -> str:
+    """Return the JSON name of a parsed JSON value's type: object, array, string and so on."""
+    return JSON_TYPE_NAMES.get(type(value), type(value).__name__)
