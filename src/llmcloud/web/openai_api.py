@@ -375,13 +375,29 @@ def parse_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        problems = []
-        for error in errors[:5]:
-            field = ".".join(str(part) for part in error["loc"])
-            problems.append(f"{field}: {error['msg']}")
-        first = ".".join(str(part) for part in errors[0]["loc"]) if errors else None
+        # A field that takes one of several types gets an error per type, each under the
+        # field's name plus the type's (content.str); they are joined under the field's name.
+        messages: dict[str, list[str]] = {}
+        for error in exc.errors(include_url=False):
+            field = ".".join(str(part) for part in error["loc"] if not _is_type_tag(part))
+            messages.setdefault(field, []).append(error["msg"])
+        problems = [
+            f"{field}: "
+            + " or ".join(_lower_first(text) if index else text for index, text in enumerate(texts))
+            for field, texts in list(messages.items())[:5]
+        ]
+        first = next(iter(messages), None)
         raise InvalidRequest("invalid request: " + "; ".join(problems), param=first) from None
+
+
+def _is_type_tag(part: str | int) -> bool:
+    # Field names are snake_case words; the types of a union are named like str,
+    # list[str] or ContentPart.
+    return isinstance(part, str) and ("[" in part or part in ("str", "ContentPart"))
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
 
 
 def check_unsupported(body: ChatCompletionRequest) -> None:
