@@ -375,8 +375,8 @@ def parse_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
-        # A field that takes one of several types gets an error per type, each under the
-        # field's name plus the type's (content.str); they are joined under the field's name.
+        # A field of several types gets an error per type, under names like content.str.
+        # Their messages are joined under the field's own name.
         messages: dict[str, list[str]] = {}
         for error in exc.errors(include_url=False):
             field = ".".join(str(part) for part in error["loc"] if not _is_type_tag(part))
