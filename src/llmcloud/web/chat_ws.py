@@ -318,7 +318,6 @@ def check_model_listed(status: GatewayStatus, model: str) -> None:
 def check_prompt(content: str, max_length: int) -> str:
     if not content.strip():
         raise InvalidClientMessage("prompt is empty; type a message before sending")
-
     if len(content) > max_length:
         raise InvalidClientMessage(
             f"prompt has {len(content)} characters; expected at most {max_length} "
