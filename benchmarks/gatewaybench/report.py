@@ -204,8 +204,8 @@ The real model runs twice. With "cores shared", the engine decodes on as
 many threads as there are cores, as `llmcloud up` runs it, and the web app
 and the client take CPU time from it. With "web app on its own core", a
 web app and a one-thread engine of their own run before the other servers
-start: the web app pinned to the first core and the engine to the last, as
-when the two run on machines of their own. The client, which stands for
+start. The web app is pinned to the first core and the engine to the last,
+as when the two run on machines of their own. The client, which stands for
 users on other machines, shares the engine's core.
 It takes the same CPU time from the engine on both paths, and keeps its own
 work out of the web app's core and caches. "Web CPU per request" includes
@@ -214,7 +214,7 @@ The rows "through nginx (reference)" put nginx in place of the web app, as
 a reverse proxy that streams (`proxy_buffering off`) and keeps its
 connections to the backend open, on the same cores. They show what one
 more process and one more hop on loopback add on this machine, however
-little the proxy itself does; they have no target.
+little the proxy itself does. They have no target.
 "Noise floor" is the p99 of the differences between consecutive direct
 rounds: what the added p99 would show if the web app added nothing. Where
 it is above the p99 target, this measurement cannot show the target met.

@@ -271,7 +271,7 @@ def test_body_over_limit_rejected_before_parsing(make_client: Callable[..., Test
     assert "larger than" in response.text
 
 
-def test_api_refuses_a_body_without_a_key_before_reading_it(
+def test_api_body_without_key_gets_401(
     make_client: Callable[..., TestClient],
 ) -> None:
     # /v1 has a body limit of its own, past web_max_import_bytes, and checks the key first.

@@ -515,7 +515,7 @@ def test_client_leaving_during_the_body_is_no_error(
 def test_backend_dying_before_first_token_gets_502(
     web: Web, key: str, fake_backend: FakeBackend
 ) -> None:
-    # The backend answers 200 and closes the connection before its first token.
+    # The backend sends status 200 and closes the connection before its first token.
     fake_backend.die_after = 0
     for stream in (True, False):
         body = {"model": FAKE_MODEL, "messages": HELLO, "stream": stream}

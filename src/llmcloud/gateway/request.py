@@ -89,13 +89,13 @@ def build_chat_request(
         _check_text(system, "system")
         chat.insert(0, {"role": "system", "content": system})
 
-    given: dict[str, Any] = {}
+    valid_options: dict[str, Any] = {}
     if options:
-        given = _validate(ChatOptions, options, "options").model_dump(exclude_none=True)
-        stop = given.get("stop")
+        valid_options = _validate(ChatOptions, options, "options").model_dump(exclude_none=True)
+        stop = valid_options.get("stop")
         for index, text in enumerate([stop] if isinstance(stop, str) else stop or []):
             _check_text(text, f"options.stop.{index}")
-    return ChatRequest(model=model, messages=chat, options=given)
+    return ChatRequest(model=model, messages=chat, options=valid_options)
 
 
 def _check_text(text: str, where: str) -> None:
