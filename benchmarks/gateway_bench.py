@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvloop
@@ -78,13 +81,51 @@ def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+@dataclass
+class Tapped:
+    """A backend behind the timing relay: the relay's process and its report."""
+
+    tap: servers.ServerProcess
+    report: measure.TapReport
+
+    def stop(self) -> None:
+        self.report.close()
+        self.tap.stop()
+
+
+def start_tapped(backend: servers.ServerProcess, data_dir: Path) -> Tapped:
+    report = data_dir / f"tap-{backend.port}.txt"
+    tap = servers.start_tap(backend, report)
+    servers.set_realtime(tap.process.pid, True)
+    return Tapped(tap, measure.TapReport(report))
+
+
+@contextlib.contextmanager
+def realtime_client() -> Iterator[None]:
+    """Run the client at real-time priority, as the timing relay runs, while the block runs.
+
+    The two stand for users and a network on machines of their own, so their
+    work should not wait for the engine's or the web app's. On the path
+    through the web app, the client is woken from the other core. At normal
+    priority it then waited for the engine's thread on its own core, up to
+    5 ms and in about one chat in five in one run. The direct path has no
+    such wait.
+    """
+    if not servers.set_realtime(os.getpid(), True):
+        progress("real-time priority is not allowed here: the client runs at normal priority")
+    try:
+        yield
+    finally:
+        servers.set_realtime(os.getpid(), False)
+
+
 async def measure_overheads(
     arguments: argparse.Namespace,
     data_dir: Path,
     web: servers.ServerProcess,
     api_key: str,
-    fast: servers.ServerProcess,
-    engine: servers.ServerProcess | None,
+    fast: Tapped,
+    engine: Tapped | None,
 ) -> list[measure.OverheadResult]:
     through = Connection(HOST, web.port, "/v1/chat/completions", api_key)
     results = []
@@ -117,7 +158,7 @@ async def measure_overheads(
 async def with_reference(
     data_dir: Path,
     label: str,
-    backend: servers.ServerProcess,
+    backend: Tapped,
     model: str,
     rounds: int,
     max_tokens: int,
@@ -127,22 +168,24 @@ async def with_reference(
     if not servers.nginx_available():
         progress("nginx is not installed (scripts/install-test-packages): no reference row")
         return []
-    nginx = servers.start_nginx(data_dir, backend)
+    nginx = servers.start_nginx(data_dir, backend.tap)
     if cores is not None:
         servers.pin(nginx.process.pid, cores)
-    direct = Connection(HOST, backend.port, "/v1/chat/completions", None)
+    direct = Connection(HOST, backend.tap.port, "/v1/chat/completions", None)
     through = Connection(HOST, nginx.port, "/v1/chat/completions", None)
     try:
-        result = await measure.overhead(
-            f"{label}, through nginx (reference)",
-            direct,
-            through,
-            model,
-            rounds=rounds,
-            warmup=20 if max_tokens <= 8 else 3,
-            max_tokens=max_tokens,
-            progress=progress,
-        )
+        with realtime_client():
+            result = await measure.overhead(
+                f"{label}, through nginx (reference)",
+                direct,
+                through,
+                model,
+                rounds=rounds,
+                warmup=20 if max_tokens <= 8 else 3,
+                max_tokens=max_tokens,
+                progress=progress,
+                tap=backend.report,
+            )
     finally:
         direct.close()
         through.close()
@@ -165,31 +208,36 @@ async def measure_isolated(
     progress(f"added latency, real model, web app on its own core: {arguments.model_rounds} rounds")
     started: list[servers.ServerProcess] = []
     web_cores, engine_cores = set(cores[:-1]), {cores[-1]}
+    tapped: Tapped | None = None
     try:
         engine = servers.start_engine(data_dir / "engine-alone", 1)
         started.append(engine)
+        tapped = start_tapped(engine, data_dir)
         web_dir = data_dir / "web-alone"
         api_key = servers.prepare_web_data(web_dir)
-        web = servers.start_web(web_dir, {"engine": engine.url}, 10)
+        web = servers.start_web(web_dir, {"engine": tapped.tap.url}, 10)
         started.append(web)
         servers.pin(engine.process.pid, engine_cores)
+        servers.pin(tapped.tap.process.pid, engine_cores)
         servers.pin(web.process.pid, web_cores)
         os.sched_setaffinity(0, engine_cores)
         label = f"real model ({ENGINE_MODEL}), web app on its own core"
         rounds = arguments.model_rounds
         results = await with_reference(
-            data_dir / "nginx-alone", label, engine, ENGINE_MODEL, rounds, 16, web_cores
+            data_dir / "nginx-alone", label, tapped, ENGINE_MODEL, rounds, 16, web_cores
         )
         through = Connection(HOST, web.port, "/v1/chat/completions", api_key)
         try:
             results.append(
-                await overhead_with_cpu(web, label, engine, through, ENGINE_MODEL, rounds, 16)
+                await overhead_with_cpu(web, label, tapped, through, ENGINE_MODEL, rounds, 16)
             )
         finally:
             through.close()
         return results
     finally:
         os.sched_setaffinity(0, set(cores))
+        if tapped is not None:
+            tapped.stop()
         for server in reversed(started):
             server.stop()
 
@@ -197,7 +245,7 @@ async def measure_isolated(
 async def overhead_with_cpu(
     web: servers.ServerProcess,
     label: str,
-    backend: servers.ServerProcess,
+    backend: Tapped,
     through: Connection,
     model: str,
     rounds: int,
@@ -205,19 +253,21 @@ async def overhead_with_cpu(
 ) -> measure.OverheadResult:
     """Run measure.overhead() against `backend`, and add the web process's CPU per request."""
     warmup = 20 if max_tokens <= 8 else 3
-    direct = Connection(HOST, backend.port, "/v1/chat/completions", None)
+    direct = Connection(HOST, backend.tap.port, "/v1/chat/completions", None)
     cpu_before = measure.process_cpu_seconds(web.process.pid)
     try:
-        result = await measure.overhead(
-            label,
-            direct,
-            through,
-            model,
-            rounds=rounds,
-            warmup=warmup,
-            max_tokens=max_tokens,
-            progress=progress,
-        )
+        with realtime_client():
+            result = await measure.overhead(
+                label,
+                direct,
+                through,
+                model,
+                rounds=rounds,
+                warmup=warmup,
+                max_tokens=max_tokens,
+                progress=progress,
+                tap=backend.report,
+            )
     finally:
         direct.close()
     cpu = measure.process_cpu_seconds(web.process.pid) - cpu_before
@@ -270,18 +320,23 @@ async def run(arguments: argparse.Namespace) -> str:
         if not arguments.no_model and len(cores) > 1:
             # First, while no other server of the benchmark runs to take the web app's core.
             isolated = await measure_isolated(arguments, Path(data_dir), cores)
+        tapped: list[Tapped] = []
         try:
-            fast = servers.start_backend(FAST_MODEL, 0.0)
-            started.append(fast)
+            fast_server = servers.start_backend(FAST_MODEL, 0.0)
+            started.append(fast_server)
+            fast = start_tapped(fast_server, Path(data_dir))
+            tapped.append(fast)
             paced = servers.start_backend(PACED_MODEL, TOKEN_INTERVAL)
             started.append(paced)
-            backend_urls = {"fast": fast.url, "paced": paced.url}
+            backend_urls = {"fast": fast.tap.url, "paced": paced.url}
             engine = None
             if not arguments.no_model:
                 progress("starting the engine with the bundled model")
-                engine = servers.start_engine(Path(data_dir) / "engine", arguments.threads)
-                started.append(engine)
-                backend_urls["engine"] = engine.url
+                engine_server = servers.start_engine(Path(data_dir) / "engine", arguments.threads)
+                started.append(engine_server)
+                engine = start_tapped(engine_server, Path(data_dir))
+                tapped.append(engine)
+                backend_urls["engine"] = engine.tap.url
             web_dir = Path(data_dir) / "web"
             api_key = servers.prepare_web_data(web_dir)
             web = servers.start_web(web_dir, backend_urls, max(arguments.streams) + 100)
@@ -293,6 +348,8 @@ async def run(arguments: argparse.Namespace) -> str:
             overheads.extend(isolated)
             streams = await measure_streams(arguments, web, api_key, paced)
         finally:
+            for backend in tapped:
+                backend.stop()
             for server in reversed(started):
                 server.stop()
 

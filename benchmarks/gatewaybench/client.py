@@ -17,7 +17,24 @@ import re
 import time
 from dataclasses import dataclass, field
 
-_CONTENT_KEY = b'"content":'
+CONTENT_KEY = b'"content":'
+
+
+def content_start(data: bytes, key: int) -> int:
+    """Return where the non-empty content string after the `"content":` key at `key` starts.
+
+    The index is that of the string's opening quote; -1 when `key` is -1 or the
+    content is empty or not a string. Servers differ in whether a space follows
+    the colon.
+    """
+    if key < 0:
+        return -1
+    start = key + len(CONTENT_KEY)
+    if data[start : start + 1] == b" ":
+        start += 1
+    if data[start : start + 1] != b'"' or data[start + 1 : start + 2] == b'"':
+        return -1
+    return start
 
 
 @dataclass
@@ -227,14 +244,9 @@ class ResponseProtocol(asyncio.Protocol):
             stream.error = event[6:300].decode(errors="replace")
             return
         # A token event carries non-empty content; the benchmark backend's content is its
-        # send time. Servers differ in whether a space follows the colon.
-        key = event.find(_CONTENT_KEY)
-        if key < 0:
-            return
-        start = key + len(_CONTENT_KEY)
-        if event[start : start + 1] == b" ":
-            start += 1
-        if event[start : start + 1] != b'"' or event[start + 1 : start + 2] == b'"':
+        # send time.
+        start = content_start(event, event.find(CONTENT_KEY))
+        if start < 0:
             return
         if stream.first_token is None:
             stream.first_token = now

@@ -56,14 +56,68 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[index]
 
 
+@dataclass(frozen=True)
+class TapTimes:
+    """One chat's times at the timing relay (gatewaybench.tap), in seconds of time.monotonic()."""
+
+    requested: float
+    first_token: float
+    done: float
+
+
+class TapReport:
+    """Reads the lines that the timing relay adds to its report file, one per chat."""
+
+    def __init__(self, path: Path) -> None:
+        path.touch()
+        self.file = path.open()
+        self.partial = ""
+        self.times: list[TapTimes] = []
+
+    def close(self) -> None:
+        self.file.close()
+
+    def times_of(self, stream: Stream) -> TapTimes | None:
+        """Return the times of the chat that `stream` timed, or None if the relay saw none.
+
+        That chat's request reached the relay after the client sent it, and its
+        end before the client received it. Lines of earlier chats are dropped.
+        """
+        text = self.partial + self.file.read()
+        *lines, self.partial = text.split("\n")
+        for line in lines:
+            requested, first_token, done = (float(value) for value in line.split())
+            self.times.append(TapTimes(requested, first_token, done))
+        if stream.done is None:
+            return None
+        found = None
+        for times in self.times:
+            if stream.sent <= times.requested and times.done <= stream.done:
+                found = times
+        self.times = [times for times in self.times if times.done > stream.done]
+        return found
+
+
 @dataclass
 class Latencies:
     ttft: list[float] = field(default_factory=list)
     total: list[float] = field(default_factory=list)
+    backend_ttft: list[float] = field(default_factory=list)
+    """The same chats' times at the timing relay in front of the backend, when there is one."""
+    backend_total: list[float] = field(default_factory=list)
 
-    def add(self, stream: Stream) -> None:
+    def add(self, stream: Stream, backend: TapTimes | None) -> None:
         self.ttft.append(stream.ttft)
         self.total.append(stream.total)
+        if backend is not None:
+            self.backend_ttft.append(backend.first_token - backend.requested)
+            self.backend_total.append(backend.done - backend.requested)
+
+    def beyond_backend(self, metric: str) -> list[float]:
+        """Return each chat's time at the client minus its time at the timing relay."""
+        times: list[float] = getattr(self, metric)
+        backend: list[float] = getattr(self, f"backend_{metric}")
+        return [time - at_backend for time, at_backend in zip(times, backend, strict=True)]
 
 
 @dataclass
@@ -93,9 +147,35 @@ class OverheadResult:
         Both paths of such a pair are the same, so this is what the per-round
         differences show for a gateway that adds nothing: their noise floor.
         """
-        direct: list[float] = getattr(self.direct, metric)
-        changes = [later - earlier for earlier, later in itertools.pairwise(direct)]
-        return percentile(changes, fraction)
+        return _change_percentile(getattr(self.direct, metric), fraction)
+
+    @property
+    def tapped(self) -> bool:
+        """True when every counted round has its times at the timing relay."""
+        return bool(self.direct.backend_ttft) and len(self.direct.backend_ttft) == len(
+            self.direct.ttft
+        )
+
+    def added_beyond_backend(self, metric: str, fraction: float) -> float:
+        """Return a percentile of the per-round differences with each chat's backend time removed.
+
+        For each chat, the time at the timing relay in front of the backend is
+        subtracted from the time at the client. What is left is the path between
+        the two, so the backend's variation from chat to chat drops out.
+        """
+        direct = self.direct.beyond_backend(metric)
+        through = self.gateway.beyond_backend(metric)
+        differences = [via - straight for via, straight in zip(through, direct, strict=True)]
+        return percentile(differences, fraction)
+
+    def noise_beyond_backend(self, metric: str, fraction: float) -> float:
+        """Return noise() for the direct path's times with each chat's backend time removed."""
+        return _change_percentile(self.direct.beyond_backend(metric), fraction)
+
+
+def _change_percentile(values: list[float], fraction: float) -> float:
+    """Return a percentile of the differences between consecutive values."""
+    return percentile([later - earlier for earlier, later in itertools.pairwise(values)], fraction)
 
 
 async def overhead(
@@ -108,8 +188,13 @@ async def overhead(
     warmup: int,
     max_tokens: int,
     progress: Progress,
+    tap: TapReport | None = None,
 ) -> OverheadResult:
-    """Time `rounds` streams on each path after `warmup` untimed ones."""
+    """Time `rounds` streams on each path after `warmup` untimed ones.
+
+    With `tap`, the report of the timing relay that both paths pass in front of
+    the backend, each round also records the backend's own time of both chats.
+    """
     body = {
         "model": model,
         "messages": PROMPT,
@@ -127,10 +212,17 @@ async def overhead(
         failed = [stream for stream in streams.values() if not _complete(stream)]
         for stream in failed:
             result.errors.append(stream.error or "the stream ended without [DONE]")
+        backend = {
+            connection: tap.times_of(stream) if tap and not failed else None
+            for connection, stream in streams.items()
+        }
+        if tap and not failed and None in backend.values():
+            failed.append(streams[direct])
+            result.errors.append("the timing relay saw no complete chat for a stream")
         # A round counts only when both paths completed, so that the lists stay paired.
         if index >= warmup and not failed:
             for connection, stream in streams.items():
-                sides[connection].add(stream)
+                sides[connection].add(stream, backend[connection])
         if (index + 1) % 100 == 0:
             progress(f"{label}: {index + 1} of {warmup + rounds} rounds")
     return result

@@ -81,6 +81,25 @@ def pin(pid: int, cpus: set[int]) -> None:
             os.sched_setaffinity(int(thread), cpus)
 
 
+def set_realtime(pid: int, realtime: bool) -> bool:
+    """Move every thread of a process to real-time (SCHED_FIFO) scheduling, or back (Linux).
+
+    A real-time thread runs the moment it wakes, ahead of any thread of normal
+    priority on its core. Returns False where the system does not allow it,
+    as for a user without CAP_SYS_NICE.
+    """
+    # Processes that a real-time one starts get normal priority.
+    policy = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK if realtime else os.SCHED_OTHER
+    parameters = os.sched_param(1 if realtime else 0)
+    try:
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setscheduler(int(thread), policy, parameters)
+    except PermissionError:
+        return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -107,6 +126,25 @@ def start_backend(model: str, token_interval: float) -> ServerProcess:
         str(token_interval),
     ]
     server = ServerProcess("bench-backend", command, dict(os.environ), port)
+    server.wait_ready("/v1/models")
+    return server
+
+
+def start_tap(upstream: ServerProcess, report: Path) -> ServerProcess:
+    """Start the timing relay (gatewaybench/tap.py) in front of `upstream`, writing to `report`."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "gatewaybench.tap",
+        "--port",
+        str(port),
+        "--upstream-port",
+        str(upstream.port),
+        "--report",
+        str(report),
+    ]
+    server = ServerProcess(f"tap-{upstream.name}", command, dict(os.environ), port)
     server.wait_ready("/v1/models")
     return server
 

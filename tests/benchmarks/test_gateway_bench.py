@@ -6,12 +6,16 @@ import argparse
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import httpx
 import pytest
 
+from gatewaybench import report
 from gatewaybench.backend import BackendProtocol, StreamCounter, TokenClock
 from gatewaybench.client import Connection
-from gatewaybench.measure import OverheadResult
+from gatewaybench.measure import OverheadResult, TapReport
+from gatewaybench.tap import Downstream, has_token
 
 pytestmark = pytest.mark.anyio
 
@@ -146,3 +150,82 @@ def test_noise_floor_uses_consecutive_direct_rounds() -> None:
     assert result.noise("ttft", 1.0) == pytest.approx(0.004)
     assert result.noise("ttft", 0.0) == pytest.approx(-0.001)
     assert result.added("ttft", 0.5) == pytest.approx(0.001)
+
+
+def test_backend_time_removed_per_round() -> None:
+    result = OverheadResult("model", "bench-model", rounds=2, max_tokens=8)
+    # The backend took 10 ms, then 30 ms; the proxy's path added 1 ms both times.
+    result.direct.ttft = [0.0102, 0.0302]
+    result.direct.backend_ttft = [0.0100, 0.0300]
+    result.gateway.ttft = [0.0312, 0.0112]
+    result.gateway.backend_ttft = [0.0300, 0.0100]
+
+    assert result.tapped
+    assert result.added("ttft", 0.5) == pytest.approx(-0.019)
+    assert result.added_beyond_backend("ttft", 0.5) == pytest.approx(0.001)
+    assert result.added_beyond_backend("ttft", 1.0) == pytest.approx(0.001)
+    assert result.noise_beyond_backend("ttft", 1.0) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b'data: {"delta":{"content":"Hi"}}', True),
+        (b'data: {"delta":{"content": "Hi"}}', True),
+        (b'data: {"delta":{"role":"assistant","content":""}}', False),
+        (b'{"content":""}\n\n{"content":"x"}', True),
+        (b'data: {"delta":{}}', False),
+        (b'{"content":null}', False),
+    ],
+)
+def test_tap_finds_token_in_read(data: bytes, expected: bool) -> None:
+    assert has_token(data) is expected
+
+
+async def test_tap_times_within_client_times(tmp_path: Path) -> None:
+    backend, backend_port, _ = await start_backend(0.002)
+    report_path = tmp_path / "tap.txt"
+    with report_path.open("a", buffering=1) as report:
+        tap = await asyncio.get_running_loop().create_server(
+            lambda: Downstream(backend_port, report), "127.0.0.1", 0
+        )
+        async with backend, tap:
+            port = tap.sockets[0].getsockname()[1]
+            reader = TapReport(report_path)
+            # A request that is not a chat, as the gateway's health checks are, has no line.
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                assert (await client.get("/v1/models")).status_code == 200
+            connection = Connection("127.0.0.1", port, "/v1/chat/completions", None)
+            request = connection.request_bytes({**BODY, "max_tokens": 3})
+            timed = []
+            for _ in range(2):
+                stream = await connection.chat(request, stamped=True)
+                timed.append((stream, reader.times_of(stream)))
+            connection.close()
+            reader.close()
+
+    assert len(report_path.read_text().splitlines()) == 2
+    for stream, times in timed:
+        assert stream.error is None
+        assert times is not None
+        assert stream.first_token is not None
+        assert stream.done is not None
+        assert stream.sent <= times.requested <= stream.stamps[0] <= times.first_token
+        assert times.first_token <= stream.first_token
+        assert stream.stamps[-1] <= times.done <= stream.done
+
+
+def test_target_judged_without_backend_time() -> None:
+    result = OverheadResult("real model", "bench-model", rounds=3, max_tokens=8)
+    result.direct.ttft = result.direct.total = [0.010, 0.040, 0.020]
+    result.direct.backend_ttft = result.direct.backend_total = [0.0099, 0.0399, 0.0199]
+    # End to end, the rounds differ by up to 30 ms; at the relay, by 0.5 ms.
+    result.gateway.ttft = result.gateway.total = [0.040, 0.0105, 0.0205]
+    result.gateway.backend_ttft = result.gateway.backend_total = [0.0394, 0.0099, 0.0199]
+
+    table = report.beyond_backend_table([result])
+    untapped = OverheadResult("fast", "bench-model", rounds=3, max_tokens=8)
+    untapped.direct.ttft = untapped.gateway.ttft = [0.001, 0.001, 0.001]
+
+    assert "| real model | 0.50 / 0.50 | 0.50 / 0.50 | 0.00 / 0.00 | yes |" in table
+    assert report.beyond_backend_table([untapped]).endswith("| fast | | | | **no** |")
