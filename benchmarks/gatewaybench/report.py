@@ -229,8 +229,8 @@ reach the backend through a timing relay
 (`benchmarks/gatewaybench/tap.py`): a lean TCP forwarder in a process of
 its own that notes when each chat's request, first token and `data: [DONE]`
 pass it. The client and the relay stand for users and a network on other
-machines, so they run at real-time priority (SCHED_FIFO, where the system
-allows it: as root or with CAP_SYS_NICE) and run the moment they wake,
+machines. So they run at real-time priority (SCHED_FIFO, where the system
+allows it: as root or with CAP_SYS_NICE), and run the moment they wake,
 without waiting for the engine or the web app on their core. Times in
 milliseconds, for the time to first token (TTFT) and the time to
 `data: [DONE]` (total).
@@ -261,10 +261,10 @@ CPU per request" includes the relay of every token of the response.
 {overhead_table(overheads)}
 
 With each chat's time at the backend removed. For each chat, its time at
-the relay (from its request to its first token, or to its end) is
-subtracted from its time at the client, and "added" is the percentile of
-the per-round differences of what is left: the path between the client and
-the relay. The model's variation drops out, and so does any slowing of the
+the relay, from its request to its first token or to its end, is
+subtracted from its time at the client. What is left is the path between
+the client and the relay, and "added" is the percentile of its per-round
+differences. The model's variation drops out, and so does any slowing of the
 engine itself. With cores shared, the web app's CPU time per request comes
 out of the engine's decoding threads. The end-to-end table above shows
 that share, and its nginx rows show how much of it any proxy on the same
