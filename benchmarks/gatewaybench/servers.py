@@ -111,42 +111,37 @@ def llmcloud_command(*arguments: str) -> list[str]:
     return [str(Path(sys.executable).with_name("llmcloud")), *arguments]
 
 
+def start_module(name: str, module: str, *arguments: str) -> ServerProcess:
+    """Start `python -m module --port PORT ...arguments` on a free port; wait for /v1/models."""
+    port = free_port()
+    command = [sys.executable, "-m", module, "--port", str(port), *arguments]
+    server = ServerProcess(name, command, dict(os.environ), port)
+    server.wait_ready("/v1/models")
+    return server
+
+
 def start_backend(model: str, token_interval: float) -> ServerProcess:
     """Start the benchmark backend (gatewaybench/backend.py), listing one model."""
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
+    return start_module(
+        "bench-backend",
         "gatewaybench.backend",
-        "--port",
-        str(port),
         "--model",
         model,
         "--token-interval",
         str(token_interval),
-    ]
-    server = ServerProcess("bench-backend", command, dict(os.environ), port)
-    server.wait_ready("/v1/models")
-    return server
+    )
 
 
 def start_tap(upstream: ServerProcess, report: Path) -> ServerProcess:
     """Start the timing relay (gatewaybench/tap.py) in front of `upstream`, writing to `report`."""
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
+    return start_module(
+        f"tap-{upstream.name}",
         "gatewaybench.tap",
-        "--port",
-        str(port),
         "--upstream-port",
         str(upstream.port),
         "--report",
         str(report),
-    ]
-    server = ServerProcess(f"tap-{upstream.name}", command, dict(os.environ), port)
-    server.wait_ready("/v1/models")
-    return server
+    )
 
 
 def start_engine(data_dir: Path, threads: int) -> ServerProcess:

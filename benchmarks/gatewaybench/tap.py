@@ -8,16 +8,15 @@ chat it appends one line to the report file with three times, in seconds
 of `time.monotonic()` (one clock for all processes on Linux). They are the
 arrival of the request from downstream, of the backend's first token and
 of its `data: [DONE]`. The span from the first to either of the others is
-the backend's own time for that chat. Subtracting it from the
-client's time for the same chat leaves only what lies between the client
-and the tap, so the backend's variation from one chat to the next, which
-with a real model is larger than the whole target, drops out of the
-comparison.
+the backend's own time for that chat. Subtracting it from the client's
+time for the same chat leaves only what lies between the client and the
+tap. So the backend's variation from one chat to the next drops out of the
+comparison: with a real model, it is larger than the whole target.
 
-It parses no HTTP, to stay lean on a machine whose cores it shares: a
-request is a downstream read that starts with `POST `, a first token is
-the first read from the backend with a non-empty `"content":` string, and
-the end is a read that holds `data: [DONE]`. The report line is written
+It parses no HTTP, to stay lean on a machine whose cores it shares. A
+request is a downstream read that starts with `POST `. A first token is
+the first read from the backend with a non-empty `"content":` string. The
+end is a read that contains `data: [DONE]`. The report line is written
 before the read that ends the chat is forwarded, so a client that has
 received `[DONE]` finds it in the file.
 """
