@@ -1,4 +1,4 @@
-"""The in-process cache of checked API keys: hits, invalidation in this process, expiry."""
+"""The in-process cache of checked API keys: hits, invalidation in this process, expiry, renewal."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def test_checked_key_is_served_from_cache(database: Database, alice: User, key: 
     api_keys.authenticate_bearer(database, f"Bearer {key}")
     cached = api_keys.cached_bearer_account(database, f"Bearer {key}")
     assert cached is not None
-    assert cached.id == alice.id
+    assert cached.user.id == alice.id
+    assert not cached.check_due
 
 
 @pytest.mark.parametrize("header", [None, "", "Basic YWxpY2U6eA==", "Bearer llmc_short"])
@@ -110,14 +111,53 @@ def test_lookup_older_than_invalidation_is_not_stored(database: Database, alice:
     assert api_key_cache.lookup(database, "digest") is None
 
 
-def test_cached_key_still_records_use_once_a_minute(database: Database, key: str) -> None:
+def test_cached_key_due_for_use_record_asks_for_check(database: Database, key: str) -> None:
     first = utcnow()
     api_keys.authenticate_api_key(database, key, now=first)
     due = first + api_keys.USE_RECORD_INTERVAL
     cached_when_due = api_keys.cached_bearer_account(database, f"Bearer {key}", now=due)
-    api_keys.authenticate_api_key(database, key, now=due)
+    api_keys.authenticate_api_key(database, key, now=due, renew=True)
 
     with database.session() as session:
         recorded = session.scalar(sa.select(ApiKey.last_used_at))
-    assert cached_when_due is None
+    assert cached_when_due is not None
+    assert cached_when_due.check_due
     assert recorded == due
+
+
+def later_by(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Move time.monotonic(), which both modules read, `seconds` on from where it stands."""
+    later = time.monotonic() + seconds
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+
+
+def test_entry_past_half_its_life_asks_for_check(
+    database: Database, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api_keys.authenticate_api_key(database, key)
+    later_by(monkeypatch, api_key_cache.RENEW_AFTER_SECONDS)
+    cached = api_keys.cached_bearer_account(database, f"Bearer {key}")
+    assert cached is not None
+    assert cached.check_due
+
+
+def test_renewal_gives_entry_a_new_life(
+    database: Database, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api_keys.authenticate_api_key(database, key)
+    later_by(monkeypatch, api_key_cache.RENEW_AFTER_SECONDS)
+    api_keys.authenticate_bearer(database, f"Bearer {key}", renew=True)
+    # Past the end of the first entry's life.
+    later_by(monkeypatch, api_key_cache.TTL_SECONDS - api_key_cache.RENEW_AFTER_SECONDS + 0.1)
+    assert api_keys.cached_bearer_account(database, f"Bearer {key}") is not None
+
+
+def test_renewal_of_key_revoked_elsewhere_drops_entry(
+    database: Database, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api_keys.authenticate_api_key(database, key)
+    revoke_behind_the_cache(database, key)
+    later_by(monkeypatch, api_key_cache.RENEW_AFTER_SECONDS)
+    with pytest.raises(InvalidCredentials, match="was revoked"):
+        api_keys.authenticate_bearer(database, f"Bearer {key}", renew=True)
+    assert api_keys.cached_bearer_account(database, f"Bearer {key}") is None

@@ -28,7 +28,7 @@ class SlowCheck:
         self.calls = 0
         self.release = threading.Event()
 
-    def __call__(self, db: object, header: str | None) -> User:
+    def __call__(self, db: object, header: str | None, *, renew: bool = False) -> User:
         self.calls += 1
         self.release.wait(5)
         if isinstance(self.result, Exception):
@@ -85,3 +85,34 @@ async def test_cancelled_request_leaves_check_running(monkeypatch: pytest.Monkey
 
     assert user.id == 7
     assert check.calls == 1
+
+
+async def test_renewal_skips_key_whose_check_is_under_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    check = SlowCheck(User(id=7, username="alice"))
+    monkeypatch.setattr(api_keys, "authenticate_bearer", check)
+    db = object()
+
+    waiting = asyncio.ensure_future(openai_api._check_in_database(db, "Bearer k"))  # type: ignore[arg-type]
+    await asyncio.sleep(0.1)
+    openai_api._renew_key(db, "Bearer k")  # type: ignore[arg-type]
+    check.release.set()
+    await waiting
+
+    assert check.calls == 1
+
+
+async def test_failed_renewal_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    check = SlowCheck(OSError("database unreachable"))
+    check.release.set()
+    monkeypatch.setattr(api_keys, "authenticate_bearer", check)
+
+    openai_api._renew_key(object(), "Bearer k")  # type: ignore[arg-type]
+    for _ in range(100):
+        if not openai_api._key_checks:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0)
+
+    assert "checking a cached API key again failed: database unreachable" in caplog.text

@@ -20,9 +20,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import sqlalchemy as sa
 
-from llmcloud.auth import accounts, api_keys
-from llmcloud.db.models import Role, User
+from llmcloud.auth import accounts, api_key_cache, api_keys
+from llmcloud.db.models import ApiKey, Role, User, utcnow
 from llmcloud.monitoring.metrics import REGISTRY
 from llmcloud.web import create_app, openai_api
 from llmcloud.web.deps import WebState
@@ -209,6 +210,29 @@ def test_revoked_key_gets_401(web: Web) -> None:
     with pytest.raises(openai.AuthenticationError) as raised:
         client.chat.completions.create(model=FAKE_MODEL, messages=HELLO)
     assert raised.value.status_code == 401
+    assert "revoked" in raised.value.message
+
+
+def test_key_revoked_elsewhere_stops_working_once_renewed(web: Web) -> None:
+    alice = web.account("alice")
+    created = api_keys.create_api_key(web.state.db, alice.id, "laptop")
+    client = web.client(created.key)
+    assert client.models.list().data
+    # Another process revokes the key: the database changes, this process's cache does not.
+    with web.state.db.transaction() as session:
+        session.execute(
+            sa.update(ApiKey).where(ApiKey.id == created.record.id).values(revoked_at=utcnow())
+        )
+    for cache in api_key_cache._caches.values():
+        for entry in cache.values():
+            entry.renew_after = 0.0
+
+    assert client.models.list().data, "an entry within its TTL still serves the request"
+    deadline = time.monotonic() + 5
+    while openai_api._key_checks and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(openai.AuthenticationError) as raised:
+        client.models.list()
     assert "revoked" in raised.value.message
 
 

@@ -10,6 +10,14 @@ the next request at once. A change made by another process, such as another
 `llmcloud web` instance on a shared PostgreSQL or an `llmcloud` command,
 applies here within TTL_SECONDS.
 
+An entry in the second half of its life is still served, and the request
+that finds it asks for a check of the key in the background (see
+`CachedKey.renew_after`). That check reads the database as a first check
+does and replaces the entry, or drops it when the key no longer works. A
+key in steady use thus keeps a fresh entry, and its requests do not wait
+for the database when an entry runs out. No entry is served past its
+TTL_SECONDS, so the bound on a change made elsewhere stays the same.
+
 Invalidation bumps a generation number. A lookup records the generation
 before it reads the database and stores its entry under that generation,
 so an answer read before a change can never outlive it.
@@ -26,6 +34,8 @@ from llmcloud.db.database import Database
 from llmcloud.db.models import User
 
 TTL_SECONDS = 5.0
+# The age at which a served entry asks for its key to be checked again in the background.
+RENEW_AFTER_SECONDS = TTL_SECONDS / 2
 # Entries kept per database; past it, the oldest ones are dropped.
 MAX_ENTRIES = 10_000
 
@@ -41,6 +51,9 @@ class CachedKey:
     last_used_at: datetime | None
     expires: float
     """time.monotonic() after which the entry is stale."""
+    renew_after: float
+    """time.monotonic() after which a request that the entry serves should have the key
+    checked again in the background."""
     generation: int
 
 
@@ -83,6 +96,14 @@ def store(
     cache = _caches.setdefault(db, {})
     if len(cache) >= MAX_ENTRIES:
         del cache[next(iter(cache))]
+    now = time.monotonic()
     cache[key_hash] = CachedKey(
-        user, key_id, last_used_at, time.monotonic() + TTL_SECONDS, lookup_generation
+        user, key_id, last_used_at, now + TTL_SECONDS, now + RENEW_AFTER_SECONDS, lookup_generation
     )
+
+
+def forget(db: Database, key_hash: str) -> None:
+    """Drop a key's entry, as when a check found that the key no longer works."""
+    cache = _caches.get(db)
+    if cache is not None:
+        cache.pop(key_hash, None)

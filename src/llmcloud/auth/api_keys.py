@@ -13,7 +13,9 @@ a minute per key.
 
 Keys that passed the check are cached in this process for a few seconds
 (`llmcloud.auth.api_key_cache`, which says how revocation reaches the cache),
-so that most requests take no database query.
+so that most requests take no database query. A cached key whose use is due
+to be recorded is still served from the cache: the caller records it with a
+check in the background (`CachedAccount.check_due`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import time
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +33,13 @@ import sqlalchemy as sa
 
 from llmcloud.auth import api_key_cache
 from llmcloud.auth.accounts import check_can_log_in
-from llmcloud.auth.errors import Conflict, InvalidCredentials, InvalidInput, NotFound
+from llmcloud.auth.errors import (
+    Conflict,
+    InvalidCredentials,
+    InvalidInput,
+    NotFound,
+    ServiceError,
+)
 from llmcloud.db.database import Database
 from llmcloud.db.errors import quote_value
 from llmcloud.db.models import ApiKey, User, utcnow
@@ -115,8 +124,12 @@ def revoke_api_key(db: Database, user_id: int, key_id: int) -> ApiKey:
     return record
 
 
-def authenticate_bearer(db: Database, authorization: str | None) -> User:
-    """Return the account of an `Authorization: Bearer <key>` header value."""
+def authenticate_bearer(db: Database, authorization: str | None, *, renew: bool = False) -> User:
+    """Return the account of an `Authorization: Bearer <key>` header value.
+
+    With `renew`, the key is read from the database even when it is cached,
+    and its entry replaced; see `authenticate_api_key()`.
+    """
     key = _bearer_key(authorization) if authorization else ""
     if key == "":
         raise InvalidCredentials(
@@ -124,39 +137,56 @@ def authenticate_bearer(db: Database, authorization: str | None) -> User:
         )
     if key is None:
         raise InvalidCredentials(_INVALID_KEY)
-    return authenticate_api_key(db, key)
+    return authenticate_api_key(db, key, renew=renew)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAccount:
+    """The account of a key found in the cache."""
+
+    user: User
+    check_due: bool
+    """True when the key should be checked again (`authenticate_bearer(..., renew=True)`)
+    after this request: its cache entry is past half its life, or its use is due to be
+    recorded."""
 
 
 def cached_bearer_account(
     db: Database, authorization: str | None, *, now: datetime | None = None
-) -> User | None:
+) -> CachedAccount | None:
     """Return the account of a Bearer header value from the cache, or None to ask the database.
 
     It never touches the database, so it may run on the event loop. None
-    comes for every key that is not cached, for a key whose use is due to be
-    recorded, and for a missing or malformed header, for which
-    `authenticate_bearer()` raises the error.
+    comes for every key that is not cached, and for a missing or malformed
+    header, for which `authenticate_bearer()` raises the error.
     """
     key = _bearer_key(authorization) if authorization else None
     if key is None or not _well_formed(key):
         return None
     entry = api_key_cache.lookup(db, hash_key(key))
-    if entry is None or _use_is_due(entry.last_used_at, now or utcnow()):
+    if entry is None:
         return None
-    return entry.user
+    check_due = time.monotonic() >= entry.renew_after or _use_is_due(
+        entry.last_used_at, now or utcnow()
+    )
+    return CachedAccount(entry.user, check_due)
 
 
-def authenticate_api_key(db: Database, key: str, *, now: datetime | None = None) -> User:
+def authenticate_api_key(
+    db: Database, key: str, *, now: datetime | None = None, renew: bool = False
+) -> User:
     """Return the account a key belongs to, recording the key's use.
 
     Raises InvalidCredentials for a malformed, unknown or revoked key, and
     AccountPending or AccountDeactivated when the account may not log in.
+    A cached key is checked in the database only with `renew`. A key that
+    fails the check loses its cache entry.
     """
     if not _well_formed(key):
         raise InvalidCredentials(_INVALID_KEY)
     now = now or utcnow()
     key_hash = hash_key(key)
-    entry = api_key_cache.lookup(db, key_hash)
+    entry = None if renew else api_key_cache.lookup(db, key_hash)
     if entry is not None:
         if _use_is_due(entry.last_used_at, now):
             _record_use(db, entry.key_id, now)
@@ -167,16 +197,20 @@ def authenticate_api_key(db: Database, key: str, *, now: datetime | None = None)
     query = sa.select(ApiKey, User).join(User, User.id == ApiKey.user_id)
     with db.session() as session:
         row = session.execute(query.where(ApiKey.key_hash == key_hash)).one_or_none()
-    if row is None:
-        log.info("API key rejected: unknown")
-        raise InvalidCredentials(_INVALID_KEY)
-    record, user = row
-    if record.revoked_at is not None:
-        log.info("API key %s (%s) rejected: revoked", record.id, record.prefix)
-        raise InvalidCredentials(
-            f"API key {record.prefix}... was revoked; create a new one on the API keys page"
-        )
-    check_can_log_in(user)
+    try:
+        if row is None:
+            log.info("API key rejected: unknown")
+            raise InvalidCredentials(_INVALID_KEY)
+        record, user = row
+        if record.revoked_at is not None:
+            log.info("API key %s (%s) rejected: revoked", record.id, record.prefix)
+            raise InvalidCredentials(
+                f"API key {record.prefix}... was revoked; create a new one on the API keys page"
+            )
+        check_can_log_in(user)
+    except ServiceError:
+        api_key_cache.forget(db, key_hash)
+        raise
 
     last_used_at = record.last_used_at
     if _use_is_due(last_used_at, now):

@@ -14,6 +14,7 @@ from llmcloud.gateway.errors import (
 )
 from llmcloud.gateway.events import ChatEvent, Done, Durations, Failed, Queued, Started, Token
 from llmcloud.gateway.gateway import Gateway, default_backends
+from llmcloud.gateway.request import ChatRequest, check_model_name
 from llmcloud.gateway.status import BackendStatus, GatewayStatus, ModelInfo
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "BackendKind",
     "BackendStatus",
     "ChatEvent",
+    "ChatRequest",
     "Done",
     "Durations",
     "Failed",
@@ -37,5 +39,6 @@ __all__ = [
     "Started",
     "Token",
     "UnknownModel",
+    "check_model_name",
     "default_backends",
 ]

@@ -25,6 +25,8 @@ logger = logging.getLogger("llmcloud.gateway")
 _SPARE_CONNECTIONS = 4
 # The largest model list that a health check reads.
 _MAX_MODEL_LIST_BYTES = 16 * 1024 * 1024
+# json.dumps() with any argument builds a new encoder on every call; this one is built once.
+_encode_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 @dataclass
@@ -161,7 +163,7 @@ class BackendClient:
 
     async def open_chat(self, body: dict[str, Any]) -> Response:
         """Send a streaming chat request and return the response once its status is 200."""
-        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        data = _encode_compact(body).encode()
         try:
             response = await self.http.request("POST", self.protocol.chat_path, data)
         except (ConnectError, ConnectTimeout) as exc:

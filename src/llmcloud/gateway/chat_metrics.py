@@ -1,69 +1,74 @@
-"""The gateway's metrics of each chat, recorded as its events pass."""
+"""The gateway's metrics of each chat, recorded by the relay at each step of the chat."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
 
 from prometheus_client import Gauge
 
-from llmcloud.gateway.errors import GatewayBusy
-from llmcloud.gateway.events import ChatEvent, Done, Failed, Queued, Started, Token
+from llmcloud.gateway.events import Done, Failed
 from llmcloud.monitoring.llm_metrics import GenerationMetrics, record_queue_rejection, series_for
 
 
-async def observe_gateway_chat(
-    model: str, events: AsyncGenerator[ChatEvent, None]
-) -> AsyncGenerator[ChatEvent, None]:
-    """Pass a gateway chat's events through, recording its metrics under `gateway`.
+class ChatObserver:
+    """Record one gateway chat's metrics under `gateway`: its queue wait, tokens and end.
 
-    The labelled series are bound at the first event, which comes only after
-    the gateway found a backend that lists the model, so requests for unknown
-    model names add no series.
+    The labelled series are bound at the first step after the gateway found a
+    backend that lists the model, so requests for unknown model names add no
+    series. The relay calls these methods where it yields the matching event,
+    rather than through a generator of its own around the relay's, which would
+    add a step to every token. It calls token() and running() after the
+    consumer has passed the event on, so a token's time is when it was sent.
     """
-    started = time.perf_counter()
-    recorder: GenerationMetrics | None = None
-    gauges: dict[str, Gauge] = {}
-    state = "new"
 
-    def move(to: str) -> None:
-        nonlocal state
-        if to == state:
-            return
-        for name, gauge in gauges.items():
-            if state == name:
-                gauge.dec()
-            if to == name:
-                gauge.inc()
-        state = to
+    __slots__ = ("_gauge", "_recorder", "model", "started")
 
-    try:
-        async with aclosing(events):
-            async for event in events:
-                # Tokens are nearly all of the events, so they take the shortest path.
-                if type(event) is Token and recorder is not None:
-                    recorder.chunk()
-                    yield event
-                    continue
-                if recorder is None:
-                    recorder = GenerationMetrics("gateway", model, started)
-                    series = series_for("gateway", model)
-                    gauges["running"] = series.running
-                    gauges["waiting"] = series.waiting
-                if isinstance(event, Queued) and state != "waiting":
-                    move("waiting")
-                elif isinstance(event, Started):
-                    move("running")
-                elif isinstance(event, Token):
-                    recorder.chunk()
-                elif isinstance(event, Done):
-                    recorder.finished(event.completion_tokens, event.prompt_tokens, failed=False)
-                elif isinstance(event, Failed):
-                    recorder.finished(None, None, failed=True)
-                yield event
-    except GatewayBusy:
-        record_queue_rejection("gateway", model)
-        raise
-    finally:
-        move("done")
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.started = time.perf_counter()
+        self._recorder: GenerationMetrics | None = None
+        self._gauge: Gauge | None = None
+        """The gauge that counts the chat now: waiting, then running, then none."""
+
+    def queued(self) -> None:
+        recorder = self._bind()
+        waiting = series_for("gateway", recorder.model).waiting
+        if self._gauge is not waiting:
+            self._move(waiting)
+
+    def running(self) -> None:
+        recorder = self._bind()
+        self._move(series_for("gateway", recorder.model).running)
+
+    def token(self) -> None:
+        recorder = self._recorder
+        if recorder is None:
+            recorder = self._bind()
+        recorder.chunk()
+
+    def finished(self, final: Done | Failed) -> None:
+        recorder = self._bind()
+        if isinstance(final, Done):
+            recorder.finished(final.completion_tokens, final.prompt_tokens, failed=False)
+        else:
+            recorder.finished(None, None, failed=True)
+
+    def rejected(self) -> None:
+        """Count a chat that the full queue turned away (GatewayBusy)."""
+        record_queue_rejection("gateway", self.model)
+
+    def closed(self) -> None:
+        """Take the chat off the waiting or running gauge; call it once, at the end."""
+        self._move(None)
+
+    def _bind(self) -> GenerationMetrics:
+        if self._recorder is None:
+            self._recorder = GenerationMetrics("gateway", self.model, self.started)
+        return self._recorder
+
+    def _move(self, gauge: Gauge | None) -> None:
+        if self._gauge is not None:
+            self._gauge.dec()
+        if gauge is not None:
+            gauge.inc()
+        self._gauge = gauge

@@ -9,6 +9,7 @@ background and merges their model lists. Chats run through the dispatcher
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
@@ -17,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from llmcloud.gateway.backend import BackendClient
-from llmcloud.gateway.chat_metrics import observe_gateway_chat
 from llmcloud.gateway.config import Backend, keep_alive_wire_value
 from llmcloud.gateway.dispatch import Dispatcher
 from llmcloud.gateway.errors import InvalidBackends, NoBackendAvailable, UnknownModel
 from llmcloud.gateway.events import ChatEvent
 from llmcloud.gateway.relay import ChatRelay
+from llmcloud.gateway.request import ChatRequest, build_chat_request
 from llmcloud.gateway.shared_queue import SharedQueue
 from llmcloud.gateway.status import GatewayStatus, ModelInfo, backend_status, merge_models
 
@@ -244,7 +245,19 @@ class Gateway:
         (`contextlib.aclosing`) or cancel its task to stop early: that closes
         the backend's stream, so the backend stops generating.
         """
-        return observe_gateway_chat(model, self._relay.chat(model, messages, options, system))
+        return self._relay.chat(
+            model, functools.partial(build_chat_request, model, messages, options, system)
+        )
+
+    def chat_request(self, request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
+        """Start a chat from a request that the caller built and checked, as chat() does.
+
+        Nothing in `request` is checked again, so each part must be within
+        what build_chat_request() accepts. The /v1 API checks its requests by
+        OpenAI's narrower limits, and comes this way to skip a second
+        validation.
+        """
+        return self._relay.chat(request.model, lambda: request)
 
     # Internals
 

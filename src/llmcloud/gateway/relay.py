@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
 
 from llmcloud.gateway.backend import BackendClient, BackendFailure, describe_http_error
+from llmcloud.gateway.chat_metrics import ChatObserver
 from llmcloud.gateway.dispatch import Dispatcher, Ticket
+from llmcloud.gateway.errors import GatewayBusy
 from llmcloud.gateway.events import ChatEvent, Done, Durations, Failed, Queued, Started, Token
 from llmcloud.gateway.http import HTTPError, ReadTimeout, Response
 from llmcloud.gateway.protocols import StreamParser, StreamResult, UpstreamError
-from llmcloud.gateway.request import ChatRequest, build_chat_request
+from llmcloud.gateway.request import ChatRequest
 from llmcloud.gateway.shared_queue import SharedQueue
 
 logger = logging.getLogger("llmcloud.gateway")
@@ -77,18 +78,25 @@ class ChatRelay:
         self.release = release
 
     async def chat(
-        self,
-        model: str,
-        messages: Sequence[Mapping[str, Any]],
-        options: Mapping[str, Any] | None,
-        system: str | None,
+        self, model: str, build: Callable[[], ChatRequest]
     ) -> AsyncGenerator[ChatEvent, None]:
-        request = build_chat_request(model, messages, options, system)
-        self.check_model(request.model)
-        chat = _Chat(request, await self._submit(request.model), time.perf_counter_ns())
+        """Run one chat; `build` returns its request, or raises InvalidChatRequest.
+
+        `build` is called at the first step, so that its error, like every
+        other, comes from the first `anext()`.
+        """
+        observer = ChatObserver(model)
+        chat: _Chat | None = None
         try:
+            request = build()
+            self.check_model(request.model)
+            chat = _Chat(request, await self._submit(request.model), time.perf_counter_ns())
             async with aclosing(self._connect(chat)) as early_events:
                 async for event in early_events:
+                    if isinstance(event, Queued):
+                        observer.queued()
+                    else:
+                        observer.finished(event)
                     yield event
             upstream = chat.upstream
             if upstream is None:
@@ -96,9 +104,13 @@ class ChatRelay:
 
             # The per-token path: one read, its lines parsed, one event for their text.
             try:
+                # The metrics of each event are recorded when the consumer asks for the next
+                # one, that is once it has passed the event on, so that they do not delay it.
                 yield Started(upstream.backend.name)
                 if upstream.first_text:
                     yield Token(upstream.first_text)
+                    observer.token()
+                observer.running()
                 parser = upstream.parser
                 response = upstream.response
                 lines = upstream.rest
@@ -108,6 +120,7 @@ class ChatRelay:
                         texts, error = _parse_lines(parser, lines)
                         if texts:
                             yield Token(texts[0] if len(texts) == 1 else "".join(texts))
+                            observer.token()
                         if error is not None:
                             raise error
                         if parser.result is not None:
@@ -123,6 +136,7 @@ class ChatRelay:
                 # The slot is free before the last event, so a consumer that stops there keeps
                 # no slot.
                 self._finish(chat.ticket)
+                observer.finished(final)
                 try:
                     yield final
                 finally:
@@ -133,8 +147,13 @@ class ChatRelay:
                         await upstream.response.drain(_DRAIN_SECONDS)
             finally:
                 upstream.response.close()
+        except GatewayBusy:
+            observer.rejected()
+            raise
         finally:
-            self._finish(chat.ticket)
+            if chat is not None:
+                self._finish(chat.ticket)
+            observer.closed()
 
     async def _connect(self, chat: _Chat) -> AsyncGenerator[Queued | Failed, None]:
         """Wait for a slot and open a backend's stream, failing over until a first token comes.

@@ -74,7 +74,7 @@ def build_chat_request(
     system: str | None,
 ) -> ChatRequest:
     """Validate a chat's parts, raising InvalidChatRequest that names the bad field."""
-    _check_model_name(model)
+    check_model_name(model)
     if system is not None and not isinstance(system, str):
         raise InvalidChatRequest(f"system must be a string, not {type(system).__name__}")
     if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
@@ -117,7 +117,8 @@ def _message(message: object, index: int) -> dict[str, str]:
     return _validate(ChatMessage, message, f"messages.{index}").model_dump()
 
 
-def _check_model_name(model: object) -> None:
+def check_model_name(model: object) -> None:
+    """Raise InvalidChatRequest unless `model` is a name that a backend could list."""
     if not isinstance(model, str):
         raise InvalidChatRequest(f"model must be a string, not {type(model).__name__}")
     if not model.strip():

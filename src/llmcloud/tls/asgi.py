@@ -22,6 +22,14 @@ from llmcloud.tls.challenges import ChallengeStore
 HSTS_VALUE = b"max-age=63072000"  # two years
 STREAMING_TYPES = (b"text/event-stream", b"application/x-ndjson")
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+BODY_SEND = "llmcloud.body_send"
+"""The scope key of the server's own `send`, for an app's streamed body messages.
+
+A layer that reads or changes only a response's start sets it, unless a
+layer above it did, so that each body message of a long stream skips the
+layers that do nothing with it. A layer that changes body messages must not
+let it through.
+"""
 
 
 class ProxyHeadersMiddleware:
@@ -39,6 +47,7 @@ class ProxyHeadersMiddleware:
                 message["headers"] = self._extra_headers(list(message.get("headers", [])))
             await send(message)
 
+        scope.setdefault(BODY_SEND, send)
         await self.app(scope, receive, send_with_headers)
 
     def _extra_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -147,7 +147,8 @@ def create_app(
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes(settings))
     app.add_middleware(AccessLogMiddleware)
-    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
+    if settings.trusted_proxies:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.add_middleware(HttpMetricsMiddleware, app_name="web")
     add_error_handlers(app)
     app.state.metrics = AppRegistry()
@@ -161,9 +162,11 @@ def create_app(
 
 
 def api_app(settings: Settings) -> ASGIApp:
-    """Return OpenAIAPI behind the handling of X-Forwarded-* from trusted_proxies."""
+    """Return OpenAIAPI, behind the handling of X-Forwarded-* when trusted_proxies names any."""
     # uvicorn types its middleware with ASGI types of its own, which Starlette's do not match.
     api: Any = OpenAIAPI()
+    if not settings.trusted_proxies:
+        return cast(ASGIApp, api)
     proxied: Any = ProxyHeadersMiddleware(api, trusted_hosts=settings.trusted_proxies)
     return cast(ASGIApp, proxied)
 

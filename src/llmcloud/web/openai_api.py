@@ -27,6 +27,7 @@ the time goes").
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -46,14 +47,14 @@ from llmcloud.auth import api_keys
 from llmcloud.auth.errors import AccountDeactivated, AccountPending, ServiceError
 from llmcloud.db.database import Database
 from llmcloud.db.models import User
-from llmcloud.gateway import GatewayError, UnknownModel
+from llmcloud.gateway import ChatRequest, GatewayError, UnknownModel, check_model_name
 from llmcloud.monitoring.http_metrics import record_request
 from llmcloud.monitoring.metrics import api_key_requests
 from llmcloud.text import json_type_name, may_have_surrogate, surrogate_problem
+from llmcloud.tls.asgi import BODY_SEND
 from llmcloud.web.deps import WebState, web_state
 from llmcloud.web.middleware import add_security_headers, log_access
 from llmcloud.web.openai_reply import (
-    BODY_SEND,
     CompletionResponse,
     error_response,
     gateway_error_response,
@@ -68,6 +69,8 @@ PREFIX = "/v1"
 ENDPOINTS = {"/v1/chat/completions": "POST", "/v1/models": "GET"}
 _OK_REQUESTS = api_key_requests.labels("ok")
 _INVALID_KEY_REQUESTS = api_key_requests.labels("invalid_key")
+# The scope key of a function that OpenAIAPI calls after the response.
+AFTER_RESPONSE = "llmcloud.after_response"
 # Database checks of API keys in progress, by database and Authorization header.
 _key_checks: dict[tuple[int, str | None], asyncio.Future[User]] = {}
 
@@ -170,8 +173,8 @@ class OpenAIAPI:
                 add_security_headers(message)
             await send(message)
 
-        # Streamed body messages go to `send` directly: only the start needs this layer.
-        scope[BODY_SEND] = send
+        # Streamed body messages skip this layer, which needs only the start.
+        scope.setdefault(BODY_SEND, send)
         route = match_route(scope["method"], scope["path"])
         scope["route"] = route
         try:
@@ -190,6 +193,9 @@ class OpenAIAPI:
         finally:
             record_request("web", scope, status, time.perf_counter() - started)
             log_access(scope, status, started)
+            after = scope.get(AFTER_RESPONSE)
+            if after is not None:
+                after()
 
 
 async def _respond(route: Route, scope: Scope, receive: Receive, send: Send) -> None:
@@ -243,7 +249,10 @@ async def chat_completions(request: Request) -> CompletionResponse:
     body = parse_chat_request(await read_body(request))
     check_unsupported(body)
     messages = gateway_messages(body, state.settings.web_max_prompt_length)
-    events = state.models.chat(body.model, messages, options=gateway_options(body))
+    check_model_name(body.model)
+    # The body's checks above are within the gateway's, which it therefore skips.
+    chat = ChatRequest(body.model, messages, gateway_options(body))
+    events = state.models.chat_request(chat)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     return CompletionResponse(events, body.model, stream=body.stream, include_usage=include_usage)
 
@@ -297,16 +306,22 @@ async def authenticate(request: Request, state: WebState) -> User:
     """Return the account of the request's API key; raises Unauthorized or Forbidden.
 
     A key found in the in-process cache is checked on the event loop; any
-    other goes to the database on a worker thread.
+    other goes to the database on a worker thread. When the cache asks for a
+    key to be checked again, that check starts after the response, so that
+    its thread does not take the GIL from the request.
     """
     header = request.headers.get("authorization")
-    user = api_keys.cached_bearer_account(state.db, header)
-    if user is None:
+    cached = api_keys.cached_bearer_account(state.db, header)
+    if cached is None:
         try:
             user = await _check_in_database(state.db, header)
         except ServiceError:
             _INVALID_KEY_REQUESTS.inc()
             raise
+    else:
+        user = cached.user
+        if cached.check_due:
+            request.scope[AFTER_RESPONSE] = functools.partial(_renew_key, state.db, header)
     _OK_REQUESTS.inc()
     return user
 
@@ -317,20 +332,38 @@ async def _check_in_database(db: Database, header: str | None) -> User:
     When a key's cache entry expires while many of its requests arrive, each
     would otherwise take a worker thread for the same query.
     """
-    check_id = (id(db), header)
-    check = _key_checks.get(check_id)
-    if check is None:
-        check = asyncio.ensure_future(run_in_threadpool(api_keys.authenticate_bearer, db, header))
-        _key_checks[check_id] = check
-        check.add_done_callback(lambda done: _forget_check(check_id, done))
+    check = _key_checks.get((id(db), header)) or _start_check(db, header, renew=False)
     # A request that is cancelled while it waits leaves the check running for the others.
     return await asyncio.shield(check)
+
+
+def _renew_key(db: Database, header: str | None) -> None:
+    """Check a cached key again in the background, unless a check of it is under way."""
+    if (id(db), header) not in _key_checks:
+        _start_check(db, header, renew=True).add_done_callback(_log_renewal_error)
+
+
+def _start_check(db: Database, header: str | None, *, renew: bool) -> asyncio.Future[User]:
+    check_id = (id(db), header)
+    check = asyncio.ensure_future(
+        run_in_threadpool(api_keys.authenticate_bearer, db, header, renew=renew)
+    )
+    _key_checks[check_id] = check
+    check.add_done_callback(lambda done: _forget_check(check_id, done))
+    return check
 
 
 def _forget_check(check_id: tuple[int, str | None], check: asyncio.Future[User]) -> None:
     del _key_checks[check_id]
     if not check.cancelled():
         check.exception()  # Retrieved here, so a check whose waiters all left logs nothing.
+
+
+def _log_renewal_error(check: asyncio.Future[User]) -> None:
+    # A key that no longer works was logged by the check itself and left the cache.
+    error = None if check.cancelled() else check.exception()
+    if error is not None and not isinstance(error, ServiceError):
+        log.warning("checking a cached API key again failed: %s", error, exc_info=error)
 
 
 async def read_body(request: Request) -> dict[str, Any]:

@@ -38,12 +38,10 @@ from llmcloud.gateway import (
     Started,
     Token,
 )
+from llmcloud.tls.asgi import BODY_SEND
 
 log = logging.getLogger("llmcloud.web")
 
-BODY_SEND = "llmcloud.body_send"
-"""The scope key of a `send` that takes a stream's body messages past the layers that only
-read or change the response's start (see OpenAIAPI)."""
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -55,9 +53,12 @@ DONE_EVENT = b"data: [DONE]\n\n"
 # spares each request a call for random bytes.
 _ID_PREFIX = secrets.token_hex(8)
 _ids = itertools.count()
-# json.dumps() with any argument builds a new encoder on every call; these are built once.
+# json.dumps() with any argument builds a new encoder on every call; this one is built once.
 _encode_json = json.JSONEncoder(ensure_ascii=False).encode
-_encode_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# The end of a streamed chunk after its delta (see CompletionResponse._chunk_head), and the
+# end of a token's chunk after the token's JSON string.
+_CHUNK_END = b',"logprobs":null,"finish_reason":null}]}\n\n'
+_TOKEN_END = b"}" + _CHUNK_END
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -116,12 +117,14 @@ class CompletionResponse:
         self.include_usage = include_usage
         self.id = f"chatcmpl-{_ID_PREFIX}{next(_ids):08x}"
         self.created = int(time.time())
-        head = _encode_compact(self._chunk({"content": ""}, None))
-        # Each token event is these two halves around the JSON string of the token, which
-        # skips building and dumping a dict per token.
-        before, after = head.split('"content":""', 1)
-        self._token_head = b"data: " + (before + '"content":').encode()
-        self._token_tail = (after + "\n\n").encode()
+        # A streamed chunk is this head, its delta and _CHUNK_END: the fields of _chunk() in
+        # its order, written out rather than built as a dict and encoded per chunk.
+        self._chunk_head = (
+            f'data: {{"id":"{self.id}","object":"chat.completion.chunk","created":{self.created},'
+            f'"model":{_encode_json(model)},"system_fingerprint":null,'
+            '"choices":[{"index":0,"delta":'
+        ).encode()
+        self._token_head = self._chunk_head + b'{"content":'
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A task that watches for the client's disconnect cancels this one. An anyio task
@@ -159,16 +162,19 @@ class CompletionResponse:
         else:
             await self._send_whole(scope, receive, send, first)
 
-    async def _first_event(self) -> Started | Token | Done | Failed:
-        """Wait through the queue for the first event that is not Queued."""
+    async def _first_event(self) -> Token | Done | Failed:
+        """Wait through the queue for the first token, or the chat's end.
+
+        Started comes just before the first token or the end, which the
+        response waits for anyway. Skipping it sends the stream's head right
+        before the first token, with no step through the events between them.
+        """
         async for event in self.events:
-            if not isinstance(event, Queued):
+            if not isinstance(event, Queued | Started):
                 return event
         return Failed("the gateway ended the chat without an answer", partial=False)
 
-    async def _send_stream(
-        self, send: Send, body_send: Send, first: Started | Token | Done
-    ) -> None:
+    async def _send_stream(self, send: Send, body_send: Send, first: Token | Done) -> None:
         """Send the SSE stream: its start through `send`, its body through `body_send`.
 
         `body_send` is the server's `send` when the app provides it under BODY_SEND,
@@ -178,14 +184,14 @@ class CompletionResponse:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         send = body_send
         # The role chunk goes out together with the first token, in one write.
-        opening = self._event(self._chunk({"role": "assistant", "content": ""}, None))
+        opening = self._chunk_head + b'{"role":"assistant","content":""}' + _CHUNK_END
         final: Done | Failed | None = first if isinstance(first, Done) else None
         if isinstance(first, Token):
             await send(_body(opening + self._token_event(first.text)))
             opening = b""
 
         # The per-token path: one event built from its template and one send.
-        head, tail = self._token_head, self._token_tail
+        head, tail = self._token_head, _TOKEN_END
         if final is None:
             async for event in self.events:
                 if type(event) is Token:
@@ -207,7 +213,7 @@ class CompletionResponse:
         await send(_body(b"".join(ending), more=False))
 
     async def _send_whole(
-        self, scope: Scope, receive: Receive, send: Send, first: Started | Token | Done
+        self, scope: Scope, receive: Receive, send: Send, first: Token | Done
     ) -> None:
         parts: list[str] = []
         final: Done | Failed | None = None
@@ -234,7 +240,7 @@ class CompletionResponse:
         await response(scope, receive, send)
 
     def _token_event(self, text: str) -> bytes:
-        return self._token_head + _encode_json(text).encode() + self._token_tail
+        return self._token_head + _encode_json(text).encode() + _TOKEN_END
 
     def _chunk(self, delta: dict[str, Any], reason: str | None) -> dict[str, Any]:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
