@@ -332,7 +332,9 @@ async def run(arguments: argparse.Namespace) -> str:
             engine = None
             if not arguments.no_model:
                 progress("starting the engine with the bundled model")
-                engine_server = servers.start_engine(Path(data_dir) / "engine", arguments.threads)
+                engine_server = servers.start_engine(
+                    Path(data_dir) / "engine", arguments.threads, background=True
+                )
                 started.append(engine_server)
                 engine = start_tapped(engine_server, Path(data_dir))
                 tapped.append(engine)

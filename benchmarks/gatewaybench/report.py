@@ -161,12 +161,14 @@ def concurrency_table(results: list[ConcurrencyResult]) -> str:
             )
             continue
         gaps = result.added_gaps
-        met = (
-            not result.errors
-            and result.streams >= STREAMS_TARGET
-            and percentile(gaps, 0.99) <= ADDED_GAP_P99_TARGET
-        )
-        target = verdict(met) if result.path == "via /v1" else "(baseline)"
+        met = not result.errors and percentile(gaps, 0.99) <= ADDED_GAP_P99_TARGET
+        if result.path != "via /v1":
+            target = "(baseline)"
+        elif result.streams < STREAMS_TARGET:
+            # A step on the way up, which the target's count does not apply to.
+            target = "(fewer streams)" if met else "**no**"
+        else:
+            target = verdict(met)
         lines.append(
             f"| {result.path} | {result.streams} | {result.completed} | {len(result.errors)} "
             f"| {result.peak_open} "
@@ -235,9 +237,10 @@ without waiting for the engine or the web app on their core. Times in
 milliseconds, for the time to first token (TTFT) and the time to
 `data: [DONE]` (total).
 
-The real model runs twice. With "cores shared", the engine decodes on as
-many threads as there are cores, as `llmcloud up` runs it, and the web app
-and the client take CPU time from it. With "web app on its own core", a
+The real model runs twice. With "cores shared", the engine runs as
+`llmcloud up` runs it: it decodes on as many threads as there are cores,
+in Linux's idle scheduling class (setting engine_background), and the web
+app and the client take CPU time from it. With "web app on its own core", a
 web app and a one-thread engine of their own run before the other servers
 start. The web app is pinned to the first core, and the engine and the
 relay to the last, as when the web app and the engine run on machines of

@@ -144,13 +144,17 @@ def start_tap(upstream: ServerProcess, report: Path) -> ServerProcess:
     )
 
 
-def start_engine(data_dir: Path, threads: int) -> ServerProcess:
-    """Start `llmcloud engine` with the bundled model, kept loaded."""
+def start_engine(data_dir: Path, threads: int, *, background: bool = False) -> ServerProcess:
+    """Start `llmcloud engine` with the bundled model, kept loaded.
+
+    `background` is the setting engine_background, which `llmcloud up` turns on.
+    """
     port = free_port()
     env = {
         **os.environ,
         "LLMCLOUD_DATA_DIR": str(data_dir),
         "LLMCLOUD_ENGINE_THREADS": str(threads),
+        "LLMCLOUD_ENGINE_BACKGROUND": str(background).lower(),
         "LLMCLOUD_ENGINE_KEEP_ALIVE": "-1",
         "LLMCLOUD_LOG_LEVEL": "WARNING",
     }

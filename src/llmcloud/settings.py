@@ -128,6 +128,15 @@ class Settings(BaseSettings):
     engine_threads: int | None = Field(
         None, ge=1, description="CPU threads for decoding; unset means the number of cores."
     )
+    engine_background: bool | None = Field(
+        None,
+        description="Run the engine in Linux's idle scheduling class (SCHED_IDLE): decoding "
+        "uses every core that nothing else wants, and gives a core up at once to the web app or "
+        "any other process that wakes, rather than at the end of its time slice. Unset means on "
+        "under `llmcloud up`, where the web app shares the engine's cores, and off for "
+        "`llmcloud engine` alone. Leave it off where other CPU-bound work must not take "
+        "decoding's time.",
+    )
     engine_registry: str = Field(
         "https://registry.ollama.ai",
         description="Model registry that `llmcloud pull NAME` downloads from.",

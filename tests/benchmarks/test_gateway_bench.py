@@ -14,7 +14,7 @@ import pytest
 from gatewaybench import report
 from gatewaybench.backend import BackendProtocol, StreamCounter, TokenClock
 from gatewaybench.client import Connection
-from gatewaybench.measure import OverheadResult, TapReport
+from gatewaybench.measure import ConcurrencyResult, OverheadResult, TapReport
 from gatewaybench.tap import Downstream, has_token
 
 pytestmark = pytest.mark.anyio
@@ -229,3 +229,30 @@ def test_target_judged_without_backend_time() -> None:
 
     assert "| real model | 0.50 / 0.50 | 0.50 / 0.50 | 0.00 / 0.00 | yes |" in table
     assert report.beyond_backend_table([untapped]).endswith("| fast | | | | **no** |")
+
+
+def concurrency_result(path: str, streams: int, gap: float) -> ConcurrencyResult:
+    return ConcurrencyResult(
+        path,
+        streams,
+        tokens=2,
+        completed=streams,
+        errors=[],
+        peak_open=streams,
+        ttft=[0.001],
+        added_gaps=[gap],
+        relay_delays=[0.001],
+        seconds=1.0,
+    )
+
+
+def test_stream_counts_below_target_are_steps_not_misses() -> None:
+    table = report.concurrency_table(
+        [
+            concurrency_result("via /v1", 250, 0.001),
+            concurrency_result("via /v1", 500, 0.090),
+            concurrency_result("via /v1", 1000, 0.001),
+        ]
+    )
+    verdicts = [line.rsplit("|", 2)[-2].strip() for line in table.splitlines()[2:]]
+    assert verdicts == ["(fewer streams)", "**no**", "yes"]

@@ -363,6 +363,18 @@ def test_parts_for_leaves_out_socks_when_off(tmp_path: Path) -> None:
     assert [part.name for part in parts_for(settings)] == ["engine", "web app"]
 
 
+@pytest.mark.parametrize(
+    ("setting", "expected"), [(None, "true"), (True, "true"), (False, "false")]
+)
+def test_parts_for_runs_engine_in_background_unless_turned_off(
+    tmp_path: Path, setting: bool | None, expected: str
+) -> None:
+    engine, _web = parts_for(
+        Settings(data_dir=tmp_path, socks_in_up=False, engine_background=setting)
+    )
+    assert engine.env["LLMCLOUD_ENGINE_BACKGROUND"] == expected
+
+
 def test_parts_for_socks_metrics_port(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, socks_port=11080, socks_metrics_port=19108)
     _engine, web, socks = parts_for(settings)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +44,22 @@ def test_cli_refuses_public_host_without_token(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "needs a Bearer token" in result.output
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_background_puts_process_and_its_later_threads_in_idle_class() -> None:
+    code = """
+import os, threading
+from llmcloud.engine.server import run_in_background
+moved = run_in_background()
+policies = []
+thread = threading.Thread(target=lambda: policies.append(os.sched_getscheduler(0)))
+thread.start()
+thread.join()
+print(moved, os.sched_getscheduler(0) == os.SCHED_IDLE, policies == [os.SCHED_IDLE])
+"""
+    # In a child process, since the class cannot be left without privileges.
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.split() == ["True", "True", "True"]

@@ -108,6 +108,8 @@ def parts_for(settings: Settings) -> list[Part]:
             **common,
             "LLMCLOUD_ENGINE_HOST": settings.engine_host,
             "LLMCLOUD_ENGINE_PORT": str(settings.engine_port),
+            # The web app shares the engine's cores here, so decoding yields them at once.
+            "LLMCLOUD_ENGINE_BACKGROUND": str(settings.engine_background is not False).lower(),
         },
         listeners=[
             Listener(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import uvicorn
@@ -32,6 +33,24 @@ def check_startup(settings: Settings) -> None:
         raise StartupError(f"cannot create the model store {settings.models_dir}: {exc}") from None
 
 
+def run_in_background() -> bool:
+    """Move this process to Linux's idle scheduling class; False where there is none.
+
+    Called before the engine starts a thread, so that all of its threads,
+    llama.cpp's compute threads included, inherit the class. A thread of the
+    idle class (SCHED_IDLE) runs on a core only while no thread of the normal
+    class wants it, and gives the core up the moment one wakes. The normal
+    class lets a busy thread run on to the end of its time slice, which the
+    kernel checks on its tick: up to 4 ms at 250 Hz, which is what a web app
+    that shares the engine's cores then waits (docs/benchmarks.md, "Gateway").
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
 def serve(settings: Settings) -> None:
     """Run the engine until interrupted."""
     check_startup(settings)
@@ -50,6 +69,10 @@ def serve(settings: Settings) -> None:
         sock.getsockname()[1],
         settings.data_dir,
     )
+    if settings.engine_background and not run_in_background():
+        logger.warning(
+            "engine_background is on, but this system has no SCHED_IDLE: it has no effect"
+        )
     tls_options: dict[str, Any] = {}
     if certificate is not None:
         context = certificate.start().context
