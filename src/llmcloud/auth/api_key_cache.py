@@ -34,7 +34,7 @@ from llmcloud.db.database import Database
 from llmcloud.db.models import User
 
 TTL_SECONDS = 5.0
-# The age at which a served entry asks for its key to be checked again in the background.
+# The age from which a request that an entry serves has its key checked again in the background.
 RENEW_AFTER_SECONDS = TTL_SECONDS / 2
 # Entries kept per database; past it, the oldest ones are dropped.
 MAX_ENTRIES = 10_000

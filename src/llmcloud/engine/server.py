@@ -41,8 +41,9 @@ def run_in_background() -> bool:
     idle class (SCHED_IDLE) runs on a core only while no thread of the normal
     class wants it, and gives the core up the moment one wakes. The normal
     class lets a busy thread run on to the end of its time slice, which the
-    kernel checks on its tick: up to 4 ms at 250 Hz, which is what a web app
-    that shares the engine's cores then waits (docs/benchmarks.md, "Gateway").
+    kernel checks on its tick, every 4 ms at 250 Hz. A web app that shares
+    the engine's cores waited up to that long for a core
+    (docs/benchmarks.md, "Gateway: where the time goes").
     """
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
@@ -71,7 +72,9 @@ def serve(settings: Settings) -> None:
     )
     if settings.engine_background and not run_in_background():
         logger.warning(
-            "engine_background is on, but this system has no SCHED_IDLE: it has no effect"
+            "engine_background is on, but this system has no idle scheduling class "
+            "(SCHED_IDLE), so the engine runs at normal priority; set engine_background to "
+            "false to drop this warning"
         )
     tls_options: dict[str, Any] = {}
     if certificate is not None:

@@ -104,7 +104,7 @@ class ChatRelay:
 
             # The per-token path: one read, its lines parsed, one event for their text.
             try:
-                # The metrics of each event are recorded when the consumer asks for the next
+                # The metrics of each event are recorded when the consumer requests the next
                 # one, that is once it has passed the event on, so that they do not delay it.
                 yield Started(upstream.backend.name)
                 if upstream.first_text:

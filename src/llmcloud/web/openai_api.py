@@ -306,8 +306,8 @@ async def authenticate(request: Request, state: WebState) -> User:
     """Return the account of the request's API key; raises Unauthorized or Forbidden.
 
     A key found in the in-process cache is checked on the event loop; any
-    other goes to the database on a worker thread. When the cache asks for a
-    key to be checked again, that check starts after the response, so that
+    other goes to the database on a worker thread. When the cache marks a key
+    as due for another check, that check starts after the response, so that
     its thread does not take the GIL from the request.
     """
     header = request.headers.get("authorization")
