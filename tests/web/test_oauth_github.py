@@ -483,6 +483,18 @@ def test_forwarded_headers_from_trusted_proxy_are_used(
     assert access[-1].startswith("203.0.113.9 ")
 
 
+def test_forwarded_address_that_is_no_address_is_logged_quoted(
+    make_github_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_github_client(trusted_proxies=["10.0.0.0/8"])
+    proxy = TestClient(client.app, client=("10.1.2.3", 4000), follow_redirects=False)
+    caplog.set_level(logging.INFO, logger="llmcloud.access")
+    forged = 'x "GET /admin" 200 0.1ms y'
+    proxy.get("/login", headers={"X-Forwarded-For": forged})
+    access = [r.getMessage() for r in caplog.records if r.name == "llmcloud.access"]
+    assert access[-1].startswith(repr(forged) + ' "GET /login" 200 ')
+
+
 def pending_logins_of(client: TestClient) -> Any:
     class _Request:
         app = client.app

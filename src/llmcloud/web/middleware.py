@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -149,12 +150,21 @@ class AccessLogMiddleware:
             log_access(scope, status["code"], started)
 
 
+# The characters of an IP address or a host name. A client address with others came from an
+# X-Forwarded-For header that a trusted proxy passed on as its client sent it.
+_PLAIN_ADDRESS = re.compile(r"[0-9A-Za-z.:%_\[\]-]+")
+
+
 def log_access(scope: Scope, status: int, started: float) -> None:
     """Log a request's line; `started` is its `time.perf_counter()` at arrival."""
     client = scope.get("client") or ("-", 0)
+    host = client[0]
+    if not _PLAIN_ADDRESS.fullmatch(host):
+        # Quoted and escaped, so that a forged value cannot pass for the rest of the line.
+        host = repr(host)
     access_log.info(
         '%s "%s %s" %s %.1fms',
-        client[0],
+        host,
         scope.get("method", "WEBSOCKET"),
         scope["path"],
         status,
