@@ -24,6 +24,8 @@ import sqlalchemy as sa
 
 from llmcloud.auth import accounts, api_key_cache, api_keys
 from llmcloud.db.models import ApiKey, Role, User, utcnow
+from llmcloud.gateway import ChatRequest
+from llmcloud.gateway.request import build_chat_request
 from llmcloud.monitoring.metrics import REGISTRY
 from llmcloud.web import create_app, openai_api
 from llmcloud.web.deps import WebState
@@ -599,3 +601,25 @@ def test_openai_client_chats_with_real_model(tmp_path: Path, engine_url: str) ->
     assert "".join(texts).strip()
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens <= 8
+
+
+# The /v1 API hands the gateway built requests that the gateway does not check again, so
+# what passes the API's checks must pass the gateway's.
+EXTREMES: list[dict[str, Any]] = [
+    {"temperature": 0, "top_p": 0, "presence_penalty": -2, "frequency_penalty": -2},
+    {"temperature": 2, "top_p": 1, "presence_penalty": 2, "frequency_penalty": 2},
+    {"seed": -(2**63), "max_tokens": 1, "stop": "\n"},
+    {"seed": 2**63 - 1, "max_completion_tokens": 10_000_000, "stop": ["a", "b", "c", "d"]},
+]
+
+
+@pytest.mark.parametrize("fields", EXTREMES)
+def test_accepted_request_passes_gateway_checks(fields: dict[str, Any]) -> None:
+    roles = ["system", "developer", "user", "assistant", "tool"]
+    messages = [{"role": role, "content": f"{role} text"} for role in roles]
+    body = openai_api.parse_chat_request({"model": "m:latest", "messages": messages, **fields})
+    sent = ChatRequest(
+        body.model, openai_api.gateway_messages(body, 1000), openai_api.gateway_options(body)
+    )
+    checked = build_chat_request(body.model, sent.messages, sent.options, None)
+    assert checked == sent
