@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from llmcloud import logs
 from llmcloud.logs import configure_logging
 
 
@@ -74,3 +75,8 @@ def test_text_format_keeps_uvicorn_traceback_lines(monkeypatch: pytest.MonkeyPat
     logging.getLogger("uvicorn.error").error("Traceback (most recent call last):\n  File x")
 
     assert stream.getvalue().endswith("Traceback (most recent call last):\n  File x\n")
+
+
+def test_access_log_path_encodes_quotes_and_spaces() -> None:
+    assert logs.access_log_path('/x" 404 0.1ms y') == "/x%22%20404%200.1ms%20y"
+    assert logs.access_log_path("/chats/7") == "/chats/7"

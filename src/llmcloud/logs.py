@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import re
 import sys
 import time
 from typing import Any
@@ -24,6 +25,18 @@ TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _CONTROL_ESCAPES = {
     code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)] if code != 0x09
 } | {0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+# A double quote or a space in a decoded URL path (%22, %20) would let the path end the quoted
+# request of an access log line early and show a forged status after it.
+_QUOTE_OR_SPACE = re.compile(r'[" ]')
+
+
+def access_log_path(path: str) -> str:
+    """Return a decoded URL path with its double quotes and spaces percent-encoded again."""
+    if '"' not in path and " " not in path:
+        return path
+    return _QUOTE_OR_SPACE.sub(lambda match: "%22" if match.group() == '"' else "%20", path)
 
 
 def escape_control_characters(text: str) -> str:

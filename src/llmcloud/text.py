@@ -7,6 +7,7 @@ text is rejected where it comes in, naming where it is.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 JSON_TYPE_NAMES = {
@@ -64,7 +65,9 @@ def surrogate_problem(value: Any) -> tuple[str, str] | None:
         elif isinstance(item, dict):
             for key, child in reversed(item.items()):
                 where = f"{path}.{key}" if path else str(key)
-                problem = describe_surrogate(key, f"the name of {where}")
+                # The key is escaped in the message, which must itself be valid UTF-8.
+                shown = where.encode("utf-8", "backslashreplace").decode("utf-8")
+                problem = describe_surrogate(key, f"the name of {shown}")
                 if problem is not None:
                     return path, problem
                 stack.append((child, where))
@@ -73,6 +76,12 @@ def surrogate_problem(value: Any) -> tuple[str, str] | None:
                 (child, f"{path}.{index}") for index, child in reversed(list(enumerate(item)))
             )
     return None
+
+
+def number_too_long(where: str) -> str:
+    """Return the error message for a JSON integer longer than Python reads (a ValueError)."""
+    limit = sys.get_int_max_str_digits()
+    return f"{where} has a number of more than {limit} digits; send a shorter number"
 
 
 def json_type_name(value: object) -> str:

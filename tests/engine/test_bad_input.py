@@ -39,6 +39,8 @@ CASES: list[tuple[str, str, Any, int, str]] = [
     ("invalid_utf8", "/api/chat", b'{"model": "\xff\xfe", "messages": []}', 400, "UTF-8"),
     ("empty_body", "/api/chat", b"", 400, "empty"),
     ("invalid_json", "/api/generate", b'{"model": ', 400, "not valid JSON"),
+    ("nested_too_deeply", "/api/chat", b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
+    ("huge_number", "/v1/chat/completions", b'{"n": ' + b"9" * 5000 + b"}", 400, "4300 digits"),
     ("body_not_object", "/api/generate", [1, 2], 400, "JSON object"),
     ("unknown_model", "/api/chat", {"model": "llama9:70b", "messages": USER}, 404, "llama9"),
     ("name_with_dotdot", "/api/chat", {"model": "a/../b", "messages": USER}, 400, "a/../b"),

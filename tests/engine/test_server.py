@@ -47,16 +47,23 @@ def test_cli_refuses_public_host_without_token(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
-def test_background_puts_process_and_its_later_threads_in_idle_class() -> None:
+def test_background_puts_every_thread_in_idle_class() -> None:
     code = """
 import os, threading
 from llmcloud.engine.server import run_in_background
+def report(policies, go):
+    go.wait()
+    policies.append(os.sched_getscheduler(0))
+policies, go = [], threading.Event()
+earlier = threading.Thread(target=report, args=(policies, go))
+earlier.start()
 moved = run_in_background()
-policies = []
-thread = threading.Thread(target=lambda: policies.append(os.sched_getscheduler(0)))
-thread.start()
-thread.join()
-print(moved, os.sched_getscheduler(0) == os.SCHED_IDLE, policies == [os.SCHED_IDLE])
+go.set()
+earlier.join()
+later = threading.Thread(target=report, args=(policies, go))
+later.start()
+later.join()
+print(moved, os.sched_getscheduler(0) == os.SCHED_IDLE, policies == [os.SCHED_IDLE] * 2)
 """
     # In a child process, since the class cannot be left without privileges.
     result = subprocess.run(

@@ -111,6 +111,7 @@ def test_system_prompt_goes_to_backend(admin: TestClient, fake_backend: FakeBack
         ("not json", "not valid JSON"),
         ("[1, 2]", "JSON array; expected an object"),
         ("[" * 50_000 + "]" * 50_000, "nested too deeply"),
+        ('{"type": "send", "n": ' + "9" * 5000 + "}", "a number of more than 4300 digits"),
         (
             '{"type": "send", "content": "a\\ud800", "model": "fake-model"}',
             "field content has a lone surrogate (U+D800) at character 1",

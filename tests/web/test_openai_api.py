@@ -293,6 +293,11 @@ def test_unknown_model_gets_404(web: Web, key: str) -> None:
         ({"model": FAKE_MODEL}, "messages"),
         ({"messages": HELLO}, "model"),
         ({"model": FAKE_MODEL, "messages": HELLO, "temperature": 3}, "temperature"),
+        ({"model": FAKE_MODEL, "messages": HELLO, "temperature": "1"}, "temperature"),
+        ({"model": FAKE_MODEL, "messages": HELLO, "top_p": True}, "top_p"),
+        ({"model": "", "messages": HELLO}, "model"),
+        ({"model": "x" * 300, "messages": HELLO}, "model"),
+        ({"model": "smollm2\u0000", "messages": HELLO}, "model"),
         ({"model": FAKE_MODEL, "messages": HELLO, "max_tokens": 0}, "max_tokens"),
         ({"model": FAKE_MODEL, "messages": HELLO, "max_tokens": 10**20}, "max_tokens"),
         (
@@ -329,6 +334,8 @@ def test_invalid_body_gets_400_naming_field(
         (b"{not json", "not valid JSON"),
         (b"[1, 2]", "must be a JSON object"),
         (b"\xff\xfe", "not valid UTF-8"),
+        (b'{"max_tokens": ' + b"9" * 5000 + b"}", "a number of more than 4300 digits"),
+        (b'{"model": "m", "messages": [], "\\ud800": 1}', "the name of \\ud800"),
     ],
 )
 def test_malformed_body_gets_400(web: Web, key: str, content: bytes, expected: str) -> None:

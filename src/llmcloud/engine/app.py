@@ -23,6 +23,7 @@ from llmcloud.engine.errors import EngineError, InvalidRequest, Unauthorized
 from llmcloud.engine.http import ollama_error, openai_error
 from llmcloud.engine.scheduler import Scheduler
 from llmcloud.engine.store import ModelStore
+from llmcloud.logs import access_log_path
 from llmcloud.monitoring import sources
 from llmcloud.monitoring.endpoint import metrics_router
 from llmcloud.monitoring.health import disk_problem
@@ -207,7 +208,7 @@ class AccessLogMiddleware:
                 '%s "%s %s" %s %.1fms',
                 client[0],
                 scope["method"],
-                scope["path"],
+                access_log_path(scope["path"]),
                 status["code"],
                 (time.perf_counter() - started) * 1000,
             )

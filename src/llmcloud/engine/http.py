@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import Receive, Scope, Send
 
 from llmcloud.engine.errors import EngineError, InvalidRequest, PayloadTooLarge, ServerBusy
+from llmcloud.text import number_too_long
 
 BodyModel = TypeVar("BodyModel", bound=BaseModel)
 
@@ -55,6 +56,11 @@ async def read_json(request: Request, model: type[BodyModel]) -> BodyModel:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("request body is not valid JSON: it is nested too deeply") from None
+    except ValueError:
+        # Python's limit on the digits of an integer (4,300 by default) raises ValueError.
+        raise InvalidRequest(number_too_long("request body")) from None
     if not isinstance(data, dict):
         raise InvalidRequest(f"request body must be a JSON object, not {type(data).__name__}")
 

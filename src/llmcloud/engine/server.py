@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -34,10 +35,11 @@ def check_startup(settings: Settings) -> None:
 
 
 def run_in_background() -> bool:
-    """Move this process to Linux's idle scheduling class; False where there is none.
+    """Move every thread of this process to Linux's idle scheduling class; False without one.
 
-    Called before the engine starts a thread, so that all of its threads,
-    llama.cpp's compute threads included, inherit the class. A thread of the
+    The threads that exist already, such as OpenBLAS's workers that start
+    when numpy is imported, are moved one by one. Threads started later,
+    llama.cpp's compute threads among them, inherit the class. A thread of the
     idle class (SCHED_IDLE) runs on a core only while no thread of the normal
     class wants it, and gives the core up the moment one wakes. The normal
     class lets a busy thread run on to the end of its time slice, which the
@@ -46,7 +48,10 @@ def run_in_background() -> bool:
     (docs/benchmarks.md, "Gateway: where the time goes").
     """
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        policy, parameters = os.SCHED_IDLE, os.sched_param(0)
+        for thread in os.listdir("/proc/self/task"):
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setscheduler(int(thread), policy, parameters)
     except (AttributeError, OSError):
         return False
     return True

@@ -41,7 +41,7 @@ from llmcloud.auth.errors import CsrfFailed, ServiceError
 from llmcloud.db import chats
 from llmcloud.db.models import MessageRole
 from llmcloud.gateway import GatewayStatus, UnknownModel
-from llmcloud.text import json_type_name, may_have_surrogate, surrogate_problem
+from llmcloud.text import json_type_name, may_have_surrogate, number_too_long, surrogate_problem
 from llmcloud.web.chat_stream import DISCONNECTED, AnswerStream, stopped_message
 from llmcloud.web.deps import WebState, current_session, web_state
 from llmcloud.web.live import Publisher
@@ -277,6 +277,9 @@ def parse_client_message(text: str, max_prompt_length: int) -> dict[str, Any]:
         ) from None
     except RecursionError:
         raise InvalidClientMessage("message is not valid JSON: it is nested too deeply") from None
+    except ValueError:
+        # Python's limit on the digits of an integer (4,300 by default) raises ValueError.
+        raise InvalidClientMessage(number_too_long("message")) from None
     if not isinstance(data, dict):
         raise InvalidClientMessage(
             f"message is a JSON {json_type_name(data)}; expected an object with a type field"

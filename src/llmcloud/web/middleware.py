@@ -10,6 +10,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llmcloud.logs import access_log_path
+
 access_log = logging.getLogger("llmcloud.access")
 
 # Scripts and styles come only from /static, so an injected inline script or
@@ -166,7 +168,7 @@ def log_access(scope: Scope, status: int, started: float) -> None:
         '%s "%s %s" %s %.1fms',
         host,
         scope.get("method", "WEBSOCKET"),
-        scope["path"],
+        access_log_path(scope["path"]),
         status,
         (time.perf_counter() - started) * 1000,
     )

@@ -38,7 +38,16 @@ from typing import Any, Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -47,10 +56,16 @@ from llmcloud.auth import api_keys
 from llmcloud.auth.errors import AccountDeactivated, AccountPending, ServiceError
 from llmcloud.db.database import Database
 from llmcloud.db.models import User
-from llmcloud.gateway import ChatRequest, GatewayError, UnknownModel, check_model_name
+from llmcloud.gateway import (
+    ChatRequest,
+    GatewayError,
+    InvalidChatRequest,
+    UnknownModel,
+    check_model_name,
+)
 from llmcloud.monitoring.http_metrics import record_request
 from llmcloud.monitoring.metrics import api_key_requests
-from llmcloud.text import json_type_name, may_have_surrogate, surrogate_problem
+from llmcloud.text import json_type_name, may_have_surrogate, number_too_long, surrogate_problem
 from llmcloud.tls.asgi import BODY_SEND
 from llmcloud.web.deps import WebState, web_state
 from llmcloud.web.middleware import add_security_headers, log_access
@@ -130,12 +145,12 @@ class ChatCompletionRequest(_Body):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
+    temperature: StrictFloat | None = Field(None, ge=0, le=2)
+    top_p: StrictFloat | None = Field(None, ge=0, le=1)
     seed: StrictInt | None = None
     stop: StrictStr | list[StrictStr] | None = Field(None, max_length=4)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: StrictFloat | None = Field(None, ge=-2, le=2)
+    frequency_penalty: StrictFloat | None = Field(None, ge=-2, le=2)
     # The engine's bound on num_predict, so that a larger value is rejected here, naming this
     # field, rather than by the engine, naming its own.
     max_tokens: StrictInt | None = Field(None, ge=1, le=10_000_000)
@@ -249,7 +264,10 @@ async def chat_completions(request: Request) -> CompletionResponse:
     body = parse_chat_request(await read_body(request))
     check_unsupported(body)
     messages = gateway_messages(body, state.settings.web_max_prompt_length)
-    check_model_name(body.model)
+    try:
+        check_model_name(body.model)
+    except InvalidChatRequest as exc:
+        raise InvalidRequest(exc.message, param="model") from None
     # The body's checks above are within the gateway's, which it therefore skips.
     chat = ChatRequest(body.model, messages, gateway_options(body))
     events = state.models.chat_request(chat)
@@ -395,6 +413,9 @@ async def read_body(request: Request) -> dict[str, Any]:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise InvalidRequest("request body is not valid JSON: it is nested too deeply") from None
+    except ValueError:
+        # Python's limit on the digits of an integer (4,300 by default) raises ValueError.
+        raise InvalidRequest(number_too_long("request body")) from None
     if not isinstance(data, dict):
         raise InvalidRequest(f"request body must be a JSON object, not {json_type_name(data)}")
     if may_have_surrogate(body):
