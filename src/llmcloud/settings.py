@@ -134,7 +134,8 @@ class Settings(BaseSettings):
         "uses every core that nothing else wants, and gives a core up at once to the web app or "
         "any other process that wakes, rather than at the end of its time slice. Unset means on "
         "under `llmcloud up`, where the web app shares the engine's cores, and off for "
-        "`llmcloud engine` alone. Leave it off where other CPU-bound work must not take "
+        "`llmcloud engine` alone. The web app's scheduled backups follow it, so that they share "
+        "the cores with decoding. Leave it off where other CPU-bound work must not take "
         "decoding's time.",
     )
     engine_registry: str = Field(

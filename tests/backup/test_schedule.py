@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 from pathlib import Path
 
 import pytest
 
-from llmcloud.backup import operations
+from llmcloud.backup import operations, schedule
 from llmcloud.backup.errors import BackupError
 from llmcloud.backup.restore import check_data_dir_at_start
 from llmcloud.backup.run import backup_lock
@@ -109,3 +111,20 @@ def test_start_check_accepts_shared_postgres(tmp_path: Path, postgres_url: str) 
     check_data_dir_at_start(second, targets_from_settings(second))
 
     assert not (tmp_path / "second" / "instance.json").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+@pytest.mark.parametrize(("background", "expected"), [(True, "SCHED_IDLE"), (False, "SCHED_OTHER")])
+def test_scheduled_backup_follows_engine_class(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, background: bool, expected: str
+) -> None:
+    policies: list[int] = []
+    monkeypatch.setattr(
+        schedule, "backup_and_prune", lambda _: policies.append(os.sched_getscheduler(0))
+    )
+    settings = settings.model_copy(update={"engine_background": background})
+    # In a thread of its own, which the idle class does not outlive.
+    job = threading.Thread(target=_scheduled_backup, args=(settings,))
+    job.start()
+    job.join()
+    assert policies == [getattr(os, expected)]

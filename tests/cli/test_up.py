@@ -369,10 +369,12 @@ def test_parts_for_leaves_out_socks_when_off(tmp_path: Path) -> None:
 def test_parts_for_runs_engine_in_background_unless_turned_off(
     tmp_path: Path, setting: bool | None, expected: str
 ) -> None:
-    engine, _web = parts_for(
+    engine, web = parts_for(
         Settings(data_dir=tmp_path, socks_in_up=False, engine_background=setting)
     )
     assert engine.env["LLMCLOUD_ENGINE_BACKGROUND"] == expected
+    # The web app's backups follow the engine into the idle class.
+    assert web.env["LLMCLOUD_ENGINE_BACKGROUND"] == expected
 
 
 def test_parts_for_socks_metrics_port(tmp_path: Path) -> None:

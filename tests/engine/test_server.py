@@ -50,14 +50,14 @@ def test_cli_refuses_public_host_without_token(tmp_path: Path) -> None:
 def test_background_puts_every_thread_in_idle_class() -> None:
     code = """
 import os, threading
-from llmcloud.engine.server import run_in_background
+from llmcloud.cpu import move_process_to_idle_class
 def report(policies, go):
     go.wait()
     policies.append(os.sched_getscheduler(0))
 policies, go = [], threading.Event()
 earlier = threading.Thread(target=report, args=(policies, go))
 earlier.start()
-moved = run_in_background()
+moved = move_process_to_idle_class()
 go.set()
 earlier.join()
 later = threading.Thread(target=report, args=(policies, go))

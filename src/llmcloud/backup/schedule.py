@@ -28,6 +28,7 @@ from llmcloud.backup.errors import BackupBusy
 from llmcloud.backup.operations import backup_and_prune, verify
 from llmcloud.backup.retention import backup_time
 from llmcloud.backup.targets import targets_from_settings
+from llmcloud.cpu import move_thread_to_idle_class
 from llmcloud.db.errors import ServiceError
 from llmcloud.settings import ConfigError, Settings
 
@@ -110,6 +111,7 @@ def _scheduled_backup(settings: Settings, scheduled_at: datetime | None = None) 
     `scheduled_at` is the run's scheduled minute (default: the current one).
     """
     minute = scheduled_at or datetime.now(UTC).replace(second=0, microsecond=0)
+    _share_cores_with_engine(settings)
     try:
         with deployment_lock(settings, "backup") as held:
             if not held:
@@ -129,6 +131,7 @@ def _scheduled_backup(settings: Settings, scheduled_at: datetime | None = None) 
 
 
 def _scheduled_verify(settings: Settings) -> None:
+    _share_cores_with_engine(settings)
     try:
         with deployment_lock(settings, "verify") as held:
             if not held:
@@ -139,6 +142,19 @@ def _scheduled_verify(settings: Settings) -> None:
         log.info("scheduled restore test skipped: %s", exc.message)
     except ServiceError as exc:
         log.error("scheduled restore test failed: %s", exc.message)
+
+
+def _share_cores_with_engine(settings: Settings) -> None:
+    """Run this job in the idle class when the engine does (engine_background).
+
+    The engine then gives its cores up to any normal thread, so a backup in the
+    normal class would stall decoding for as long as it keeps the cores busy.
+    For the first backup of a large model that may be minutes (an estimate,
+    not measured). In the same class the two share the cores. restic and the
+    other processes that the job starts inherit the class.
+    """
+    if settings.engine_background:
+        move_thread_to_idle_class()
 
 
 def _backup_taken_since(settings: Settings, moment: datetime) -> bool:

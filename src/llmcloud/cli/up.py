@@ -99,7 +99,11 @@ class Part:
 def parts_for(settings: Settings) -> list[Part]:
     """Return the engine, the web app and the SOCKS proxy, in start order, sharing the data dir."""
     engine_base = f"http://{_client_host(settings.engine_host)}:{settings.engine_port}"
-    common = {"LLMCLOUD_DATA_DIR": str(settings.data_dir)}
+    common = {
+        "LLMCLOUD_DATA_DIR": str(settings.data_dir),
+        # The web app shares the engine's cores here, so decoding yields them at once.
+        "LLMCLOUD_ENGINE_BACKGROUND": str(settings.engine_background is not False).lower(),
+    }
     command = [sys.executable, "-m", "llmcloud"]
     engine = Part(
         name="engine",
@@ -108,8 +112,6 @@ def parts_for(settings: Settings) -> list[Part]:
             **common,
             "LLMCLOUD_ENGINE_HOST": settings.engine_host,
             "LLMCLOUD_ENGINE_PORT": str(settings.engine_port),
-            # The web app shares the engine's cores here, so decoding yields them at once.
-            "LLMCLOUD_ENGINE_BACKGROUND": str(settings.engine_background is not False).lower(),
         },
         listeners=[
             Listener(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from typing import Any
 
 import uvicorn
 
+from llmcloud.cpu import move_process_to_idle_class
 from llmcloud.engine.app import create_app
 from llmcloud.listen import ListenError, bind_socket, is_loopback
 from llmcloud.settings import Settings
@@ -34,29 +33,6 @@ def check_startup(settings: Settings) -> None:
         raise StartupError(f"cannot create the model store {settings.models_dir}: {exc}") from None
 
 
-def run_in_background() -> bool:
-    """Move every thread of this process to Linux's idle scheduling class; False without one.
-
-    The threads that exist already, such as OpenBLAS's workers that start
-    when numpy is imported, are moved one by one. Threads started later,
-    llama.cpp's compute threads among them, inherit the class. A thread of the
-    idle class (SCHED_IDLE) runs on a core only while no thread of the normal
-    class wants it, and gives the core up the moment one wakes. The normal
-    class lets a busy thread run on to the end of its time slice, which the
-    kernel checks on its tick, every 4 ms at 250 Hz. A web app that shares
-    the engine's cores waited up to that long for a core
-    (docs/benchmarks.md, "Gateway: where the time goes").
-    """
-    try:
-        policy, parameters = os.SCHED_IDLE, os.sched_param(0)
-        for thread in os.listdir("/proc/self/task"):
-            with contextlib.suppress(ProcessLookupError):
-                os.sched_setscheduler(int(thread), policy, parameters)
-    except (AttributeError, OSError):
-        return False
-    return True
-
-
 def serve(settings: Settings) -> None:
     """Run the engine until interrupted."""
     check_startup(settings)
@@ -75,7 +51,7 @@ def serve(settings: Settings) -> None:
         sock.getsockname()[1],
         settings.data_dir,
     )
-    if settings.engine_background and not run_in_background():
+    if settings.engine_background and not move_process_to_idle_class():
         logger.warning(
             "engine_background is on, but this system has no idle scheduling class "
             "(SCHED_IDLE), so the engine runs at normal priority; set engine_background to "
