@@ -18,7 +18,7 @@ _IDLE = getattr(os, "SCHED_IDLE", None)
 
 
 def move_process_to_idle_class() -> bool:
-    """Move every thread of this process to the idle class; False where there is none.
+    """Move every thread of this process to the idle class; return False where there is none.
 
     Threads that exist already, such as OpenBLAS's workers that start when
     numpy is imported, are moved one by one. Threads and processes started
@@ -36,7 +36,7 @@ def move_process_to_idle_class() -> bool:
 
 
 def move_thread_to_idle_class() -> bool:
-    """Move the calling thread to the idle class; False where there is none.
+    """Move the calling thread to the idle class; return False where there is none.
 
     Threads and processes that it starts later inherit the class.
     """

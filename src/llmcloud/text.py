@@ -66,8 +66,8 @@ def surrogate_problem(value: Any) -> tuple[str, str] | None:
             for key, child in reversed(item.items()):
                 where = f"{path}.{key}" if path else str(key)
                 # The key is escaped in the message, which must itself be valid UTF-8.
-                shown = where.encode("utf-8", "backslashreplace").decode("utf-8")
-                problem = describe_surrogate(key, f"the name of {shown}")
+                escaped_where = where.encode("utf-8", "backslashreplace").decode("utf-8")
+                problem = describe_surrogate(key, f"the name of {escaped_where}")
                 if problem is not None:
                     return path, problem
                 stack.append((child, where))

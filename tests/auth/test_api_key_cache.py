@@ -111,7 +111,7 @@ def test_lookup_older_than_invalidation_is_not_stored(database: Database, alice:
     assert api_key_cache.lookup(database, "digest") is None
 
 
-def test_cached_key_due_for_use_record_asks_for_check(database: Database, key: str) -> None:
+def test_use_record_due_marks_check_due(database: Database, key: str) -> None:
     first = utcnow()
     api_keys.authenticate_api_key(database, key, now=first)
     due = first + api_keys.USE_RECORD_INTERVAL
@@ -126,12 +126,12 @@ def test_cached_key_due_for_use_record_asks_for_check(database: Database, key: s
 
 
 def later_by(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    """Move time.monotonic(), which both modules read, `seconds` on from where it stands."""
+    """Advance time.monotonic(), which both modules read, by `seconds`."""
     later = time.monotonic() + seconds
     monkeypatch.setattr(time, "monotonic", lambda: later)
 
 
-def test_entry_past_half_its_life_asks_for_check(
+def test_half_life_entry_marks_check_due(
     database: Database, key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     api_keys.authenticate_api_key(database, key)

@@ -366,9 +366,7 @@ def test_parts_for_leaves_out_socks_when_off(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("setting", "expected"), [(None, "true"), (True, "true"), (False, "false")]
 )
-def test_parts_for_runs_engine_in_background_unless_turned_off(
-    tmp_path: Path, setting: bool | None, expected: str
-) -> None:
+def test_parts_for_engine_background(tmp_path: Path, setting: bool | None, expected: str) -> None:
     engine, web = parts_for(
         Settings(data_dir=tmp_path, socks_in_up=False, engine_background=setting)
     )

@@ -464,7 +464,7 @@ def test_forwarded_headers_from_untrusted_address_change_nothing(
     location = httpx.URL(response.headers["location"])
     assert location.params["redirect_uri"] == f"{ORIGIN}/auth/github/callback"
     assert "secure" not in response.headers["set-cookie"].lower()
-    access = [r.getMessage() for r in caplog.records if r.name == "llmcloud.access"]
+    access = access_lines(caplog)
     assert access[-1].startswith("198.51.100.7 ")
 
 
@@ -479,11 +479,11 @@ def test_forwarded_headers_from_trusted_proxy_are_used(
     location = httpx.URL(response.headers["location"])
     assert location.params["redirect_uri"] == f"{ORIGIN}/auth/github/callback"
     assert "secure" in response.headers["set-cookie"].lower()
-    access = [r.getMessage() for r in caplog.records if r.name == "llmcloud.access"]
+    access = access_lines(caplog)
     assert access[-1].startswith("203.0.113.9 ")
 
 
-def test_forwarded_address_that_is_no_address_is_logged_quoted(
+def test_forwarded_non_address_logged_quoted(
     make_github_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture
 ) -> None:
     client = make_github_client(trusted_proxies=["10.0.0.0/8"])
@@ -491,8 +491,12 @@ def test_forwarded_address_that_is_no_address_is_logged_quoted(
     caplog.set_level(logging.INFO, logger="llmcloud.access")
     forged = 'x "GET /admin" 200 0.1ms y'
     proxy.get("/login", headers={"X-Forwarded-For": forged})
-    access = [r.getMessage() for r in caplog.records if r.name == "llmcloud.access"]
+    access = access_lines(caplog)
     assert access[-1].startswith(repr(forged) + ' "GET /login" 200 ')
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == "llmcloud.access"]
 
 
 def pending_logins_of(client: TestClient) -> Any:

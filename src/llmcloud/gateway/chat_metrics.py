@@ -54,7 +54,7 @@ class ChatObserver:
             recorder.finished(None, None, failed=True)
 
     def rejected(self) -> None:
-        """Count a chat that the full queue turned away (GatewayBusy)."""
+        """Count a chat that the full queue rejected (GatewayBusy)."""
         record_queue_rejection("gateway", self.model)
 
     def closed(self) -> None:
