@@ -35,6 +35,7 @@ def test_chat_completion_stream(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
         model=BUNDLED_MODEL,
         messages=[{"role": "user", "content": "Count to five."}],
+        temperature=0,
         max_tokens=10,
         stream=True,
         stream_options={"include_usage": True},

@@ -51,7 +51,7 @@ def make_github_client(
             "auth_github_client_secret": CLIENT_SECRET,
             "auth_github_url": github.url,
             "auth_github_api_url": github.url,
-            "auth_provider_timeout": 1.0,
+            "auth_provider_timeout": 10.0,
             **overrides,
         }
         admin = make_client(**settings)

@@ -156,7 +156,7 @@ def make_oidc_client(
         settings = {
             "public_url": ORIGIN,
             "auth_oidc_providers": [provider or provider_settings(oidc_provider.issuer)],
-            "auth_provider_timeout": 2.0,
+            "auth_provider_timeout": 10.0,
             **overrides,
         }
         admin = make_client(**settings)
