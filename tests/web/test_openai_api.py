@@ -309,6 +309,10 @@ def test_unknown_model_gets_404(web: Web, key: str) -> None:
         ({"model": FAKE_MODEL, "messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
         # A field of several types is named once, without the type names.
         ({"model": FAKE_MODEL, "messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+        (
+            {"model": FAKE_MODEL, "messages": [{"role": "user", "content": []}]},
+            "messages.0.content",
+        ),
         ({"model": FAKE_MODEL, "messages": HELLO, "stop": 5}, "stop"),
         ({"model": FAKE_MODEL, "messages": HELLO, "tools": [{"type": "function"}]}, "tools"),
         (

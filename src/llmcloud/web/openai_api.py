@@ -494,6 +494,12 @@ def check_content(message: ChatMessage, index: int) -> None:
             f"messages.{index}.content is missing; a {message.role} message needs its text",
             param=f"messages.{index}.content",
         )
+    if message.content == []:
+        raise InvalidRequest(
+            f"messages.{index}.content is an empty list; send at least one text part, "
+            "or the text as a string",
+            param=f"messages.{index}.content",
+        )
     for part_index, part in enumerate(message.content or []):
         if not isinstance(part, ContentPart):
             continue
