@@ -27,7 +27,7 @@ from pydantic_settings import (
 )
 
 from llmcloud.auth.provider_config import BaseUrl, OidcProviderList, TrustedProxyList
-from llmcloud.gateway.config import BackendList, KeepAlive
+from llmcloud.gateway.config import BackendList, KeepAlive, hide_userinfo
 from llmcloud.units import parse_duration
 
 ENV_PREFIX = "LLMCLOUD_"
@@ -868,6 +868,9 @@ def _shown_value(setting: str, error: Any) -> str:
     if isinstance(value, dict | list):
         # A whole table may contain an API key, so only scalar values are shown.
         return f"({type(value).__name__})"
+    if isinstance(value, str):
+        # A URL's user info may be a password.
+        return repr(hide_userinfo(value))
     return repr(value)
 
 

@@ -37,6 +37,10 @@ def test_backend_defaults() -> None:
         ({"base_url": "ftp://host"}, "invalid base_url 'ftp://host'"),
         ({"base_url": "127.0.0.1:11434"}, "invalid base_url '127.0.0.1:11434'"),
         ({"base_url": "http://host/?x=1"}, "remove the query"),
+        ({"base_url": "http://user:pw@host"}, "remove the user name and password"),
+        ({"base_url": "http://token@host"}, "put the key in api_key"),
+        ({"base_url": "http://host:99999"}, "port 99999 is out of range, expected 1 to 65535"),
+        ({"base_url": "http://host:0"}, "port 0 is out of range"),
         ({"name": "has space"}, "invalid backend name 'has space'"),
         ({"weight": 0}, "weight"),
         ({"max_parallel": 0}, "max_parallel"),
@@ -134,6 +138,20 @@ def test_settings_error_hides_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert "gateway_backends[0].name" in str(caught.value)
     assert "sk-very-secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://user:s3cretpw@127.0.0.1:11434", "http://user:s3cretpw@127.0.0.1:99999"]
+)
+def test_settings_error_hides_password_in_url(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("LLMCLOUD_GATEWAY_BACKENDS", f'[{{"name": "gpu-1", "base_url": "{url}"}}]')
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+
+    assert "gateway_backends[0].base_url" in str(caught.value)
+    assert "http://***@127.0.0.1" in str(caught.value)
+    assert "s3cretpw" not in str(caught.value)
 
 
 def test_settings_error_hides_api_key_of_malformed_list(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -216,6 +216,41 @@ def test_user_id_must_be_a_number(admin: TestClient) -> None:
     assert "user_id" in text(response)
 
 
+HUGE_ID = "99999999999999999999999"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [
+        ("POST", f"/admin/users/{HUGE_ID}/approve", f"account {HUGE_ID} not found"),
+        ("POST", f"/admin/users/{HUGE_ID}/role", f"account {HUGE_ID} not found"),
+        ("POST", f"/admin/users/{HUGE_ID}/deactivate", f"account {HUGE_ID} not found"),
+        ("POST", f"/admin/users/{HUGE_ID}/reactivate", f"account {HUGE_ID} not found"),
+        ("GET", f"/admin/users/{HUGE_ID}/delete", f"account {HUGE_ID} not found"),
+        ("POST", f"/admin/users/{HUGE_ID}/delete", f"account {HUGE_ID} not found"),
+        ("GET", f"/admin/users/{HUGE_ID}/identities", f"account {HUGE_ID} not found"),
+        ("POST", f"/admin/users/1/identities/{HUGE_ID}/unlink", f"identity {HUGE_ID} not found"),
+        ("POST", "/admin/users/2147483648/approve", "account 2147483648 not found"),
+        ("POST", "/admin/users/-2147483649/approve", "account -2147483649 not found"),
+        ("POST", f"/admin/backends/{HUGE_ID}/remove", f"backend {HUGE_ID} not found"),
+        ("GET", "/admin/users/" + "9" * 5000 + "/delete", "account " + "9" * 30 + "... not found"),
+    ],
+)
+def test_id_out_of_range_is_404(admin: TestClient, method: str, path: str, expected: str) -> None:
+    if method == "GET":
+        response = admin.get(path)
+    else:
+        response = post(admin, path, role="user", confirm_username="admin")
+    assert response.status_code == 404
+    assert expected in text(response)
+
+
+def test_largest_id_is_plain_404(admin: TestClient) -> None:
+    response = post(admin, "/admin/users/2147483647/approve")
+    assert response.status_code == 404
+    assert "account 2147483647 not found" in text(response)
+
+
 # Status
 
 
@@ -300,6 +335,16 @@ def test_add_backend_stores_api_key(admin: TestClient, second_backend: FakeBacke
         ({"base_url": "http://127.0.0.1:1", "kind": "grpc"}, "kind"),
         ({"base_url": "http://127.0.0.1:1", "weight": "heavy"}, "'heavy' is not a whole number"),
         ({"base_url": "http://127.0.0.1:1", "weight": "5000"}, "weight"),
+        ({"base_url": "http://127.0.0.1:1", "weight": "9" * 5000}, "is not a whole number from 1"),
+        ({"base_url": "http://127.0.0.1:1", "weight": "0"}, "'0' is not a whole number from 1"),
+        ({"base_url": "http://127.0.0.1:1", "weight": "-1"}, "'-1' is not a whole number"),
+        ({"base_url": "http://127.0.0.1:1", "weight": "1e3"}, "'1e3' is not a whole number"),
+        ({"base_url": "http://127.0.0.1:1", "weight": "\u00b2"}, "is not a whole number"),
+        ({"base_url": "http://127.0.0.1:99999"}, "port 99999 is out of range, expected 1 to"),
+        ({"base_url": "http://127.0.0.1:0"}, "port 0 is out of range"),
+        ({"base_url": "http://user:s3cretpw@127.0.0.1:1"}, "remove the user name and password"),
+        ({"base_url": "http://user:s3cretpw@127.0.0.1:1"}, "put the key in api_key"),
+        ({"base_url": "http://token@127.0.0.1:1"}, "remove the user name and password"),
     ],
 )
 def test_add_backend_rejects_bad_input(
@@ -314,6 +359,13 @@ def test_add_backend_rejects_bad_input(
 def test_add_backend_keeps_form_values_after_error(admin: TestClient) -> None:
     page = add_backend(admin, base_url="ftp://host", name="kept-name").text
     assert 'value="kept-name"' in page
+
+
+def test_add_backend_hides_password_in_url(admin: TestClient) -> None:
+    response = add_backend(admin, base_url="http://user:s3cretpw@127.0.0.1:18998")
+    assert response.status_code == 422
+    assert "s3cretpw" not in response.text
+    assert 'value="http://***@127.0.0.1:18998"' in response.text
 
 
 def test_add_backend_rejects_configured_name(admin: TestClient) -> None:
@@ -372,3 +424,16 @@ def test_invalid_stored_backend_is_skipped(
     page = text(admin.get("/admin/backends"))
     assert "the settings already define a backend named 'fake'" in page
     assert "invalid stored values: base_url" in page
+
+
+def test_stored_backend_with_password_is_skipped_unshown(
+    make_client: Callable[..., TestClient],
+) -> None:
+    first = make_client()
+    url = "http://user:s3cretpw@127.0.0.1:1"
+    stored_backends.add_backend(state_of(first).db, name="creds", kind="ollama", base_url=url)
+    admin = make_client()
+    assert sign_up(admin, "admin").status_code == 303
+    page = text(admin.get("/admin/backends"))
+    assert "remove the user name and password" in page
+    assert "s3cretpw" not in page

@@ -121,5 +121,12 @@ def test_revoke_with_bad_id_is_422(admin: TestClient) -> None:
     assert response.status_code == 422
 
 
+def test_revoke_id_out_of_range_is_404(admin: TestClient) -> None:
+    huge = "99999999999999999999999"
+    response = admin.post(f"/api-keys/{huge}/revoke", data={"csrf_token": csrf_token(admin)})
+    assert response.status_code == 404
+    assert f"API key {huge} not found" in response.text
+
+
 def test_nav_links_to_api_keys(admin: TestClient) -> None:
     assert 'href="/api-keys"' in admin.get("/chats").text

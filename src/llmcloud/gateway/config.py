@@ -22,6 +22,13 @@ from llmcloud.units import parse_duration
 BackendKind = Literal["ollama", "openai"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# The user info of a URL: everything between "//" and the last "@" before the path.
+_USERINFO = re.compile(r"//[^/?#]*@")
+
+
+def hide_userinfo(url: str) -> str:
+    """Return the URL with any user name and password replaced by ***, for messages and pages."""
+    return _USERINFO.sub("//***@", url, count=1)
 
 
 class Backend(BaseModel):
@@ -67,17 +74,29 @@ class Backend(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
+        redacted = hide_userinfo(value)
         try:
             url = httpx.URL(value.strip())
         except httpx.InvalidURL as exc:
-            raise ValueError(f"invalid base_url {value!r}: {exc}") from None
+            raise ValueError(f"invalid base_url {redacted!r}: {exc}") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(
-                f"invalid base_url {value!r}; expected an http:// or https:// URL with a host, "
+                f"invalid base_url {redacted!r}; expected an http:// or https:// URL with a host, "
                 "such as http://127.0.0.1:11434"
             )
+        if url.userinfo:
+            raise ValueError(
+                f"invalid base_url {redacted!r}; remove the user name and password from the URL. "
+                "For a server that takes a Bearer key, put the key in api_key (the API key "
+                "field on the Backends page)"
+            )
+        if url.port is not None and not 1 <= url.port <= 65535:
+            raise ValueError(
+                f"invalid base_url {redacted!r}; port {url.port} is out of range, "
+                "expected 1 to 65535"
+            )
         if url.query or url.fragment:
-            raise ValueError(f"invalid base_url {value!r}; remove the query or fragment")
+            raise ValueError(f"invalid base_url {redacted!r}; remove the query or fragment")
         return str(url).rstrip("/")
 
     def api_base_url(self) -> str:

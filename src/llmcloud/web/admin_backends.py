@@ -36,10 +36,14 @@ from llmcloud.db import backends as stored_backends
 from llmcloud.db.errors import Conflict, InvalidInput, ServiceError, quote_value
 from llmcloud.db.models import Backend as BackendRow
 from llmcloud.gateway import Backend, BackendStatus, default_backends
-from llmcloud.web.deps import AdminUser, CsrfChecked, State, WebState
+from llmcloud.gateway.config import hide_userinfo
+from llmcloud.web.deps import AdminUser, BackendId, CsrfChecked, State, WebState
 from llmcloud.web.templating import render
 
 log = logging.getLogger("llmcloud.web")
+
+# The largest weight that the gateway's Backend model takes.
+MAX_WEIGHT = 1000
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,8 @@ async def add_backend(
     api_key: str = Form(""),
     weight: str = Form("1"),
 ) -> Response:
-    form = {"name": name, "kind": kind, "base_url": base_url, "weight": weight}
+    # The form is shown again after an error, without a password typed into the URL.
+    form = {"name": name, "kind": kind, "base_url": hide_userinfo(base_url), "weight": weight}
     try:
         config = _validate_form(name, kind, base_url, api_key, weight)
         if config.name in {backend.name for backend in default_backends(state.settings)}:
@@ -191,7 +196,7 @@ async def add_backend(
 
 @router.post("/admin/backends/{backend_id}/remove", dependencies=[CsrfChecked])
 async def remove_backend(
-    request: Request, state: State, active: AdminUser, backend_id: int
+    request: Request, state: State, active: AdminUser, backend_id: BackendId
 ) -> Response:
     try:
         row = await run_in_threadpool(stored_backends.remove_backend, state.db, backend_id)
@@ -215,21 +220,31 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def _validate_form(name: str, kind: str, base_url: str, api_key: str, weight: str) -> Backend:
-    weight = weight.strip() or "1"
-    if not weight.isdigit():
-        raise InvalidInput(
-            f"weight {quote_value(weight)} is not a whole number; expected 1 to 1000"
-        )
     try:
         return Backend(
             name=name.strip(),
             kind=kind,
             base_url=base_url.strip(),
             api_key=SecretStr(api_key.strip()) if api_key.strip() else None,
-            weight=int(weight),
+            weight=parse_weight(weight),
         )
     except ValidationError as exc:
         raise InvalidInput("invalid backend: " + describe_validation_error(exc)) from None
+
+
+def parse_weight(text: str) -> int:
+    """Parse the form's weight: ASCII digits for 1 to MAX_WEIGHT, with 1 for an empty field."""
+    text = text.strip() or "1"
+    # The length check comes first, because int() rejects a string of over 4,300 digits.
+    digits = text.lstrip("0")
+    if text.isascii() and text.isdigit() and len(digits) <= len(str(MAX_WEIGHT)):
+        weight = int(text)
+        if 1 <= weight <= MAX_WEIGHT:
+            return weight
+    raise InvalidInput(
+        f"weight {quote_value(text)} is not a whole number from 1 to {MAX_WEIGHT}; "
+        "enter the backend's share of the load, such as 1"
+    )
 
 
 def _store(state: WebState, config: Backend) -> BackendRow:

@@ -29,7 +29,7 @@ from llmcloud.auth.errors import InvalidInput, ServiceError
 from llmcloud.db.database import Database
 from llmcloud.db.errors import quote_value
 from llmcloud.db.models import Role, User
-from llmcloud.web.deps import AdminUser, CsrfChecked, State, WebState
+from llmcloud.web.deps import AccountId, AdminUser, CsrfChecked, State, WebState
 from llmcloud.web.templating import render
 
 log = logging.getLogger("llmcloud.web")
@@ -84,13 +84,15 @@ async def users_page(
 
 
 @router.post("/admin/users/{user_id}/approve", dependencies=[CsrfChecked])
-async def approve(request: Request, state: State, active: AdminUser, user_id: int) -> Response:
+async def approve(
+    request: Request, state: State, active: AdminUser, user_id: AccountId
+) -> Response:
     return await _act(request, state, active.user, user_id, "approved", accounts.approve)
 
 
 @router.post("/admin/users/{user_id}/role", dependencies=[CsrfChecked])
 async def change_role(
-    request: Request, state: State, active: AdminUser, user_id: int, role: str = Form("")
+    request: Request, state: State, active: AdminUser, user_id: AccountId, role: str = Form("")
 ) -> Response:
     def set_role(db: Database, target: int) -> User:
         return accounts.set_role(db, target, role)
@@ -99,17 +101,23 @@ async def change_role(
 
 
 @router.post("/admin/users/{user_id}/deactivate", dependencies=[CsrfChecked])
-async def deactivate(request: Request, state: State, active: AdminUser, user_id: int) -> Response:
+async def deactivate(
+    request: Request, state: State, active: AdminUser, user_id: AccountId
+) -> Response:
     return await _act(request, state, active.user, user_id, "deactivated", accounts.deactivate)
 
 
 @router.post("/admin/users/{user_id}/reactivate", dependencies=[CsrfChecked])
-async def reactivate(request: Request, state: State, active: AdminUser, user_id: int) -> Response:
+async def reactivate(
+    request: Request, state: State, active: AdminUser, user_id: AccountId
+) -> Response:
     return await _act(request, state, active.user, user_id, "reactivated", accounts.reactivate)
 
 
 @router.get("/admin/users/{user_id}/delete", response_class=HTMLResponse)
-async def delete_page(request: Request, state: State, active: AdminUser, user_id: int) -> Response:
+async def delete_page(
+    request: Request, state: State, active: AdminUser, user_id: AccountId
+) -> Response:
     target = await run_in_threadpool(accounts.get_account, state.db, user_id)
     return render(request, "admin/delete_user.html", {"target": target, "error": None})
 
@@ -119,7 +127,7 @@ async def delete(
     request: Request,
     state: State,
     active: AdminUser,
-    user_id: int,
+    user_id: AccountId,
     confirm_username: str = Form(""),
 ) -> Response:
     target = await run_in_threadpool(accounts.get_account, state.db, user_id)

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from llmcloud.auth import api_keys
 from llmcloud.auth.errors import ServiceError
 from llmcloud.auth.sessions import ActiveSession
-from llmcloud.web.deps import CsrfChecked, CurrentUser, State, WebState
+from llmcloud.web.deps import ApiKeyId, CsrfChecked, CurrentUser, State, WebState
 from llmcloud.web.templating import render
 
 log = logging.getLogger("llmcloud.web")
@@ -51,7 +51,9 @@ async def create_key(
 
 
 @router.post("/api-keys/{key_id}/revoke", dependencies=[CsrfChecked])
-async def revoke_key(request: Request, state: State, active: CurrentUser, key_id: int) -> Response:
+async def revoke_key(
+    request: Request, state: State, active: CurrentUser, key_id: ApiKeyId
+) -> Response:
     try:
         await run_in_threadpool(api_keys.revoke_api_key, state.db, active.user.id, key_id)
     except ServiceError as exc:

@@ -16,19 +16,33 @@ page. `AdminUser` also raises Forbidden for anyone but an admin.
 token. `SameOriginChecked` checks only the header, for the log-in and
 sign-up forms, which have no session yet. `FormBody` rejects a body that is
 not form data with 415, where the form's fields would otherwise read as empty.
+
+`AccountId`, `ApiKeyId`, `BackendId` and `IdentityId` type integer path
+parameters. An id outside the range of the id column names no row, so it
+gets the same NotFound as an unknown id instead of reaching the database,
+which fails on a value it cannot bind.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from argon2 import PasswordHasher
 from fastapi import Depends, Request
+from pydantic import BeforeValidator
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 
-from llmcloud.auth.errors import AccountDeactivated, AccountPending, Forbidden, SessionExpired
+from llmcloud.auth.errors import (
+    AccountDeactivated,
+    AccountPending,
+    Forbidden,
+    NotFound,
+    SessionExpired,
+)
 from llmcloud.auth.sessions import ActiveSession, SessionPolicy, check_csrf, lookup_session
 from llmcloud.db.database import Database
 from llmcloud.db.models import Role
@@ -43,6 +57,11 @@ from llmcloud.web.security import (
 )
 
 FORM_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# The ids of accounts, API keys, backends and identities are INTEGER columns. PostgreSQL
+# stores those in 32 bits. SQLite allows 64 bits, but counts the ids of new rows up from 1.
+MIN_ROW_ID = -(2**31)
+MAX_ROW_ID = 2**31 - 1
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 @dataclass
@@ -147,9 +166,38 @@ async def _submitted_csrf_token(request: Request) -> str | None:
     return None
 
 
+def _row_id_check(not_found: str) -> Callable[[object], object]:
+    """Return a check of a path parameter that raises NotFound for an integer out of range.
+
+    The check reads the text before pydantic parses it, because pydantic rejects an integer
+    of more than 4,300 digits with a validation error. NotFound is not a ValueError, so
+    pydantic lets it through to the error handlers.
+    """
+
+    def check(value: object) -> object:
+        if not isinstance(value, str) or not _INTEGER.fullmatch(value):
+            return value
+        sign = -1 if value.startswith("-") else 1
+        digits = value.lstrip("+-").lstrip("0") or "0"
+        if len(digits) > len(str(MAX_ROW_ID)) or not MIN_ROW_ID <= sign * int(digits) <= MAX_ROW_ID:
+            displayed_id = value if len(value) <= 30 else value[:30] + "..."
+            raise NotFound(not_found.format(id=displayed_id))
+        return value
+
+    return check
+
+
 CurrentUser = Annotated[ActiveSession, Depends(require_user)]
 AdminUser = Annotated[ActiveSession, Depends(require_admin)]
 CsrfChecked = Depends(require_csrf)
 SameOriginChecked = Depends(require_same_origin)
 FormBody = Depends(require_form_body)
 State = Annotated[WebState, Depends(web_state)]
+# Each message reads like the NotFound that the routes' functions raise for an unknown id.
+AccountId = Annotated[int, BeforeValidator(_row_id_check("account {id} not found"))]
+ApiKeyId = Annotated[int, BeforeValidator(_row_id_check("API key {id} not found"))]
+BackendId = Annotated[
+    int,
+    BeforeValidator(_row_id_check("backend {id} not found; it may have been removed already")),
+]
+IdentityId = Annotated[int, BeforeValidator(_row_id_check("identity {id} not found"))]

@@ -33,7 +33,7 @@ from llmcloud.auth.providers import configured_providers, find_provider
 from llmcloud.db.models import Outcome
 from llmcloud.monitoring.metrics import logins
 from llmcloud.web.auth_pages import HOME, logged_in_response, pending_response, safe_next
-from llmcloud.web.deps import AdminUser, CsrfChecked, State, web_state
+from llmcloud.web.deps import AccountId, AdminUser, CsrfChecked, IdentityId, State, web_state
 from llmcloud.web.security import is_https
 from llmcloud.web.templating import render
 
@@ -95,7 +95,9 @@ def callback(request: Request, state: State, name: str) -> Response:
 
 
 @router.get("/admin/users/{user_id}/identities", response_class=HTMLResponse)
-def identities_page(request: Request, state: State, admin: AdminUser, user_id: int) -> Response:
+def identities_page(
+    request: Request, state: State, admin: AdminUser, user_id: AccountId
+) -> Response:
     account = get_account(state.db, user_id)
     identities = list_identities(state.db, user_id)
     context = {"account": account, "identities": identities}
@@ -104,7 +106,7 @@ def identities_page(request: Request, state: State, admin: AdminUser, user_id: i
 
 @router.post("/admin/users/{user_id}/identities/{identity_id}/unlink", dependencies=[CsrfChecked])
 def unlink(
-    request: Request, state: State, admin: AdminUser, user_id: int, identity_id: int
+    request: Request, state: State, admin: AdminUser, user_id: AccountId, identity_id: IdentityId
 ) -> Response:
     try:
         identity = unlink_identity(state.db, user_id, identity_id)
