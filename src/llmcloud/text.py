@@ -2,12 +2,15 @@
 
 A JSON escape such as \\ud800 decodes to a lone surrogate, which UTF-8 cannot
 encode. The backends, the databases and every response use UTF-8, so such
-text is rejected where it comes in, naming where it is.
+text is rejected where it comes in, naming where it is. PostgreSQL rejects
+NUL (U+0000) in text columns, and control characters have no place in a
+title, so those are rejected too where text is stored.
 """
 
 from __future__ import annotations
 
 import sys
+import unicodedata
 from typing import Any
 
 JSON_TYPE_NAMES = {
@@ -76,6 +79,36 @@ def surrogate_problem(value: Any) -> tuple[str, str] | None:
                 (child, f"{path}.{index}") for index, child in reversed(list(enumerate(item)))
             )
     return None
+
+
+def control_character(text: str, allowed: str = "") -> int | None:
+    """Return the index of the first control character (category Cc) not in `allowed`, or None."""
+    for index, char in enumerate(text):
+        if char not in allowed and unicodedata.category(char) == "Cc":
+            return index
+    return None
+
+
+def describe_control_character(text: str, where: str, allowed: str = "") -> str | None:
+    """Return an error message for a control character in `text`, named by `where`, or None."""
+    index = control_character(text, allowed)
+    if index is None:
+        return None
+    return (
+        f"{where} contains the control character U+{ord(text[index]):04X} at character "
+        f"{index}; remove it or use printable text"
+    )
+
+
+def describe_nul(text: str, where: str) -> str | None:
+    """Return an error message for a NUL character in `text`, named by `where`, or None."""
+    index = text.find("\x00")
+    if index < 0:
+        return None
+    return (
+        f"{where} contains a NUL character (U+0000) at character {index}, which the "
+        "database cannot store; remove it"
+    )
 
 
 def number_too_long(where: str) -> str:

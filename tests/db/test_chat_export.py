@@ -2,16 +2,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
 from llmcloud.db import Database, chats
 from llmcloud.db.chat_export import export_chat, export_chats, import_chats, parse_archive
+from llmcloud.db.chats import MAX_TOKEN_COUNT
 from llmcloud.db.errors import InvalidInput, NotFound
-from llmcloud.db.models import MessageStatus, Role, User
+from llmcloud.db.models import Chat, MessageStatus, Role, User
 
 
 def _add_user(database: Database, username: str) -> int:
@@ -151,6 +154,119 @@ def test_import_chats_rejects_missing_title(database: Database, alice: int) -> N
     del archive["chats"][0]["title"]
     with pytest.raises(InvalidInput, match=r"chats\.0\.title: Field required"):
         import_chats(database, alice, archive)
+
+
+def test_import_chats_stores_extreme_values(database: Database, alice: int) -> None:
+    archive = _valid_archive()
+    chat = archive["chats"][0]
+    chat["created_at"] = "0001-01-01T00:00:00Z"
+    chat["updated_at"] = "9999-12-31T23:59:59-00:00"
+    chat["messages"][0].update(
+        content="tab\tnewline\nescape\x1b", prompt_tokens=MAX_TOKEN_COUNT, completion_tokens=0
+    )
+    (imported,) = import_chats(database, alice, archive)
+    (message,) = chats.list_messages(database, alice, imported.id)
+    stored = chats.get_chat(database, alice, imported.id)
+    assert stored.created_at == datetime(1, 1, 1, tzinfo=UTC)
+    assert stored.updated_at == datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    assert message.content == "tab\tnewline\nescape\x1b"
+    assert message.prompt_tokens == MAX_TOKEN_COUNT
+
+
+def test_export_keeps_title_that_import_rejects(database: Database, alice: int) -> None:
+    chat = chats.create_chat(database, alice)
+    with database.transaction() as session:
+        session.execute(sa.update(Chat).where(Chat.id == chat.id).values(title="old\x1btitle"))
+    archive = export_chat(database, alice, chat.id)
+    assert archive["chats"][0]["title"] == "old\x1btitle"
+    with pytest.raises(InvalidInput, match=r"chats\.0\.title: Title contains the control"):
+        import_chats(database, alice, archive)
+
+
+def test_import_chats_accepts_utf8_with_bom(database: Database, alice: int) -> None:
+    data = b"\xef\xbb\xbf" + json.dumps(_valid_archive()).encode()
+    assert [chat.title for chat in import_chats(database, alice, data)] == ["Imported"]
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [
+        ("1", 'version: Expected the number 1, not the string "1"'),
+        (True, "version: Expected the number 1, not the boolean true"),
+        (None, "version: Expected the number 1, not null"),
+        ([1], "version: Expected the number 1, not an array"),
+        (2, "version: Version 2 is not supported; this llmcloud reads only version 1"),
+    ],
+)
+def test_import_chats_rejects_other_version(
+    database: Database, alice: int, version: object, expected: str
+) -> None:
+    archive = _valid_archive() | {"version": version}
+    with pytest.raises(InvalidInput) as error:
+        import_chats(database, alice, archive)
+    assert expected in error.value.message
+    assert "(got" not in error.value.message
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("prompt_tokens", MAX_TOKEN_COUNT + 1, "less than or equal to 2147483647"),
+        ("completion_tokens", 10**20, "less than or equal to 2147483647"),
+        ("completion_tokens", -1, "greater than or equal to 0"),
+        ("prompt_tokens", True, "valid integer"),
+        ("created_at", "0001-01-01T00:00:00+14:00", "out of range once converted to UTC"),
+        ("created_at", "9999-12-31T23:59:59-00:01", "out of range once converted to UTC"),
+        ("content", "a\x00b", "NUL character (U+0000) at character 1"),
+        ("error", "\x00", "NUL character (U+0000) at character 0"),
+        ("model", "m\x00", "NUL character (U+0000) at character 1"),
+    ],
+)
+def test_import_chats_rejects_unstorable_message(
+    database: Database, alice: int, field: str, value: object, expected: str
+) -> None:
+    archive = _valid_archive()
+    archive["chats"][0]["messages"][0][field] = value
+    with pytest.raises(InvalidInput) as error:
+        import_chats(database, alice, archive)
+    assert f"chats.0.messages.0.{field}: " in error.value.message
+    assert expected in error.value.message
+    assert chats.list_chats(database, alice) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("title", "a\x00b", "control character U+0000 at character 1"),
+        ("title", "\x1b[31mred", "control character U+001B at character 0"),
+        ("system_prompt", "be\x00brief", "NUL character (U+0000) at character 2"),
+        ("model", "\x00", "NUL character (U+0000) at character 0"),
+        ("updated_at", "0001-01-01T00:00:00+00:01", "out of range once converted to UTC"),
+    ],
+)
+def test_import_chats_rejects_unstorable_chat(
+    database: Database, alice: int, field: str, value: str, expected: str
+) -> None:
+    archive = _valid_archive()
+    archive["chats"][0][field] = value
+    with pytest.raises(InvalidInput) as error:
+        import_chats(database, alice, archive)
+    assert f"chats.0.{field}: " in error.value.message
+    assert expected in error.value.message
+
+
+def test_import_chats_rejects_overlong_number(database: Database, alice: int) -> None:
+    text = json.dumps(_valid_archive())[:-1] + ', "extra": ' + "9" * 5000 + "}"
+    with pytest.raises(InvalidInput, match="import file has a number of more than 4300 digits"):
+        import_chats(database, alice, text)
+
+
+@pytest.mark.parametrize("data", [b"\xff\xfe{}", json.dumps(_valid_archive()).encode("utf-16")])
+def test_import_chats_rejects_other_encodings(database: Database, alice: int, data: bytes) -> None:
+    with pytest.raises(InvalidInput) as error:
+        import_chats(database, alice, data)
+    assert "import file is not UTF-8 text: byte 0xff at offset 0" in error.value.message
+    assert "an export from llmcloud is UTF-8 JSON" in error.value.message
 
 
 def test_failed_import_stores_nothing(database: Database, alice: int) -> None:

@@ -122,7 +122,9 @@ def test_list_chats_pages(database: Database, alice: int) -> None:
     assert len(rest) == 1
 
 
-@pytest.mark.parametrize(("limit", "offset"), [(0, 0), (201, 0), (10, -1)])
+@pytest.mark.parametrize(
+    ("limit", "offset"), [(0, 0), (201, 0), (10, -1), (10, 2**63), (10, 10**20)]
+)
 def test_list_chats_rejects_bad_paging(
     database: Database, alice: int, limit: int, offset: int
 ) -> None:
@@ -145,6 +147,39 @@ def test_rename_chat_rejects_bad_title_and_keeps_old(
     with pytest.raises(InvalidInput, match=r"chat title .* expected 1 to 200"):
         chats.rename_chat(database, alice, chat.id, title)
     assert chats.get_chat(database, alice, chat.id).title == "Kept"
+
+
+@pytest.mark.parametrize(
+    ("title", "expected"),
+    [
+        ("a\x00b", "U+0000 at character 1"),
+        ("bell\x07", "U+0007 at character 4"),
+        ("\x1b[1mbold", "U+001B at character 0"),
+        ("del\x7f", "U+007F at character 3"),
+        ("c1 \x9b", "U+009B at character 3"),
+    ],
+)
+def test_rename_chat_rejects_control_characters(
+    database: Database, alice: int, title: str, expected: str
+) -> None:
+    chat = chats.create_chat(database, alice, title="Kept")
+    with pytest.raises(InvalidInput) as error:
+        chats.rename_chat(database, alice, chat.id, title)
+    assert f"contains the control character {expected}" in error.value.message
+    assert chats.get_chat(database, alice, chat.id).title == "Kept"
+
+
+def test_rename_chat_keeps_format_characters(database: Database, alice: int) -> None:
+    chat = chats.create_chat(database, alice)
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467 \u05e9\u05dc\u05d5\u05dd\u200f"
+    assert chats.rename_chat(database, alice, chat.id, family).title == family
+
+
+def test_set_system_prompt_rejects_nul_and_keeps_old(database: Database, alice: int) -> None:
+    chat = chats.create_chat(database, alice, system_prompt="Be brief.")
+    with pytest.raises(InvalidInput, match="system prompt contains a NUL character"):
+        chats.set_system_prompt(database, alice, chat.id, "Be\x00long.")
+    assert chats.get_chat(database, alice, chat.id).system_prompt == "Be brief."
 
 
 def test_set_system_prompt_blank_removes_it(database: Database, alice: int) -> None:
@@ -191,6 +226,29 @@ def test_add_message_rejects_negative_tokens(database: Database, alice: int) -> 
         chats.add_message(database, alice, chat.id, "assistant", "x", prompt_tokens=-1)
 
 
+def test_add_message_rejects_too_many_tokens(database: Database, alice: int) -> None:
+    chat = chats.create_chat(database, alice)
+    with pytest.raises(InvalidInput, match="completion_tokens 2147483648 is too large"):
+        chats.add_message(database, alice, chat.id, "assistant", "x", completion_tokens=2**31)
+    assert chats.list_messages(database, alice, chat.id) == []
+
+
+def test_add_message_stores_largest_token_count(database: Database, alice: int) -> None:
+    chat = chats.create_chat(database, alice)
+    chats.add_message(
+        database, alice, chat.id, "assistant", "x", prompt_tokens=chats.MAX_TOKEN_COUNT
+    )
+    (stored,) = chats.list_messages(database, alice, chat.id)
+    assert stored.prompt_tokens == chats.MAX_TOKEN_COUNT
+
+
+def test_add_message_rejects_nul_in_prompt(database: Database, alice: int) -> None:
+    chat = chats.create_chat(database, alice)
+    with pytest.raises(InvalidInput, match=r"message contains a NUL character .* at character 5"):
+        chats.add_message(database, alice, chat.id, "user", "hello\x00")
+    assert chats.list_messages(database, alice, chat.id) == []
+
+
 def test_remove_last_answer_deletes_assistant_message(database: Database, alice: int) -> None:
     chat = chats.create_chat(database, alice)
     chats.add_message(database, alice, chat.id, "user", "question")
@@ -214,3 +272,11 @@ def test_delete_chat_removes_it(database: Database, alice: int) -> None:
     chats.delete_chat(database, alice, chat.id)
     with pytest.raises(NotFound):
         chats.get_chat(database, alice, chat.id)
+
+
+def test_answer_with_nul_is_kept_with_a_replacement_character(
+    database: Database, alice: int
+) -> None:
+    chat = chats.create_chat(database, alice)
+    chats.add_message(database, alice, chat.id, "assistant", "before\x00after")
+    assert chats.list_messages(database, alice, chat.id)[0].content == "before\ufffdafter"

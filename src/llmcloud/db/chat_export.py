@@ -11,7 +11,10 @@ An import creates new chats with new ids for the importing account and
 ignores the ids in the file, so it cannot overwrite or reach another
 account's data. The whole file is validated before anything is written, and
 all chats are written in one transaction. A bad file gets an InvalidInput
-that names the field, and nothing is stored.
+that names the field, and nothing is stored. The checks cover what the
+databases cannot store: NUL characters in text, token counts too large for
+their INTEGER columns, and times outside the years 1 to 9999 once converted
+to UTC.
 """
 
 from __future__ import annotations
@@ -19,10 +22,20 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Sequence
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
 
 from llmcloud.db.chats import (
     CHAT_ID_BYTES,
@@ -30,43 +43,120 @@ from llmcloud.db.chats import (
     MAX_MODEL_NAME_LENGTH,
     MAX_SYSTEM_PROMPT_LENGTH,
     MAX_TITLE_LENGTH,
+    MAX_TOKEN_COUNT,
     get_chat,
     list_messages,
 )
 from llmcloud.db.database import Database
 from llmcloud.db.errors import InvalidInput, quote_value
 from llmcloud.db.models import Chat, Message, MessageRole, MessageStatus, utcnow
-from llmcloud.text import surrogate_problem
+from llmcloud.text import (
+    control_character,
+    json_type_name,
+    number_too_long,
+    surrogate_problem,
+)
 
 FORMAT_NAME = "llmcloud-chats"
 FORMAT_VERSION = 1
 MAX_IMPORT_CHATS = 10_000
 MAX_IMPORT_MESSAGES_PER_CHAT = 10_000
 MAX_ERRORS_SHOWN = 5
+# Errors whose message already shows the input, so `_describe` adds no "(got ...)".
+_VERSION_ERRORS = ("version_not_number", "version_unsupported")
+
+
+def _check_version(value: object) -> object:
+    """Accept only the JSON number 1, and name any other value in the error."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value == FORMAT_VERSION:
+            return FORMAT_VERSION
+        raise PydanticCustomError(
+            "version_unsupported",
+            "Version {version} is not supported; this llmcloud reads only version 1 of the "
+            "export format",
+            {"version": _shorten(str(value))},
+        )
+    if value is None:
+        described = "null"
+    elif isinstance(value, str | bool):
+        described = f"the {json_type_name(value)} {_shorten(json.dumps(value))}"
+    else:
+        described = f"an {json_type_name(value)}"
+    raise PydanticCustomError(
+        "version_not_number", "Expected the number 1, not {value}", {"value": described}
+    )
+
+
+def _shorten(text: str, limit: int = 20) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _without_nul(value: str) -> str:
+    index = value.find("\x00")
+    if index >= 0:
+        raise PydanticCustomError(
+            "nul_character",
+            "Text contains a NUL character (U+0000) at character {index}, which the database "
+            "cannot store; remove it",
+            {"index": index},
+        )
+    return value
+
+
+def _title_without_controls(value: str) -> str:
+    title = " ".join(value.split())
+    index = control_character(title)
+    if index is not None:
+        raise PydanticCustomError(
+            "control_character",
+            "Title contains the control character {code} at character {index}; "
+            "remove it or use printable text",
+            {"code": f"U+{ord(title[index]):04X}", "index": index},
+        )
+    return title
+
+
+def _in_utc_range(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError(
+            "datetime_out_of_range",
+            "Time is out of range once converted to UTC; expected a time from "
+            "0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z",
+        ) from None
+
+
+Text = Annotated[str, AfterValidator(_without_nul)]
+Time = Annotated[AwareDatetime, AfterValidator(_in_utc_range)]
+TokenCount = Annotated[int, Field(strict=True, ge=0, le=MAX_TOKEN_COUNT)]
 
 
 class ExportedMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: MessageRole
-    content: str = Field(max_length=MAX_CONTENT_LENGTH)
-    model: str | None = Field(None, max_length=MAX_MODEL_NAME_LENGTH)
-    created_at: AwareDatetime | None = None
+    content: Text = Field(max_length=MAX_CONTENT_LENGTH)
+    model: Text | None = Field(None, max_length=MAX_MODEL_NAME_LENGTH)
+    created_at: Time | None = None
     status: MessageStatus = MessageStatus.COMPLETE
-    prompt_tokens: int | None = Field(None, ge=0)
-    completion_tokens: int | None = Field(None, ge=0)
-    error: str | None = Field(None, max_length=MAX_CONTENT_LENGTH)
+    prompt_tokens: TokenCount | None = None
+    completion_tokens: TokenCount | None = None
+    error: Text | None = Field(None, max_length=MAX_CONTENT_LENGTH)
 
 
 class ExportedChat(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: str | None = None
-    title: str = Field(min_length=1, max_length=MAX_TITLE_LENGTH)
-    model: str | None = Field(None, max_length=MAX_MODEL_NAME_LENGTH)
-    system_prompt: str | None = Field(None, max_length=MAX_SYSTEM_PROMPT_LENGTH)
-    created_at: AwareDatetime | None = None
-    updated_at: AwareDatetime | None = None
+    title: Annotated[str, AfterValidator(_title_without_controls)] = Field(
+        min_length=1, max_length=MAX_TITLE_LENGTH
+    )
+    model: Text | None = Field(None, max_length=MAX_MODEL_NAME_LENGTH)
+    system_prompt: Text | None = Field(None, max_length=MAX_SYSTEM_PROMPT_LENGTH)
+    created_at: Time | None = None
+    updated_at: Time | None = None
     messages: list[ExportedMessage] = Field(
         default_factory=list, max_length=MAX_IMPORT_MESSAGES_PER_CHAT
     )
@@ -76,7 +166,7 @@ class ChatArchive(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     format: Literal["llmcloud-chats"]
-    version: Literal[1]
+    version: Annotated[Literal[1], BeforeValidator(_check_version)]
     exported_at: AwareDatetime | None = None
     chats: list[ExportedChat] = Field(max_length=MAX_IMPORT_CHATS)
 
@@ -119,7 +209,7 @@ def import_chats(db: Database, user_id: int, data: str | bytes | dict[str, Any])
             chat = Chat(
                 id=secrets.token_urlsafe(CHAT_ID_BYTES),
                 user_id=user_id,
-                title=" ".join(exported.title.split()) or "Imported chat",
+                title=exported.title or "Imported chat",
                 model=exported.model or None,
                 system_prompt=exported.system_prompt or None,
                 created_at=exported.created_at or now,
@@ -133,7 +223,9 @@ def import_chats(db: Database, user_id: int, data: str | bytes | dict[str, Any])
 
 def parse_archive(data: str | bytes | dict[str, Any]) -> ChatArchive:
     """Validate an export, raising InvalidInput that names the first bad fields."""
-    if isinstance(data, str | bytes):
+    if isinstance(data, bytes):
+        data = _decode_utf8(data)
+    if isinstance(data, str):
         try:
             data = json.loads(data)
         except json.JSONDecodeError as exc:
@@ -141,8 +233,9 @@ def parse_archive(data: str | bytes | dict[str, Any]) -> ChatArchive:
                 f"import file is not valid JSON: {exc.msg} at line {exc.lineno} column "
                 f"{exc.colno}; expected a file made by the chat export"
             ) from None
-        except UnicodeDecodeError:
-            raise InvalidInput("import file is not UTF-8 text; expected a JSON export") from None
+        except ValueError:
+            # Python's limit on the digits of an integer (4,300 by default) raises ValueError.
+            raise InvalidInput(number_too_long("import file")) from None
         except RecursionError:
             raise InvalidInput(
                 "import file is not valid JSON: it is nested too deeply; expected a file made "
@@ -155,6 +248,18 @@ def parse_archive(data: str | bytes | dict[str, Any]) -> ChatArchive:
         return ChatArchive.model_validate(data)
     except ValidationError as exc:
         raise InvalidInput(_describe(exc)) from None
+
+
+def _decode_utf8(data: bytes) -> str:
+    """Decode the file as UTF-8, with or without a byte order mark."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            f"import file is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start} is invalid there; an export from llmcloud is UTF-8 JSON, so upload "
+            "the exported file unchanged"
+        ) from None
 
 
 def _message_rows(chat: Chat, messages: Sequence[ExportedMessage]) -> list[Message]:
@@ -175,7 +280,9 @@ def _message_rows(chat: Chat, messages: Sequence[ExportedMessage]) -> list[Messa
 
 
 def _exported(chat: Chat, messages: Sequence[Message]) -> ExportedChat:
-    return ExportedChat(
+    # Stored rows are exported without validation, so text stored before a check was added,
+    # such as a title with a control character, is still exported. The import names the field.
+    return ExportedChat.model_construct(
         id=chat.id,
         title=chat.title,
         model=chat.model,
@@ -183,7 +290,7 @@ def _exported(chat: Chat, messages: Sequence[Message]) -> ExportedChat:
         created_at=chat.created_at,
         updated_at=chat.updated_at,
         messages=[
-            ExportedMessage(
+            ExportedMessage.model_construct(
                 role=message.role,
                 content=message.content,
                 model=message.model,
@@ -210,7 +317,8 @@ def _describe(exc: ValidationError) -> str:
     for error in exc.errors()[:MAX_ERRORS_SHOWN]:
         location = ".".join(str(part) for part in error["loc"]) or "top level"
         value = error.get("input")
-        got = f" (got {quote_value(str(value))})" if isinstance(value, str | int | float) else ""
+        shows_value = isinstance(value, str | int | float) and error["type"] not in _VERSION_ERRORS
+        got = f" (got {quote_value(str(value))})" if shows_value else ""
         problems.append(f"{location}: {error['msg']}{got}")
     more = exc.error_count() - MAX_ERRORS_SHOWN
     if more > 0:

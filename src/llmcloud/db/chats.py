@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from llmcloud.db.database import Database
 from llmcloud.db.errors import InvalidInput, NotFound, quote_value
 from llmcloud.db.models import Chat, Message, MessageRole, MessageStatus, utcnow
+from llmcloud.text import describe_control_character, describe_nul
 
 log = logging.getLogger("llmcloud.db")
 
@@ -31,6 +32,10 @@ MAX_SYSTEM_PROMPT_LENGTH = 100_000
 MAX_CONTENT_LENGTH = 1_000_000
 MAX_SEARCH_LENGTH = 200
 MAX_PAGE_SIZE = 200
+# OFFSET takes a signed 64-bit integer on PostgreSQL and SQLite.
+MAX_OFFSET = 2**63 - 1
+# The token count columns are INTEGER, which is 32 bits on PostgreSQL.
+MAX_TOKEN_COUNT = 2**31 - 1
 
 _Member = TypeVar("_Member", MessageRole, MessageStatus)
 
@@ -76,8 +81,8 @@ def list_chats(
     # does not find "é"; PostgreSQL's ILIKE folds all letters.
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise InvalidInput(f"limit {limit} is out of range; expected 1 to {MAX_PAGE_SIZE}")
-    if offset < 0:
-        raise InvalidInput(f"offset {offset} is negative; expected 0 or more")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise InvalidInput(f"offset {offset} is out of range; expected 0 to {MAX_OFFSET}")
     query = sa.select(Chat).where(Chat.user_id == user_id)
     if search and search.strip():
         query = query.where(_matches(_validate_search(search.strip())))
@@ -139,10 +144,17 @@ def add_message(
     An assistant message that a failing backend cut off is stored with its
     partial content, status `interrupted` and the error text.
     """
+    role = _parse(MessageRole, role, "message role")
+    content = validate_content(content)
+    if role == MessageRole.ASSISTANT:
+        # An answer is kept whatever the backend sent; PostgreSQL cannot store NUL.
+        content = content.replace("\x00", "\ufffd")
+    else:
+        _check_no_nul(content, "message")
     message = Message(
         chat_id=chat_id,
-        role=_parse(MessageRole, role, "message role"),
-        content=validate_content(content),
+        role=role,
+        content=content,
         model=validate_model_name(model),
         status=_parse(MessageStatus, status, "message status"),
         prompt_tokens=_token_count(prompt_tokens, "prompt_tokens"),
@@ -189,6 +201,9 @@ def validate_title(title: str) -> str:
             f"chat title {quote_value(title)} has {len(title)} characters; "
             f"expected 1 to {MAX_TITLE_LENGTH}"
         )
+    problem = describe_control_character(title, f"chat title {quote_value(title)}")
+    if problem is not None:
+        raise InvalidInput(problem)
     return title
 
 
@@ -201,6 +216,7 @@ def validate_model_name(model: str | None) -> str | None:
             f"model name {quote_value(model)} has {len(model)} characters; "
             f"expected at most {MAX_MODEL_NAME_LENGTH}"
         )
+    _check_no_nul(model, f"model name {quote_value(model)}")
     return model
 
 
@@ -212,6 +228,7 @@ def validate_system_prompt(prompt: str | None) -> str | None:
             f"system prompt has {len(prompt)} characters; "
             f"expected at most {MAX_SYSTEM_PROMPT_LENGTH}"
         )
+    _check_no_nul(prompt, "system prompt")
     return prompt
 
 
@@ -221,6 +238,12 @@ def validate_content(content: str) -> str:
             f"message has {len(content)} characters; expected at most {MAX_CONTENT_LENGTH}"
         )
     return content
+
+
+def _check_no_nul(text: str, where: str) -> None:
+    problem = describe_nul(text, where)
+    if problem is not None:
+        raise InvalidInput(problem)
 
 
 def _owned_chat(session: Session, user_id: int, chat_id: str) -> Chat:
@@ -261,4 +284,8 @@ def _parse(kind: type[_Member], value: _Member | str, label: str) -> _Member:
 def _token_count(value: int | None, name: str) -> int | None:
     if value is not None and value < 0:
         raise InvalidInput(f"{name} {value} is negative; expected a count of 0 or more")
+    if value is not None and value > MAX_TOKEN_COUNT:
+        raise InvalidInput(
+            f"{name} {value} is too large; expected a count of at most {MAX_TOKEN_COUNT}"
+        )
     return value
