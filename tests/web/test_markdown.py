@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
 
-from llmcloud.web.markdown import render_markdown, sanitize_html
+from llmcloud.web.markdown import (
+    MARKDOWN_MAX_CHARS,
+    RenderCache,
+    render_answers,
+    render_markdown,
+    sanitize_html,
+)
 
 
 def test_markdown_renders_code_block() -> None:
@@ -71,3 +78,33 @@ def test_markdown_output_has_no_active_content(answer: str) -> None:
 )
 def test_sanitize_html_strips_active_parts(html: str, expected: str) -> None:
     assert sanitize_html(html) == expected
+
+
+def test_text_over_the_limit_shows_as_escaped_plain_text() -> None:
+    answer = "<script>alert(1)</script> **bold** [" + "[" * MARKDOWN_MAX_CHARS
+    html = render_markdown(answer)
+    assert html.startswith('<div class="plain">&lt;script&gt;alert(1)&lt;/script&gt; **bold**')
+    assert "<script" not in html
+    assert "<strong>" not in html
+
+
+def test_render_answers_keeps_order_and_matches_render_markdown() -> None:
+    answers = ["**a**", "", "`b`", "**a**"]
+    assert asyncio.run(render_answers(answers)) == [render_markdown(text) for text in answers]
+
+
+def test_render_cache_drops_the_least_recently_used() -> None:
+    cache = RenderCache(max_chars=30, threads=1)
+    first = cache.render("first")
+    second = cache.render("second")
+    assert cache.render("first") is first
+    cache.render("third")
+    assert cache.size <= 30
+    assert cache.render("first") is first
+    assert cache.render("second") is not second
+
+
+def test_render_cache_skips_a_result_larger_than_itself() -> None:
+    cache = RenderCache(max_chars=10, threads=1)
+    assert cache.render("a longer answer") == render_markdown("a longer answer")
+    assert cache.size == 0

@@ -8,13 +8,24 @@ removes event-handler attributes and `javascript:` URLs even if the
 renderer let one through. Links get rel="noopener noreferrer" and open in a
 new tab. Images become plain links, so an answer cannot make the browser
 fetch a URL, which could carry chat text to another server.
+
+Rendering is pure Python and takes up to about 15 µs per character on
+input built to be slow, such as a long run of `[`. So pages and streams
+render in a worker thread (`render_answers`), at most `RENDER_THREADS` at a
+time, and keep the results in a cache of at most `CACHE_CHARS` characters; text longer
+than `MARKDOWN_MAX_CHARS` shows as plain text instead.
 """
 
 from __future__ import annotations
 
+import hashlib
+import html
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 import nh3
 from markdown_it import MarkdownIt
 from markdown_it.common.utils import escapeHtml
@@ -36,6 +47,11 @@ ALLOWED_ATTRIBUTES = {
     "th": {"style"},
 }
 ALLOWED_URL_SCHEMES = frozenset({"http", "https", "mailto"})
+
+MARKDOWN_MAX_CHARS = 50_000
+"""Longer text is shown as plain text: about 12,000 tokens, longer than most answers."""
+CACHE_CHARS = 32_000_000
+RENDER_THREADS = 2
 
 
 def _render_image_as_link(
@@ -75,6 +91,62 @@ def sanitize_html(html: str) -> str:
 
 
 def render_markdown(text: str) -> str:
-    """Render Markdown text to sanitised HTML, safe to insert into a page."""
+    """Render Markdown text to sanitised HTML, safe to insert into a page.
+
+    Text longer than MARKDOWN_MAX_CHARS comes back escaped, as plain text.
+    """
+    if len(text) > MARKDOWN_MAX_CHARS:
+        return f'<div class="plain">{html.escape(text, quote=False)}</div>'
     env: dict[str, Any] = {}
     return sanitize_html(_RENDERER.render(text, env))
+
+
+class RenderCache:
+    """Rendered answers by a digest of their text, the least recently used dropped first."""
+
+    def __init__(self, max_chars: int, threads: int) -> None:
+        self.max_chars = max_chars
+        self.size = 0
+        self._entries: OrderedDict[bytes, str] = OrderedDict()
+        self._lock = threading.Lock()
+        # A semaphore of threads rather than an anyio limiter: it holds across event
+        # loops, and taken per answer it lets the answers of several pages take turns.
+        self._rendering = threading.BoundedSemaphore(threads)
+
+    def render(self, text: str) -> str:
+        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        with self._lock:
+            cached = self._entries.get(key)
+            if cached is not None:
+                self._entries.move_to_end(key)
+                return cached
+        with self._rendering:
+            rendered = render_markdown(text)
+        if len(rendered) <= self.max_chars:
+            with self._lock:
+                if key not in self._entries:
+                    self._entries[key] = rendered
+                    self.size += len(rendered)
+                while self.size > self.max_chars:
+                    _, dropped = self._entries.popitem(last=False)
+                    self.size -= len(dropped)
+        return rendered
+
+
+_CACHE = RenderCache(CACHE_CHARS, RENDER_THREADS)
+
+
+async def render_answers(texts: Sequence[str]) -> list[str]:
+    """Render answers in a worker thread, so that a long one does not hold up other requests."""
+    if not texts:
+        return []
+    return await anyio.to_thread.run_sync(_render_all, texts)
+
+
+async def render_answer(text: str) -> str:
+    """Render one answer in a worker thread; see render_answers."""
+    return (await render_answers([text]))[0]
+
+
+def _render_all(texts: Sequence[str]) -> list[str]:
+    return [_CACHE.render(text) for text in texts]
