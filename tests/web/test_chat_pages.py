@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import html
 import json
 import sqlite3
 from collections.abc import Callable
+from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 
@@ -62,6 +65,20 @@ def test_chat_list_rejects_long_search(admin: TestClient) -> None:
     response = admin.get("/chats", params={"q": "x" * 201})
     assert response.status_code == 422
     assert "search text has 201 characters" in response.text
+
+
+@pytest.mark.parametrize("offset", ["99999999999999999999", "9223372036854775808", "-1"])
+def test_chat_list_rejects_offset_out_of_range(admin: TestClient, offset: str) -> None:
+    response = admin.get("/chats", params={"offset": offset})
+    assert response.status_code == 422
+    assert f"offset {offset} is out of range; expected 0 to 9223372036854775807" in response.text
+
+
+def test_chat_list_accepts_largest_offset(admin: TestClient) -> None:
+    add_chat(admin, "First page only")
+    response = admin.get("/chats", params={"offset": str(2**63 - 1)})
+    assert response.status_code == 200
+    assert "First page only" not in response.text
 
 
 def test_chat_list_needs_login(client: TestClient) -> None:
@@ -142,6 +159,33 @@ def test_rename_rejects_empty_title(admin: TestClient) -> None:
     assert chats.get_chat(state_of(admin).db, user_id(admin), chat_id).title == "Kept"
 
 
+@pytest.mark.parametrize(
+    ("title", "expected"),
+    [
+        ("a\x00b", "control character U+0000 at character 1"),
+        ("a\x1bb", "control character U+001B at character 1"),
+        ("\x7f", "control character U+007F at character 0"),
+        ("a\x85b\x9fc", "control character U+009F at character 3"),
+    ],
+)
+def test_rename_rejects_control_characters(admin: TestClient, title: str, expected: str) -> None:
+    chat_id = add_chat(admin, "Kept")
+    data = {"title": title, "csrf_token": csrf_token(admin)}
+    response = admin.post(f"/chats/{chat_id}/rename", data=data)
+    assert response.status_code == 422
+    assert expected in response.text
+    assert chats.get_chat(state_of(admin).db, user_id(admin), chat_id).title == "Kept"
+
+
+def test_system_prompt_rejects_nul(admin: TestClient) -> None:
+    chat_id = add_chat(admin, "Chat")
+    data = {"system_prompt": "Be\x00brief.", "csrf_token": csrf_token(admin)}
+    response = admin.post(f"/chats/{chat_id}/system-prompt", data=data)
+    assert response.status_code == 422
+    assert "system prompt contains a NUL character (U+0000) at character 2" in response.text
+    assert chats.get_chat(state_of(admin).db, user_id(admin), chat_id).system_prompt is None
+
+
 def test_system_prompt_saved_and_cleared(admin: TestClient) -> None:
     chat_id = add_chat(admin, "Chat")
     db = state_of(admin).db
@@ -192,6 +236,90 @@ def test_import_rejects_invalid_file_and_saves_nothing(admin: TestClient) -> Non
     assert "chats.0.title" in response.text
     titles = [chat.title for chat in chats.list_chats(state_of(admin).db, user_id(admin))]
     assert titles == ["Existing"]
+
+
+def _archive_json(**chat: Any) -> str:
+    first = {"title": "Imported", "messages": [{"role": "user", "content": "hi"}], **chat}
+    return json.dumps({"format": "llmcloud-chats", "version": 1, "chats": [first]})
+
+
+def _message_json(**message: Any) -> str:
+    return _archive_json(messages=[{"role": "user", "content": "hi", **message}])
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            '{"format": "llmcloud-chats", "version": 1, "chats": [], "x": ' + "9" * 5000 + "}",
+            "import file has a number of more than 4300 digits",
+        ),
+        (
+            _message_json(prompt_tokens=10**20),
+            "chats.0.messages.0.prompt_tokens: Input should be less than or equal to 2147483647",
+        ),
+        (
+            _archive_json(created_at="0001-01-01T00:00:00+14:00"),
+            "chats.0.created_at: Time is out of range once converted to UTC",
+        ),
+        (
+            _archive_json(updated_at="9999-12-31T23:59:59-14:00"),
+            "chats.0.updated_at: Time is out of range once converted to UTC",
+        ),
+        (
+            _message_json(created_at="0001-01-01T00:00:00+01:00"),
+            "chats.0.messages.0.created_at: Time is out of range",
+        ),
+        (b"\xff\xfe{}", "import file is not UTF-8 text: byte 0xff at offset 0"),
+        (b"\xff\xfe{}", "an export from llmcloud is UTF-8 JSON"),
+        (
+            json.dumps({"format": "llmcloud-chats", "version": "1", "chats": []}),
+            'version: Expected the number 1, not the string "1"',
+        ),
+        (
+            json.dumps({"format": "llmcloud-chats", "version": True, "chats": []}),
+            "version: Expected the number 1, not the boolean true",
+        ),
+        (_archive_json(title="a\x00b"), "chats.0.title: Title contains the control character"),
+        (_archive_json(system_prompt="a\x00"), "chats.0.system_prompt: Text contains a NUL"),
+        (_message_json(content="a\x00"), "chats.0.messages.0.content: Text contains a NUL"),
+    ],
+)
+def test_import_rejects_unstorable_file(
+    admin: TestClient, content: str | bytes, expected: str
+) -> None:
+    add_chat(admin, "Existing")
+    data = content.encode() if isinstance(content, str) else content
+    files = {"file": ("bad.json", data, "application/json")}
+    response = admin.post("/chats/import", files=files, data={"csrf_token": csrf_token(admin)})
+    assert response.status_code == 422
+    assert expected in html.unescape(response.text)
+    titles = [chat.title for chat in chats.list_chats(state_of(admin).db, user_id(admin))]
+    assert titles == ["Existing"]
+
+
+@pytest.mark.parametrize(
+    ("count", "notice"),
+    [(0, "The file contains no chats, so nothing was imported."), (3, "Imported 3 chats.")],
+)
+def test_import_says_how_many_chats(admin: TestClient, count: int, notice: str) -> None:
+    archive = {
+        "format": "llmcloud-chats",
+        "version": 1,
+        "chats": [{"title": f"Chat {index}"} for index in range(count)],
+    }
+    files = {"file": ("chats.json", json.dumps(archive).encode(), "application/json")}
+    response = admin.post("/chats/import", files=files, data={"csrf_token": csrf_token(admin)})
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/chats?imported={count}"
+    assert notice in admin.get(response.headers["location"]).text
+    assert notice not in admin.get("/chats").text
+
+
+def test_chat_list_rejects_forged_import_count(admin: TestClient) -> None:
+    response = admin.get("/chats", params={"imported": "99999999999999999999"})
+    assert response.status_code == 422
+    assert "imported" in response.text
 
 
 def test_import_rejects_oversized_file(make_client: Callable[..., TestClient]) -> None:

@@ -14,6 +14,8 @@ from starlette.websockets import WebSocketDisconnect
 from llmcloud.auth.accounts import deactivate, find_account
 from llmcloud.db import chats
 from llmcloud.db.models import MessageStatus
+from llmcloud.web.chat_stream import storable_count
+from llmcloud.web.chat_ws import shorten_title
 from llmcloud.web.deps import WebState
 from tests.gateway.fake_backend import FakeBackend
 from tests.web.conftest import FAKE_MODEL, ORIGIN, csrf_token, new_chat, sign_up
@@ -205,12 +207,16 @@ def test_deactivated_account_gets_error_on_send(
     sign_up(bob, "bob")
     chat_id = new_chat(bob)
     with connect(bob, chat_id) as socket:
+        # An answer to a message shows that the socket has checked its session.
+        socket.send_text("{}")
+        socket.receive_json()
         deactivate(state.db, find_account(state.db, "bob").id)  # type: ignore[union-attr]
         send_prompt(socket, "Hello")
         error = socket.receive_json()
-        with pytest.raises(WebSocketDisconnect):
+        with pytest.raises(WebSocketDisconnect) as closed:
             socket.receive_json()
-    assert "log in again" in error["message"]
+    assert error["message"] == "account 'bob' is deactivated; ask an admin to reactivate it"
+    assert closed.value.code == 4403
 
 
 def test_stop_saves_partial_answer(admin: TestClient, fake_backend: FakeBackend) -> None:
@@ -410,3 +416,34 @@ def test_chat_deleted_during_answer_keeps_socket_usable(
         send_prompt(socket, "Hello again")
         error = receive_until(socket, "error")[-1]
     assert error["message"] == f"chat {chat_id!r} not found"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "title"),
+    [
+        ("\x1b[31mred text\x1b[0m\nmore", "[31mred text[0m"),
+        ("\x1b\x07", chats.DEFAULT_TITLE),
+        ("  two   words  ", "two words"),
+        ("x" * 100, "x" * 59 + "…"),
+    ],
+)
+def test_title_leaves_out_control_characters(prompt: str, title: str) -> None:
+    assert shorten_title(prompt) == title
+
+
+def test_prompt_with_control_characters_names_chat_and_is_answered(admin: TestClient) -> None:
+    chat_id = new_chat(admin)
+    with connect(admin, chat_id) as socket:
+        send_prompt(socket, "\x1b[1mbold\x1b[0m")
+        received = receive_until(socket, "done", "error")
+    assert {"type": "title", "title": "[1mbold[0m"} in received
+    assert received[-1]["type"] == "done"
+
+
+@pytest.mark.parametrize(
+    ("count", "stored"), [(None, None), (0, 0), (2**31 - 1, 2**31 - 1), (2**31, None), (-1, None)]
+)
+def test_backend_token_counts_beyond_the_column_are_not_stored(
+    count: int | None, stored: int | None
+) -> None:
+    assert storable_count(count) == stored

@@ -50,6 +50,7 @@ from llmcloud.web import (
     oauth_pages,
     proxy_pac,
 )
+from llmcloud.web.answer_claims import answer_claims_for
 from llmcloud.web.deps import WebState
 from llmcloud.web.errors import UnexpectedErrorMiddleware, add_error_handlers
 from llmcloud.web.live import live_feed_for
@@ -126,6 +127,7 @@ def create_app(
                 stack.push_async_callback(state.gateway.close)
             stack.push_async_callback(app.state.live.close)
             stack.push_async_callback(app.state.rate_limiter.close)
+            stack.push_async_callback(app.state.answer_claims.close)
             log.info("web app started (llmcloud %s)", __version__)
             yield
         log.info("web app stopped")
@@ -143,6 +145,7 @@ def create_app(
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     app.state.live = live_feed_for(redis_url)
     app.state.rate_limiter = rate_limiter_for(settings.web_chat_rate_limit, redis_url)
+    app.state.answer_claims = answer_claims_for(redis_url)
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes(settings))

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request, UploadFile
+from fastapi import APIRouter, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from llmcloud.db import chats
-from llmcloud.db.chat_export import export_chat, export_chats, import_chats
+from llmcloud.db.chat_export import MAX_IMPORT_CHATS, export_chat, export_chats, import_chats
 from llmcloud.db.errors import InvalidInput
 from llmcloud.db.models import Message, MessageRole
 from llmcloud.web.deps import CsrfChecked, CurrentUser, State
-from llmcloud.web.markdown import render_markdown
+from llmcloud.web.markdown import render_answers
 from llmcloud.web.templating import render
 
 log = logging.getLogger("llmcloud.web")
@@ -44,8 +45,16 @@ class MessageView:
     model: str | None
 
 
-def message_view(message: Message) -> MessageView:
-    html = render_markdown(message.content) if message.role == MessageRole.ASSISTANT else None
+async def message_views(messages: Sequence[Message]) -> list[MessageView]:
+    answers = [message.content for message in messages if message.role == MessageRole.ASSISTANT]
+    rendered = iter(await render_answers(answers))
+    return [
+        message_view(message, next(rendered) if message.role == MessageRole.ASSISTANT else None)
+        for message in messages
+    ]
+
+
+def message_view(message: Message, html: str | None) -> MessageView:
     return MessageView(
         id=message.id,
         role=message.role.value,
@@ -59,17 +68,22 @@ def message_view(message: Message) -> MessageView:
 
 @router.get("/chats", response_class=HTMLResponse)
 def chat_list(
-    request: Request, state: State, active: CurrentUser, q: str = "", offset: int = 0
+    request: Request,
+    state: State,
+    active: CurrentUser,
+    q: str = "",
+    offset: int = 0,
+    imported: Annotated[int | None, Query(ge=0, le=MAX_IMPORT_CHATS)] = None,
 ) -> Response:
-    found = chats.list_chats(
-        state.db, active.user.id, search=q, limit=PAGE_SIZE + 1, offset=max(offset, 0)
-    )
+    """Show a page of the account's chats; `imported` is the count an import redirects with."""
+    found = chats.list_chats(state.db, active.user.id, search=q, limit=PAGE_SIZE + 1, offset=offset)
     context = {
         "chats": found[:PAGE_SIZE],
         "query": q,
-        "offset": max(offset, 0),
+        "offset": offset,
         "next_offset": offset + PAGE_SIZE if len(found) > PAGE_SIZE else None,
         "page_size": PAGE_SIZE,
+        "imported": imported,
     }
     return render(request, "chats.html", context)
 
@@ -101,35 +115,63 @@ async def import_file(
     log.info("account %s imported %s chats", active.user.id, len(created))
     if len(created) == 1:
         return RedirectResponse(f"/chats/{created[0].id}", 303)
-    return RedirectResponse("/chats", 303)
+    return RedirectResponse(f"/chats?imported={len(created)}", 303)
 
 
 @router.get("/chats/{chat_id}", response_class=HTMLResponse)
 async def chat_page(request: Request, state: State, active: CurrentUser, chat_id: str) -> Response:
+    return await _render_chat_page(request, state, active, chat_id)
+
+
+async def _render_chat_page(
+    request: Request,
+    state: State,
+    active: CurrentUser,
+    chat_id: str,
+    form: dict[str, str] | None = None,
+) -> Response:
+    """Render a chat; `form` holds a rejected settings form's typed value and error (HTTP 422)."""
     chat = await run_in_threadpool(chats.get_chat, state.db, active.user.id, chat_id)
     messages = await run_in_threadpool(chats.list_messages, state.db, active.user.id, chat_id)
     models = [model.name for model in await state.models.models()]
     context = {
         "chat": chat,
-        "messages": [message_view(message) for message in messages],
+        "messages": await message_views(messages),
         "models": models,
         "selected_model": pick_model(models, chat.model, state.settings.web_default_model),
         "max_prompt_length": state.settings.web_max_prompt_length,
+        **(form or {}),
     }
-    return render(request, "chat.html", context)
+    return render(request, "chat.html", context, status_code=422 if form else 200)
 
 
 @router.post("/chats/{chat_id}/rename", dependencies=[CsrfChecked])
-def rename(state: State, active: CurrentUser, chat_id: str, title: str = Form("")) -> Response:
-    chats.rename_chat(state.db, active.user.id, chat_id, title)
+async def rename(
+    request: Request, state: State, active: CurrentUser, chat_id: str, title: str = Form("")
+) -> Response:
+    try:
+        await run_in_threadpool(chats.rename_chat, state.db, active.user.id, chat_id, title)
+    except InvalidInput as exc:
+        form = {"title_value": title, "title_error": exc.message}
+        return await _render_chat_page(request, state, active, chat_id, form)
     return RedirectResponse(f"/chats/{chat_id}", 303)
 
 
 @router.post("/chats/{chat_id}/system-prompt", dependencies=[CsrfChecked])
-def system_prompt(
-    state: State, active: CurrentUser, chat_id: str, system_prompt: str = Form("")
+async def system_prompt(
+    request: Request,
+    state: State,
+    active: CurrentUser,
+    chat_id: str,
+    system_prompt: str = Form(""),
 ) -> Response:
-    chats.set_system_prompt(state.db, active.user.id, chat_id, system_prompt)
+    try:
+        await run_in_threadpool(
+            chats.set_system_prompt, state.db, active.user.id, chat_id, system_prompt
+        )
+    except InvalidInput as exc:
+        form = {"system_prompt_value": system_prompt, "system_prompt_error": exc.message}
+        return await _render_chat_page(request, state, active, chat_id, form)
     return RedirectResponse(f"/chats/{chat_id}", 303)
 
 

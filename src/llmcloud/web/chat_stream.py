@@ -32,7 +32,7 @@ from llmcloud.gateway import (
     Started,
     Token,
 )
-from llmcloud.web.markdown import render_markdown
+from llmcloud.web.markdown import render_answer
 
 log = logging.getLogger("llmcloud.web")
 
@@ -141,15 +141,15 @@ class AnswerStream:
         saved = self._save(
             MessageStatus.COMPLETE,
             None,
-            prompt_tokens=event.prompt_tokens,
-            completion_tokens=event.completion_tokens,
+            prompt_tokens=storable_count(event.prompt_tokens),
+            completion_tokens=storable_count(event.completion_tokens),
         )
         await self._send(
             {
                 "type": "done",
                 "status": MessageStatus.COMPLETE.value,
                 "message_id": saved.id if saved else None,
-                "html": render_markdown(self.answer.text),
+                "html": await render_answer(self.answer.text),
                 "done_reason": event.done_reason,
                 "prompt_tokens": event.prompt_tokens,
                 "completion_tokens": event.completion_tokens,
@@ -166,7 +166,7 @@ class AnswerStream:
                 "message": event.message,
                 "partial": bool(self.answer.parts),
                 "message_id": saved.id if saved else None,
-                "html": render_markdown(self.answer.text),
+                "html": await render_answer(self.answer.text),
             }
         )
 
@@ -219,12 +219,19 @@ class AnswerStream:
         return self.answer.saved
 
 
-def stopped_message(answer: Answer) -> dict[str, Any]:
+def storable_count(count: int | None) -> int | None:
+    """Return a backend's token count, or None for one that the database cannot hold."""
+    if count is None or 0 <= count <= chats.MAX_TOKEN_COUNT:
+        return count
+    return None
+
+
+async def stopped_message(answer: Answer) -> dict[str, Any]:
     """Return the `done` message that describes what was kept of a stopped answer."""
     saved = answer.saved
     return {
         "type": "done",
         "status": MessageStatus.INTERRUPTED.value,
         "message_id": saved.id if saved else None,
-        "html": render_markdown(answer.text),
+        "html": await render_answer(answer.text),
     }

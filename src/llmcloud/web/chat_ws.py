@@ -11,6 +11,7 @@ both sides exchange JSON text messages. From the browser:
 
 From the server, while an answer is generated:
 
+    {"type": "accepted", "message_id": 7}      the prompt is saved (no id for regenerate)
     {"type": "queued", "position": 2}          waiting for a free backend
     {"type": "started"}
     {"type": "token", "text": "..."}           one per token, sent as it arrives
@@ -21,30 +22,41 @@ From the server, while an answer is generated:
 `html` is the whole answer rendered as sanitised Markdown, which replaces
 the streamed text. A malformed message, or a model that no backend lists,
 gets an `error` before anything is saved, and the socket stays open. The
-session is checked again with every prompt, so a logged-out or deactivated
-account gets an error and the socket closes with code 4401 (4403 for a
+session is checked again with every prompt, so a logged-out account gets
+an error and the socket closes with code 4401 (4403 for a deactivated or
 pending account, 4404 for a chat that is not the account's).
+
+A chat answers one prompt at a time, whichever socket sent it: another tab
+that sends a prompt or regenerates meanwhile gets an error (answer_claims.py).
+While an answer runs, the session and the chat are checked every
+`ACCESS_CHECK_SECONDS`: when the account logs out, is deactivated or
+deleted, or the chat is deleted, the answer stops, the socket gets an error
+and closes with the codes above.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import unicodedata
 from typing import Any, Literal
 
 from fastapi import APIRouter, WebSocket
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
-from llmcloud.auth.errors import CsrfFailed, ServiceError
+from llmcloud.auth import accounts
+from llmcloud.auth.errors import CsrfFailed, ServiceError, SessionExpired
 from llmcloud.db import chats
 from llmcloud.db.models import MessageRole
 from llmcloud.gateway import GatewayStatus, UnknownModel
 from llmcloud.text import json_type_name, may_have_surrogate, number_too_long, surrogate_problem
+from llmcloud.web.answer_claims import AnswerClaims, Claim
 from llmcloud.web.chat_stream import DISCONNECTED, AnswerStream, stopped_message
 from llmcloud.web.deps import WebState, current_session, web_state
-from llmcloud.web.live import Publisher
+from llmcloud.web.live import TERMINAL_TYPES, Publisher
 from llmcloud.web.security import check_same_origin
 
 log = logging.getLogger("llmcloud.web")
@@ -53,6 +65,14 @@ router = APIRouter()
 
 TITLE_LENGTH = 60
 POLICY_VIOLATION = 1008
+ACCESS_CHECK_SECONDS = 10.0
+
+# Why an answer stopped, saved with it, by the status of the failed access check.
+ACCESS_LOST = {
+    401: "the session ended during the answer",
+    403: "the account was deactivated during the answer",
+    404: "the chat was deleted during the answer",
+}
 
 
 class SendPrompt(BaseModel):
@@ -102,6 +122,8 @@ class ChatConversation:
         self.stream: AnswerStream | None = None
         self.publisher: Publisher | None = None
         self.task: asyncio.Task[None] | None = None
+        self.guard: asyncio.Task[None] | None = None
+        self.claims: AnswerClaims = websocket.app.state.answer_claims
 
     async def authorize(self) -> bool:
         """Check the session and that the chat is the account's; else send the reason and close."""
@@ -125,6 +147,8 @@ class ChatConversation:
         except WebSocketDisconnect:
             pass
         finally:
+            if self.guard is not None:
+                self.guard.cancel()
             await self._cancel(DISCONNECTED)
 
     async def send(self, payload: dict[str, Any]) -> None:
@@ -174,16 +198,27 @@ class ChatConversation:
         await self.websocket.app.state.rate_limiter.hit(f"chat:{self.user_id}")
 
         chat = await asyncio.to_thread(chats.get_chat, self.state.db, self.user_id, self.chat_id)
-        await asyncio.to_thread(
-            chats.add_message, self.state.db, self.user_id, self.chat_id, MessageRole.USER, content
-        )
-        if chat.model != model:
-            await asyncio.to_thread(
-                chats.set_chat_model, self.state.db, self.user_id, self.chat_id, model
+        claim = await self.claims.claim(self.chat_id)
+        try:
+            saved = await asyncio.to_thread(
+                chats.add_message,
+                self.state.db,
+                self.user_id,
+                self.chat_id,
+                MessageRole.USER,
+                content,
             )
-        if chat.title == chats.DEFAULT_TITLE:
-            await self._name_chat(content)
-        self._start(model)
+            await self.send({"type": "accepted", "message_id": saved.id})
+            if chat.model != model:
+                await asyncio.to_thread(
+                    chats.set_chat_model, self.state.db, self.user_id, self.chat_id, model
+                )
+            if chat.title == chats.DEFAULT_TITLE:
+                await self._name_chat(content)
+        except BaseException:
+            await claim.release()
+            raise
+        self._start(model, claim)
 
     async def _regenerate(self, request: Regenerate) -> None:
         self._check_idle()
@@ -196,16 +231,22 @@ class ChatConversation:
         chats.validate_model_name(model)
         check_model_listed(self.state.models.status(), model)
 
-        messages = await asyncio.to_thread(
-            chats.list_messages, self.state.db, self.user_id, self.chat_id
-        )
-        if not messages:
-            raise InvalidClientMessage("the chat has no message to answer yet; send a prompt")
-        if messages[-1].role == MessageRole.ASSISTANT:
-            await asyncio.to_thread(
-                chats.remove_last_answer, self.state.db, self.user_id, self.chat_id
+        claim = await self.claims.claim(self.chat_id)
+        try:
+            messages = await asyncio.to_thread(
+                chats.list_messages, self.state.db, self.user_id, self.chat_id
             )
-        self._start(model)
+            if not messages:
+                raise InvalidClientMessage("the chat has no message to answer yet; send a prompt")
+            if messages[-1].role == MessageRole.ASSISTANT:
+                await asyncio.to_thread(
+                    chats.remove_last_answer, self.state.db, self.user_id, self.chat_id
+                )
+            await self.send({"type": "accepted"})
+        except BaseException:
+            await claim.release()
+            raise
+        self._start(model, claim)
 
     async def _stop(self) -> None:
         """Stop the answer in progress; a stop without one is ignored, as it may cross a `done`."""
@@ -213,11 +254,18 @@ class ChatConversation:
         if self.task is None or self.task.done() or stream is None:
             return
         await self._cancel(stream.cancel_reason)
-        await self.send(stopped_message(stream.answer))
+        await self.send(await stopped_message(stream.answer))
 
-    def _start(self, model: str) -> None:
+    def _start(self, model: str, claim: Claim) -> None:
         # Watchers of /ws/chats/{chat_id}/live receive the same events (web/live.py).
-        self.publisher = Publisher(self.websocket.app.state.live, self.chat_id, self.send)
+        async def send(payload: dict[str, Any]) -> None:
+            # Give the chat back before its answer's last message, so that a prompt sent
+            # in reply to it finds the chat free.
+            if payload["type"] in TERMINAL_TYPES:
+                await claim.release()
+            await self.send(payload)
+
+        self.publisher = Publisher(self.websocket.app.state.live, self.chat_id, send)
         self.stream = AnswerStream(
             self.state.db,
             self.state.models,
@@ -227,7 +275,34 @@ class ChatConversation:
             self.publisher,
             max_tokens=self.state.settings.web_max_answer_tokens,
         )
-        self.task = asyncio.create_task(self.stream.run(), name=f"chat-answer-{self.chat_id}")
+        self.task = asyncio.create_task(
+            self._answer(self.stream, claim), name=f"chat-answer-{self.chat_id}"
+        )
+        self.guard = asyncio.create_task(self._guard(self.task), name=f"chat-guard-{self.chat_id}")
+
+    @staticmethod
+    async def _answer(stream: AnswerStream, claim: Claim) -> None:
+        try:
+            await stream.run()
+        finally:
+            await claim.release()
+
+    async def _guard(self, task: asyncio.Task[None]) -> None:
+        """Stop the answer when the account may no longer see the chat; see the module's doc."""
+        while True:
+            done, _ = await asyncio.wait([task], timeout=ACCESS_CHECK_SECONDS)
+            if done:
+                return
+            try:
+                await asyncio.to_thread(self.check_access)
+            except ServiceError as exc:
+                reason = ACCESS_LOST.get(exc.status_code, exc.message)
+                log.info("chat %s: answer stopped: %s", self.chat_id, reason)
+                await self._cancel(reason)
+                with contextlib.suppress(Exception):
+                    await self._error(exc.message)
+                    await self.websocket.close(code=4000 + exc.status_code)
+                return
 
     async def _cancel(self, reason: str) -> None:
         task, stream = self.task, self.stream
@@ -238,7 +313,7 @@ class ChatConversation:
         task.cancel()
         await asyncio.wait([task])
         if stream is not None and self.publisher is not None:
-            await self.publisher.publish(stopped_message(stream.answer))
+            await self.publisher.publish(await stopped_message(stream.answer))
 
     def _check_idle(self) -> None:
         if self.task is not None and not self.task.done():
@@ -247,8 +322,24 @@ class ChatConversation:
             )
 
     def _check_session(self) -> None:
+        """Check the session again; a session ended by deactivation says so."""
         self.websocket.state.session = None
-        current_session(self.websocket)
+        try:
+            current_session(self.websocket)
+        except SessionExpired:
+            try:
+                account = accounts.get_account(self.state.db, self.user_id)
+            except ServiceError:
+                raise SessionExpired(
+                    "the account was deleted; ask an admin for a new one"
+                ) from None
+            accounts.check_can_log_in(account)
+            raise
+
+    def check_access(self) -> None:
+        """Raise ServiceError unless the session is live and the chat is still the account's."""
+        self._check_session()
+        chats.get_chat(self.state.db, self.user_id, self.chat_id)
 
     async def _name_chat(self, content: str) -> None:
         title = shorten_title(content)
@@ -330,8 +421,13 @@ def check_prompt(content: str, max_length: int) -> str:
 
 
 def shorten_title(content: str) -> str:
-    """Return the first line of a prompt, cut to TITLE_LENGTH characters, as a chat title."""
-    first_line = " ".join(content.strip().splitlines()[0].split())
+    """Return the first line of a prompt, cut to TITLE_LENGTH characters, as a chat title.
+
+    Control characters, which a title may not hold, are left out.
+    """
+    line = content.strip().splitlines()[0]
+    printable = "".join(char for char in line if unicodedata.category(char) != "Cc")
+    first_line = " ".join(printable.split()) or chats.DEFAULT_TITLE
     if len(first_line) <= TITLE_LENGTH:
         return first_line
     return first_line[: TITLE_LENGTH - 1].rstrip() + "…"

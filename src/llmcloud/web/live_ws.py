@@ -4,7 +4,10 @@ A socket here receives the same JSON events as the chat socket that
 generates the answer (see chat_ws.py), on this instance or on another one
 that shares Redis: the current answer from its start, then every later
 answer, until the browser closes it. It checks origin, session and chat
-ownership as the chat socket does. Messages from the browser are ignored.
+ownership as the chat socket does, and checks them again before it forwards
+an event when `ACCESS_CHECK_SECONDS` have passed since the last check: once
+the account logs out or the chat is deleted, the socket gets an error and
+closes, with the chat socket's codes. Messages from the browser are ignored.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 
 from fastapi import APIRouter, WebSocket
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect
 
-from llmcloud.auth.errors import CsrfFailed
+from llmcloud.auth.errors import CsrfFailed, ServiceError
+from llmcloud.web import chat_ws
 from llmcloud.web.chat_ws import POLICY_VIOLATION, ChatConversation
 from llmcloud.web.deps import web_state
 from llmcloud.web.live import LiveFeed
@@ -48,9 +53,10 @@ async def live_socket(websocket: WebSocket, chat_id: str) -> None:
         return
 
     await websocket.accept()
-    if not await ChatConversation(websocket, state, chat_id).authorize():
+    conversation = ChatConversation(websocket, state, chat_id)
+    if not await conversation.authorize():
         return
-    forward = asyncio.create_task(_forward(websocket, live_feed(websocket), chat_id))
+    forward = asyncio.create_task(_forward(conversation, live_feed(websocket), chat_id))
     try:
         await _wait_for_close(websocket)
     finally:
@@ -59,11 +65,20 @@ async def live_socket(websocket: WebSocket, chat_id: str) -> None:
             await forward
 
 
-async def _forward(websocket: WebSocket, feed: LiveFeed, chat_id: str) -> None:
+async def _forward(conversation: ChatConversation, feed: LiveFeed, chat_id: str) -> None:
+    websocket = conversation.websocket
     events = feed.watch(chat_id)
+    checked = time.monotonic()
     try:
         async for event in events:
+            if time.monotonic() - checked >= chat_ws.ACCESS_CHECK_SECONDS:
+                await asyncio.to_thread(conversation.check_access)
+                checked = time.monotonic()
             await websocket.send_text(json.dumps(event, ensure_ascii=False))
+    except ServiceError as exc:
+        log.info("chat %s: live watcher closed: %s", chat_id, exc.message)
+        await conversation.send({"type": "error", "message": exc.message, "partial": False})
+        await websocket.close(code=4000 + exc.status_code)
     except (WebSocketDisconnect, RuntimeError) as exc:
         log.info("chat %s: live watcher left: %s", chat_id, exc)
     except (RedisError, OSError) as exc:

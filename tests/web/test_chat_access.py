@@ -1,0 +1,153 @@
+"""One answer per chat across sockets, and sockets that lose access to their chat."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+from starlette.testclient import WebSocketTestSession
+from starlette.websockets import WebSocketDisconnect
+
+from llmcloud.auth.accounts import deactivate, find_account
+from llmcloud.db.models import MessageStatus
+from llmcloud.web import chat_ws
+from tests.gateway.fake_backend import FakeBackend
+from tests.web.conftest import ORIGIN, csrf_token, log_in, new_chat, sign_up
+from tests.web.test_chat_ws import (
+    connect,
+    open_signups,
+    receive_until,
+    saved_messages,
+    send_prompt,
+    state_of,
+)
+
+
+@pytest.fixture
+def quick_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chat_ws, "ACCESS_CHECK_SECONDS", 0.1)
+
+
+def closed_code(socket: WebSocketTestSession) -> int:
+    """Read from the socket until it closes, and return the close code."""
+    while True:
+        try:
+            socket.receive_json()
+        except WebSocketDisconnect as closed:
+            return closed.code
+
+
+def test_second_tab_cannot_answer_while_the_first_does(
+    admin: TestClient, fake_backend: FakeBackend
+) -> None:
+    fake_backend.stall_after = 1
+    chat_id = new_chat(admin)
+    with connect(admin, chat_id) as first, connect(admin, chat_id) as second:
+        send_prompt(first, "Hello")
+        receive_until(first, "token")
+        send_prompt(second, "Again")
+        sent = receive_until(second, "error")[-1]
+        second.send_text('{"type": "regenerate"}')
+        regenerated = receive_until(second, "error")[-1]
+        first.send_text('{"type": "stop"}')
+        receive_until(first, "done")
+        fake_backend.stall_after = None
+        send_prompt(second, "Later")
+        assert receive_until(second, "done", "error")[-1]["type"] == "done"
+    for error in (sent, regenerated):
+        assert "already answering a prompt, sent from another tab" in error["message"]
+    contents = [message.content for message in saved_messages(admin, chat_id)]
+    assert contents == ["Hello", "Hello", "Later", "Hello, world!"]
+
+
+def test_log_out_stops_the_answer_and_closes_the_socket(
+    admin: TestClient, fake_backend: FakeBackend, quick_checks: None
+) -> None:
+    fake_backend.stall_after = 1
+    chat_id = new_chat(admin)
+    with connect(admin, chat_id) as socket:
+        send_prompt(socket, "Hello")
+        receive_until(socket, "token")
+        admin.post("/logout", data={"csrf_token": csrf_token(admin)})
+        error = receive_until(socket, "error")[-1]
+        code = closed_code(socket)
+    assert "log in again" in error["message"]
+    assert code == 4401
+    answer = saved_messages(admin, chat_id)[-1]
+    assert answer.status == MessageStatus.INTERRUPTED
+    assert answer.error == "the session ended during the answer"
+
+
+def test_deactivation_stops_the_answer(
+    admin: TestClient,
+    make_client: Callable[..., TestClient],
+    fake_backend: FakeBackend,
+    quick_checks: None,
+) -> None:
+    fake_backend.stall_after = 1
+    state = state_of(admin)
+    open_signups(admin)
+    bob = make_client()
+    sign_up(bob, "bob")
+    chat_id = new_chat(bob)
+    with connect(bob, chat_id) as socket:
+        send_prompt(socket, "Hello")
+        receive_until(socket, "token")
+        deactivate(state.db, find_account(state.db, "bob").id)  # type: ignore[union-attr]
+        error = receive_until(socket, "error")[-1]
+        code = closed_code(socket)
+    assert error["message"] == "account 'bob' is deactivated; ask an admin to reactivate it"
+    assert code == 4403
+
+
+def test_deleting_the_chat_stops_its_answer(
+    admin: TestClient, fake_backend: FakeBackend, quick_checks: None
+) -> None:
+    fake_backend.tokens = [f"word{index} " for index in range(400)]
+    fake_backend.token_interval = 0.05
+    chat_id = new_chat(admin)
+    with connect(admin, chat_id) as socket:
+        send_prompt(socket, "Talk")
+        receive_until(socket, "token")
+        admin.post(f"/chats/{chat_id}/delete", data={"csrf_token": csrf_token(admin)})
+        error = receive_until(socket, "error")[-1]
+        code = closed_code(socket)
+    assert error["message"] == f"chat {chat_id!r} not found"
+    assert code == 4404
+
+
+def test_live_watcher_is_closed_after_log_out(
+    admin: TestClient, make_client: Callable[..., TestClient], quick_checks: None
+) -> None:
+    chat_id = new_chat(admin)
+    other = make_client()
+    log_in(other, "admin")
+    path = f"/ws/chats/{chat_id}/live"
+    with admin.websocket_connect(path, headers={"Origin": ORIGIN}) as watcher:
+        admin.post("/logout", data={"csrf_token": csrf_token(admin)})
+        time.sleep(0.2)
+        with connect(other, chat_id) as socket:
+            send_prompt(socket, "Hello")
+            receive_until(socket, "done")
+        events = [watcher.receive_json()]
+        while events[-1]["type"] != "error":
+            events.append(watcher.receive_json())
+        code = closed_code(watcher)
+    assert "log in again" in events[-1]["message"]
+    assert code == 4401
+    assert not any(event.get("type") == "done" for event in events)
+
+
+def test_checks_do_not_end_a_live_session(
+    admin: TestClient, fake_backend: FakeBackend, quick_checks: None
+) -> None:
+    fake_backend.tokens = [f"word{index} " for index in range(10)]
+    fake_backend.token_interval = 0.05
+    chat_id = new_chat(admin)
+    with connect(admin, chat_id) as socket:
+        send_prompt(socket, "Talk")
+        done = receive_until(socket, "done", "error")[-1]
+    assert done["type"] == "done"
+    assert done["status"] == "complete"
