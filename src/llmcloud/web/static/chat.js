@@ -2,6 +2,11 @@
 //
 // Streamed tokens are added as text nodes, never as HTML. When the answer ends, the
 // server sends it rendered as sanitised Markdown, which replaces the streamed text.
+//
+// A prompt stays a draft until the server says `accepted`, which it sends once the prompt
+// is saved, and a prompt rejected before that goes back into the prompt box. The draft is also
+// kept per chat in sessionStorage, which lasts through a reload or a log-in round trip in
+// the same tab. Regenerate likewise keeps the old answer in view until the server accepts.
 "use strict";
 
 (() => {
@@ -19,11 +24,20 @@
   const regenerateButton = document.getElementById("regenerate");
   const status = document.getElementById("chat-status");
   const title = document.getElementById("chat-title");
+  const titleField = document.getElementById("title");
+  const loginNotice = document.getElementById("chat-login");
+  const draftKey = `llmcloud.draft.${chatId}`;
+  // The close code of chat_ws.py for a session that ended: 4000 + HTTP 401.
+  const LOGIN_AGAIN = 4401;
 
   let socket = null;
   let pending = [];
   let current = null; // the answer being streamed: {article, content, tokens}
   let generating = false;
+  let closedByServer = false; // set by a 44xx close: session ended, account pending, chat gone
+  // The send or regenerate that the server has not confirmed yet:
+  // {kind: "send", draft, userArticle} or {kind: "regenerate", oldAnswer}.
+  let unconfirmed = null;
 
   function connect() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
@@ -35,11 +49,20 @@
     socket.addEventListener("message", (event) => handle(JSON.parse(event.data)));
     socket.addEventListener("close", (event) => {
       socket = null;
-      if (generating) finishWithError("the connection closed during the answer; reload the page");
-      if (event.code >= 4400 && event.code < 4500) {
-        setBusy(false);
-        sendButton.disabled = true;
+      pending = [];
+      if (unconfirmed) {
+        rejectRequest(
+          "the connection closed before the server confirmed it; " +
+            "reload the page to see whether it was saved",
+        );
+      } else if (generating) {
+        finishWithError("the connection closed during the answer; reload the page");
       }
+      if (event.code >= 4400 && event.code < 4500) {
+        closedByServer = true;
+        setBusy(false);
+      }
+      if (event.code === LOGIN_AGAIN) loginNotice.hidden = false;
     });
   }
 
@@ -54,6 +77,7 @@
   }
 
   function handle(message) {
+    if (unconfirmed && message.type === "accepted") confirmRequest();
     switch (message.type) {
       case "queued":
         status.textContent = `Waiting for a free model server: number ${message.position} in the queue.`;
@@ -68,14 +92,75 @@
         finish(message);
         break;
       case "title":
-        title.textContent = message.title;
-        document.title = `${message.title} · llmcloud`;
+        showTitle(message.title);
         break;
       case "error":
-        if (generating) finishWithError(message.message, message);
+        if (unconfirmed) rejectRequest(message.message);
+        else if (generating) finishWithError(message.message, message);
         else showStatusError(message.message);
         break;
     }
+  }
+
+  function confirmRequest() {
+    const request = unconfirmed;
+    unconfirmed = null;
+    if (request.kind === "send") {
+      request.userArticle.classList.remove("unconfirmed");
+      storeDraft(prompt.value);
+    } else if (request.oldAnswer) {
+      request.oldAnswer.remove();
+    }
+    startAnswer();
+  }
+
+  function rejectRequest(text) {
+    const request = unconfirmed;
+    unconfirmed = null;
+    if (request.kind === "send") {
+      request.userArticle.remove();
+      // Text typed while the prompt was on its way stays after the returned draft.
+      prompt.value = prompt.value ? `${request.draft}\n\n${prompt.value}` : request.draft;
+      storeDraft(prompt.value);
+    }
+    setBusy(false);
+    showStatusError(`${request.kind === "send" ? "Not sent" : "Not regenerated"}: ${text}`);
+  }
+
+  function showTitle(text) {
+    title.textContent = text;
+    document.title = `${text} · llmcloud`;
+    // An input shows its default value until the user edits it, so an edit in progress stays.
+    titleField.defaultValue = text;
+  }
+
+  function storeDraft(text) {
+    try {
+      if (text) sessionStorage.setItem(draftKey, text);
+      else sessionStorage.removeItem(draftKey);
+    } catch {
+      // Storage may be disabled or full; the draft then lives only in the prompt box.
+    }
+  }
+
+  function storedDraft() {
+    try {
+      return sessionStorage.getItem(draftKey) || "";
+    } catch {
+      return "";
+    }
+  }
+
+  function restoreDraft() {
+    const draft = storedDraft();
+    if (!draft) return;
+    // The server may have saved a prompt whose confirmation never arrived: drop that draft.
+    const prompts = messages.querySelectorAll(".message.user .content");
+    if (prompts.length && prompts[prompts.length - 1].textContent === draft) {
+      storeDraft("");
+      return;
+    }
+    if (!prompt.value) prompt.value = draft;
   }
 
   function addMessage(role, text) {
@@ -96,8 +181,6 @@
   function startAnswer() {
     current = addMessage("assistant", "");
     current.article.setAttribute("aria-busy", "true");
-    setBusy(true);
-    status.textContent = "Sending…";
   }
 
   function appendToken(text) {
@@ -156,8 +239,8 @@
 
   function setBusy(busy) {
     generating = busy;
-    sendButton.disabled = busy || !model.value;
-    regenerateButton.disabled = busy || messages.children.length === 0;
+    sendButton.disabled = busy || closedByServer || !model.value;
+    regenerateButton.disabled = busy || closedByServer || messages.children.length === 0;
     stopButton.disabled = !busy;
   }
 
@@ -173,9 +256,13 @@
       showStatusError(`prompt has ${content.length} characters; expected at most ${maxPrompt}`);
       return;
     }
-    addMessage("user", content);
+    const userArticle = addMessage("user", content).article;
+    userArticle.classList.add("unconfirmed");
     prompt.value = "";
-    startAnswer();
+    unconfirmed = { kind: "send", draft: content, userArticle };
+    storeDraft(content);
+    setBusy(true);
+    status.textContent = "Sending…";
     send({ type: "send", content, model: model.value });
   });
 
@@ -186,16 +273,25 @@
     }
   });
 
+  prompt.addEventListener("input", () => {
+    // While a prompt waits for its confirmation, the stored draft keeps it too.
+    const draft = unconfirmed && unconfirmed.kind === "send" ? unconfirmed.draft : "";
+    storeDraft([draft, prompt.value].filter(Boolean).join("\n\n"));
+  });
+
   stopButton.addEventListener("click", () => send({ type: "stop" }));
 
   regenerateButton.addEventListener("click", () => {
     if (generating) return;
     const last = messages.lastElementChild;
-    if (last && last.dataset.role === "assistant") last.remove();
-    startAnswer();
+    const oldAnswer = last && last.dataset.role === "assistant" ? last : null;
+    unconfirmed = { kind: "regenerate", oldAnswer };
+    setBusy(true);
+    status.textContent = "Sending…";
     send({ type: "regenerate", model: model.value });
   });
 
+  restoreDraft();
   connect();
   messages.lastElementChild?.scrollIntoView({ block: "end" });
 })();
