@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import hypothesis
 import pytest
 import uvicorn
 
@@ -16,6 +17,11 @@ from llmcloud.listen import bind_socket
 from llmcloud.settings import Settings
 
 BUNDLED_MODEL = "smollm2:135m"
+
+# A loaded machine can take longer than Hypothesis's default 200 ms for one example,
+# which would fail a property test that holds.
+hypothesis.settings.register_profile("llmcloud", deadline=None)
+hypothesis.settings.load_profile("llmcloud")
 
 
 def engine_settings(data_dir: Path, **overrides: object) -> Settings:

@@ -9,12 +9,11 @@ answers with markup that would run script if it reached the page as HTML.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from llmcloud.auth.accounts import approve, find_account
 from llmcloud.db import open_database
@@ -22,19 +21,8 @@ from llmcloud.db.database import default_database_url
 from llmcloud.web import create_app
 from tests.conftest import BUNDLED_MODEL, RunningServer
 from tests.gateway.fake_backend import FakeBackend
-from tests.web.conftest import CHEAP_HASHER, FAKE_MODEL, PASSWORD, web_settings
+from tests.web.conftest import CHEAP_HASHER, FAKE_MODEL, PASSWORD, needs_chromium, web_settings
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 HOSTILE_TOKENS = [
     "Look: <script>window.pwned = 'script'</script> ",
     "<img src=x onerror=\"window.pwned = 'img'\"> ",
@@ -47,10 +35,7 @@ MAX_ANSWER_TOKENS = 48
 
 pytestmark = [
     pytest.mark.model,
-    pytest.mark.skipif(
-        shutil.which(CHROMIUM) is None,
-        reason=f"{CHROMIUM} is missing; scripts/install-test-packages installs Debian's chromium",
-    ),
+    needs_chromium,
 ]
 
 
@@ -84,14 +69,6 @@ def web_url(engine_url: str, hostile_backend: FakeBackend, data_dir: Path) -> It
     server = RunningServer(create_app(settings, hasher=CHEAP_HASHER)).start()
     yield server.url
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,12 @@ which answers "Hello, world!".
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from llmcloud.auth.accounts import find_account
 from llmcloud.db import chats
@@ -23,17 +22,13 @@ from llmcloud.db.models import MessageRole
 from llmcloud.web import create_app
 from tests.conftest import RunningServer
 from tests.gateway.fake_backend import FakeBackend
-from tests.web.conftest import CHEAP_HASHER, FAKE_MODEL, PASSWORD, web_settings
-from tests.web.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.web.conftest import CHEAP_HASHER, FAKE_MODEL, PASSWORD, needs_chromium, web_settings
 
 ANSWER = "Hello, world!"
 UNKNOWN_MODEL = "no-such-model"
 PHONE = {"width": 375, "height": 667}
 
-pytestmark = pytest.mark.skipif(
-    shutil.which(CHROMIUM) is None,
-    reason=f"{CHROMIUM} is missing; scripts/install-test-packages installs Debian's chromium",
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +54,6 @@ def web_url(app: Any, browser: Browser) -> Iterator[str]:
     context.close()
     yield server.url
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def log_in(page: Page) -> None:

@@ -274,9 +274,12 @@ def test_regenerate_replaces_last_answer(admin: TestClient, fake_backend: FakeBa
     assert [message.content for message in saved] == ["Hello", "Bonjour"]
 
 
-def test_regenerate_empty_chat_gets_error(admin: TestClient) -> None:
+@pytest.mark.parametrize(
+    "request_text", ['{"type": "regenerate", "model": "fake-model"}', '{"type": "regenerate"}']
+)
+def test_regenerate_empty_chat_gets_error(admin: TestClient, request_text: str) -> None:
     with connect(admin, new_chat(admin)) as socket:
-        socket.send_text('{"type": "regenerate", "model": "fake-model"}')
+        socket.send_text(request_text)
         assert "no message to answer" in socket.receive_json()["message"]
 
 

@@ -7,25 +7,20 @@ cannot reach the internet.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Route, expect
 
 from llmcloud.auth.provider_config import OidcProvider
 from llmcloud.web import create_app
 from tests.conftest import RunningServer
 from tests.gateway.fake_backend import FakeBackend
 from tests.oidc.server import OidcProviderProcess
-from tests.web.conftest import CHEAP_HASHER, FAKE_MODEL, web_settings
-from tests.web.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.web.conftest import CHEAP_HASHER, FAKE_MODEL, needs_chromium, web_settings
 from tests.web.test_oauth_oidc import ACCOUNTS, CLIENT_ID, CLIENT_SECRET, PROVIDER
 
-pytestmark = pytest.mark.skipif(
-    shutil.which(CHROMIUM) is None,
-    reason=f"{CHROMIUM} is missing; scripts/install-test-packages installs Debian's chromium",
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +59,6 @@ def web_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
     provider.stop()
     backend.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def only_loopback(route: Route) -> None:

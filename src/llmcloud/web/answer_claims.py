@@ -33,7 +33,7 @@ log = logging.getLogger("llmcloud.web")
 CLAIM_TTL_SECONDS = 60
 RENEW_SECONDS = 20
 
-# Delete the key only while it still holds this claim's token.
+# Delete the key only while it still contains this claim's token.
 _RELEASE_SCRIPT = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('del', KEYS[1])
@@ -173,7 +173,7 @@ class RedisClaim:
 
 
 class UnheldClaim:
-    """Stands for a claim that could not be taken because Redis is unreachable."""
+    """A claim not taken because Redis is unreachable; releasing it does nothing."""
 
     async def release(self) -> None:
         return None

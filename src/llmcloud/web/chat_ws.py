@@ -66,6 +66,7 @@ router = APIRouter()
 TITLE_LENGTH = 60
 POLICY_VIOLATION = 1008
 ACCESS_CHECK_SECONDS = 10.0
+NOTHING_TO_ANSWER = "the chat has no message to answer yet; send a prompt"
 
 # Why an answer stopped, saved with it, by the status of the failed access check.
 ACCESS_LOST = {
@@ -227,6 +228,10 @@ class ChatConversation:
         chat = await asyncio.to_thread(chats.get_chat, self.state.db, self.user_id, self.chat_id)
         model = (request.model or "").strip() or chat.model
         if not model:
+            if not await asyncio.to_thread(
+                chats.list_messages, self.state.db, self.user_id, self.chat_id
+            ):
+                raise InvalidClientMessage(NOTHING_TO_ANSWER)
             raise InvalidClientMessage("no model to regenerate with; pick one in the model picker")
         chats.validate_model_name(model)
         check_model_listed(self.state.models.status(), model)
@@ -237,7 +242,7 @@ class ChatConversation:
                 chats.list_messages, self.state.db, self.user_id, self.chat_id
             )
             if not messages:
-                raise InvalidClientMessage("the chat has no message to answer yet; send a prompt")
+                raise InvalidClientMessage(NOTHING_TO_ANSWER)
             if messages[-1].role == MessageRole.ASSISTANT:
                 await asyncio.to_thread(
                     chats.remove_last_answer, self.state.db, self.user_id, self.chat_id
@@ -322,7 +327,7 @@ class ChatConversation:
             )
 
     def _check_session(self) -> None:
-        """Check the session again; a session ended by deactivation says so."""
+        """Check the session again, raising AccountDeactivated when deactivation ended it."""
         self.websocket.state.session = None
         try:
             current_session(self.websocket)

@@ -9,11 +9,12 @@ renderer let one through. Links get rel="noopener noreferrer" and open in a
 new tab. Images become plain links, so an answer cannot make the browser
 fetch a URL, which could carry chat text to another server.
 
-Rendering is pure Python and takes up to about 15 µs per character on
-input built to be slow, such as a long run of `[`. So pages and streams
-render in a worker thread (`render_answers`), at most `RENDER_THREADS` at a
-time, and keep the results in a cache of at most `CACHE_CHARS` characters; text longer
-than `MARKDOWN_MAX_CHARS` shows as plain text instead.
+Rendering is pure Python. On input built to be slow, such as a long run of
+`[`, it took up to about 15 µs per character when measured on a 2-core
+machine. So pages and streams render in a worker thread (`render_answers`),
+at most `RENDER_THREADS` at a time, and keep the results in a cache of at
+most `CACHE_CHARS` characters. Text longer than `MARKDOWN_MAX_CHARS` shows
+as plain text instead.
 """
 
 from __future__ import annotations

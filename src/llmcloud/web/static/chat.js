@@ -3,8 +3,8 @@
 // Streamed tokens are added as text nodes, never as HTML. When the answer ends, the
 // server sends it rendered as sanitised Markdown, which replaces the streamed text.
 //
-// A prompt stays a draft until the server says `accepted`, which it sends once the prompt
-// is saved, and a prompt rejected before that goes back into the prompt box. The draft is also
+// A prompt stays a draft until the server sends `accepted`, once the prompt is saved. A
+// prompt rejected before that goes back into the prompt box. The draft is also
 // kept per chat in sessionStorage, which lasts through a reload or a log-in round trip in
 // the same tab. Regenerate likewise keeps the old answer in view until the server accepts.
 "use strict";
