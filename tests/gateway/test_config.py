@@ -8,7 +8,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from llmcloud.gateway import Backend, Gateway, InvalidBackends, default_backends
-from llmcloud.gateway.config import keep_alive_wire_value
+from llmcloud.gateway.config import hide_userinfo, keep_alive_wire_value
 from llmcloud.settings import ConfigError, Settings, load_settings
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -41,6 +41,10 @@ def test_backend_defaults() -> None:
         ({"base_url": "http://token@host"}, "put the key in api_key"),
         ({"base_url": "http://host:99999"}, "port 99999 is out of range, expected 1 to 65535"),
         ({"base_url": "http://host:0"}, "port 0 is out of range"),
+        ({"base_url": "http://host:+80"}, "port '+80' is not a number"),
+        ({"base_url": "http://host:1_0"}, "port '1_0' is not a number"),
+        ({"base_url": "http://host:\u0661\u0668"}, "is not a number, expected digits 0-9"),
+        ({"base_url": "http://[::1]: 80"}, "port ' 80' is not a number"),
         ({"name": "has space"}, "invalid backend name 'has space'"),
         ({"weight": 0}, "weight"),
         ({"max_parallel": 0}, "max_parallel"),
@@ -57,6 +61,19 @@ def test_backend_rejects_bad_field(fields: dict[str, object], expected: str) -> 
         Backend.model_validate(values)
 
     assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:s3cret@host:1/v1", "http://***@host:1/v1"),
+        ("http:/\\user:s3cret@host", "http:***@host"),
+        ("http://host/?token=s3cret#top", "http://host/?***#top"),
+        ("http://host:11434", "http://host:11434"),
+    ],
+)
+def test_hide_userinfo_hides_secrets(url: str, shown: str) -> None:
+    assert hide_userinfo(url) == shown
 
 
 def test_openai_base_url_may_end_in_v1() -> None:

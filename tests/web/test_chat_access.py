@@ -71,8 +71,12 @@ def test_log_out_stops_the_answer_and_closes_the_socket(
         send_prompt(socket, "Hello")
         receive_until(socket, "token")
         admin.post("/logout", data={"csrf_token": csrf_token(admin)})
-        error = receive_until(socket, "error")[-1]
+        received = receive_until(socket, "error")
         code = closed_code(socket)
+    stopped, error = received[-2:]
+    assert stopped["type"] == "done"
+    assert stopped["status"] == "interrupted"
+    assert stopped["html"] == "<p>Hello</p>\n"
     assert "log in again" in error["message"]
     assert code == 4401
     answer = saved_messages(admin, chat_id)[-1]

@@ -121,6 +121,18 @@ def test_rejected_prompt_kept_until_accepted(browser: Browser, web_url: str) -> 
     expect(page.locator(".message.user .content")).to_have_text([draft])
     expect(prompt).to_have_value("")
 
+    # A reload before `accepted` arrived: the prompt that the server saved is not offered
+    # again, only the text typed after it; one that it did not save comes back whole.
+    for sent, restored in ((draft, "typed later"), ("lost", "lost\n\ntyped later")):
+        page.evaluate(
+            "([key, sent]) => sessionStorage.setItem(key, "
+            "JSON.stringify({sent, typed: 'typed later'}))",
+            [f"llmcloud.draft.{chat_path.rsplit('/', 1)[-1]}", sent],
+        )
+        page.reload()
+        expect(prompt).to_have_value(restored)
+    prompt.fill("")
+
     pick_unknown_model(page)
     page.get_by_role("button", name="Regenerate").click()
     expect(page.get_by_role("status")).to_contain_text("Not regenerated")

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from llmcloud.web import markdown
 from llmcloud.web.markdown import (
     MARKDOWN_MAX_CHARS,
     RenderCache,
@@ -108,3 +109,15 @@ def test_render_cache_skips_a_result_larger_than_itself() -> None:
     cache = RenderCache(max_chars=10, threads=1)
     assert cache.render("a longer answer") == render_markdown("a longer answer")
     assert cache.size == 0
+
+
+def test_page_renders_markdown_up_to_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(markdown, "PAGE_RENDER_CHARS", 20)
+    monkeypatch.setattr(markdown, "_CACHE", RenderCache(max_chars=1000, threads=1))
+    answers = ["**first answer**", "**second answer**", "**first answer**"]
+    first_view = asyncio.run(render_answers(answers))
+    assert first_view[0] == "<p><strong>first answer</strong></p>\n"
+    assert first_view[1] == '<div class="plain">**second answer**</div>'
+    assert first_view[2] == first_view[0]
+    second_view = asyncio.run(render_answers(answers))
+    assert second_view[1] == "<p><strong>second answer</strong></p>\n"

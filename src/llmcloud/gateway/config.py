@@ -22,13 +22,25 @@ from llmcloud.units import parse_duration
 BackendKind = Literal["ollama", "openai"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-# The user info of a URL: everything between "//" and the last "@" before the path.
-_USERINFO = re.compile(r"//[^/?#]*@")
+# What may carry a secret in a URL: everything after the scheme up to the last "@" (a user
+# name and password, however the slashes are written), and the query.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:(?://)?)?[^@]*@")
+_QUERY = re.compile(r"\?[^#]*")
+_PORT = re.compile(r"^[^:]*:(?P<port>[^:]*)$")
 
 
 def hide_userinfo(url: str) -> str:
-    """Return the URL with any user name and password replaced by ***, for messages and pages."""
-    return _USERINFO.sub("//***@", url, count=1)
+    """Return the URL with its user info and query replaced by ***, for messages and pages."""
+    return _QUERY.sub("?***", _USERINFO.sub(r"\1***@", url, count=1), count=1)
+
+
+def _port_text(url: str) -> str | None:
+    """Return the port of a URL as written, or None when it names none."""
+    authority = re.split(r"[/?#]", url.split("://", 1)[-1], maxsplit=1)[0].rsplit("@", 1)[-1]
+    if authority.startswith("["):
+        authority = authority.partition("]")[2]
+    host_and_port = _PORT.match(authority)
+    return host_and_port["port"] if host_and_port else None
 
 
 class Backend(BaseModel):
@@ -89,6 +101,12 @@ class Backend(BaseModel):
                 f"invalid base_url {redacted!r}; remove the user name and password from the URL. "
                 "For a server that takes a Bearer key, put the key in api_key (the API key "
                 "field on the Backends page)"
+            )
+        port = _port_text(value.strip())
+        if port is not None and not (port.isascii() and port.isdigit()):
+            raise ValueError(
+                f"invalid base_url {redacted!r}; port {port!r} is not a number, "
+                "expected digits 0-9 such as :11434"
             )
         if url.port is not None and not 1 <= url.port <= 65535:
             raise ValueError(

@@ -303,8 +303,12 @@ class ChatConversation:
             except ServiceError as exc:
                 reason = ACCESS_LOST.get(exc.status_code, exc.message)
                 log.info("chat %s: answer stopped: %s", self.chat_id, reason)
+                stream = self.stream
                 await self._cancel(reason)
                 with contextlib.suppress(Exception):
+                    if stream is not None:
+                        # Show what was kept of the answer, as Stop does.
+                        await self.send(await stopped_message(stream.answer))
                     await self._error(exc.message)
                     await self.websocket.close(code=4000 + exc.status_code)
                 return

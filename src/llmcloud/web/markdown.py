@@ -19,9 +19,11 @@ as plain text instead.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import html
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -52,6 +54,8 @@ ALLOWED_URL_SCHEMES = frozenset({"http", "https", "mailto"})
 MARKDOWN_MAX_CHARS = 50_000
 """Longer text is shown as plain text: about 12,000 tokens, longer than most answers."""
 CACHE_CHARS = 32_000_000
+PAGE_RENDER_CHARS = 500_000
+"""Characters of Markdown rendered for one page at most, beyond those in the cache."""
 RENDER_THREADS = 2
 
 
@@ -97,9 +101,14 @@ def render_markdown(text: str) -> str:
     Text longer than MARKDOWN_MAX_CHARS comes back escaped, as plain text.
     """
     if len(text) > MARKDOWN_MAX_CHARS:
-        return f'<div class="plain">{html.escape(text, quote=False)}</div>'
+        return plain_text(text)
     env: dict[str, Any] = {}
     return sanitize_html(_RENDERER.render(text, env))
+
+
+def plain_text(text: str) -> str:
+    """Return text escaped for a page, shown as written, without Markdown."""
+    return f'<div class="plain">{html.escape(text, quote=False)}</div>'
 
 
 class RenderCache:
@@ -110,17 +119,24 @@ class RenderCache:
         self.size = 0
         self._entries: OrderedDict[bytes, str] = OrderedDict()
         self._lock = threading.Lock()
-        # A semaphore of threads rather than an anyio limiter: it holds across event
-        # loops, and taken per answer it lets the answers of several pages take turns.
+        # render_answers limits the threads of each event loop; this semaphore limits
+        # them across event loops, and taken per answer it lets pages take turns.
         self._rendering = threading.BoundedSemaphore(threads)
 
-    def render(self, text: str) -> str:
-        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    def get(self, text: str) -> str | None:
+        """Return the cached rendering of the text, or None."""
+        key = _digest(text)
         with self._lock:
             cached = self._entries.get(key)
             if cached is not None:
                 self._entries.move_to_end(key)
-                return cached
+            return cached
+
+    def render(self, text: str) -> str:
+        cached = self.get(text)
+        if cached is not None:
+            return cached
+        key = _digest(text)
         with self._rendering:
             rendered = render_markdown(text)
         if len(rendered) <= self.max_chars:
@@ -134,19 +150,57 @@ class RenderCache:
         return rendered
 
 
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 _CACHE = RenderCache(CACHE_CHARS, RENDER_THREADS)
+# One limiter per event loop, because an anyio limiter belongs to the loop that first uses it.
+_LIMITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 async def render_answers(texts: Sequence[str]) -> list[str]:
-    """Render answers in a worker thread, so that a long one does not hold up other requests."""
-    if not texts:
-        return []
-    return await anyio.to_thread.run_sync(_render_all, texts)
+    """Render answers in worker threads, so that a long one does not hold up other requests.
+
+    Answers in the cache come back at once. Of the others, Markdown is rendered for
+    PAGE_RENDER_CHARS characters in all; the rest show as plain text, and a later call
+    renders more of them as the cache fills.
+    """
+    rendered: list[str | None] = [_CACHE.get(text) for text in texts]
+    budget = PAGE_RENDER_CHARS
+    work: dict[str, str | None] = {}
+    for index, text in enumerate(texts):
+        if rendered[index] is not None or text in work:
+            continue
+        # Text over MARKDOWN_MAX_CHARS is only escaped, which is quick.
+        cost = len(text) if len(text) <= MARKDOWN_MAX_CHARS else 0
+        if cost <= budget:
+            work[text] = None
+            budget -= cost
+        else:
+            rendered[index] = plain_text(text)
+    if work:
+        results = await anyio.to_thread.run_sync(_render_all, list(work), limiter=_limiter())
+        work = dict(zip(work, results, strict=True))
+    return [
+        html if html is not None else work[text] or ""
+        for html, text in zip(rendered, texts, strict=True)
+    ]
 
 
 async def render_answer(text: str) -> str:
     """Render one answer in a worker thread; see render_answers."""
     return (await render_answers([text]))[0]
+
+
+def _limiter() -> anyio.CapacityLimiter:
+    loop = asyncio.get_running_loop()
+    limiter = _LIMITERS.get(loop)
+    if limiter is None:
+        limiter = _LIMITERS[loop] = anyio.CapacityLimiter(RENDER_THREADS)
+    return limiter
 
 
 def _render_all(texts: Sequence[str]) -> list[str]:

@@ -107,7 +107,7 @@
     unconfirmed = null;
     if (request.kind === "send") {
       request.userArticle.classList.remove("unconfirmed");
-      storeDraft(prompt.value);
+      storeDraft("", prompt.value);
     } else if (request.oldAnswer) {
       request.oldAnswer.remove();
     }
@@ -120,8 +120,8 @@
     if (request.kind === "send") {
       request.userArticle.remove();
       // Text typed while the prompt was on its way stays after the returned draft.
-      prompt.value = prompt.value ? `${request.draft}\n\n${prompt.value}` : request.draft;
-      storeDraft(prompt.value);
+      prompt.value = joinDrafts(request.draft, prompt.value);
+      storeDraft("", prompt.value);
     }
     setBusy(false);
     showStatusError(`${request.kind === "send" ? "Not sent" : "Not regenerated"}: ${text}`);
@@ -134,9 +134,15 @@
     titleField.defaultValue = text;
   }
 
-  function storeDraft(text) {
+  function joinDrafts(...texts) {
+    return texts.filter(Boolean).join("\n\n");
+  }
+
+  // The stored draft keeps apart a prompt sent but not yet accepted and the text typed
+  // since, so that a reload can drop the first if the server saved it after all.
+  function storeDraft(sent, typed) {
     try {
-      if (text) sessionStorage.setItem(draftKey, text);
+      if (sent || typed) sessionStorage.setItem(draftKey, JSON.stringify({ sent, typed }));
       else sessionStorage.removeItem(draftKey);
     } catch {
       // Storage may be disabled or full; the draft then lives only in the prompt box.
@@ -145,22 +151,19 @@
 
   function storedDraft() {
     try {
-      return sessionStorage.getItem(draftKey) || "";
+      const draft = JSON.parse(sessionStorage.getItem(draftKey) || "{}");
+      return { sent: String(draft.sent || ""), typed: String(draft.typed || "") };
     } catch {
-      return "";
+      return { sent: "", typed: "" };
     }
   }
 
   function restoreDraft() {
-    const draft = storedDraft();
-    if (!draft) return;
-    // The server may have saved a prompt whose confirmation never arrived: drop that draft.
+    let { sent, typed } = storedDraft();
     const prompts = messages.querySelectorAll(".message.user .content");
-    if (prompts.length && prompts[prompts.length - 1].textContent === draft) {
-      storeDraft("");
-      return;
-    }
-    if (!prompt.value) prompt.value = draft;
+    if (sent && prompts.length && prompts[prompts.length - 1].textContent === sent) sent = "";
+    storeDraft("", joinDrafts(sent, typed));
+    if (!prompt.value) prompt.value = joinDrafts(sent, typed);
   }
 
   function addMessage(role, text) {
@@ -260,7 +263,7 @@
     userArticle.classList.add("unconfirmed");
     prompt.value = "";
     unconfirmed = { kind: "send", draft: content, userArticle };
-    storeDraft(content);
+    storeDraft(content, "");
     setBusy(true);
     status.textContent = "Sending…";
     send({ type: "send", content, model: model.value });
@@ -275,8 +278,8 @@
 
   prompt.addEventListener("input", () => {
     // While a prompt waits for its confirmation, the stored draft keeps it too.
-    const draft = unconfirmed && unconfirmed.kind === "send" ? unconfirmed.draft : "";
-    storeDraft([draft, prompt.value].filter(Boolean).join("\n\n"));
+    const sent = unconfirmed && unconfirmed.kind === "send" ? unconfirmed.draft : "";
+    storeDraft(sent, prompt.value);
   });
 
   stopButton.addEventListener("click", () => send({ type: "stop" }));
