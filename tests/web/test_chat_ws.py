@@ -450,3 +450,16 @@ def test_backend_token_counts_beyond_the_column_are_not_stored(
     count: int | None, stored: int | None
 ) -> None:
     assert storable_count(count) == stored
+
+
+def test_accepted_names_saved_prompt_and_replaced_answer(admin: TestClient) -> None:
+    chat_id = new_chat(admin)
+    with connect(admin, chat_id) as socket:
+        send_prompt(socket, "Hello")
+        sent = receive_until(socket, "done")
+        socket.send_text('{"type": "regenerate"}')
+        regenerated = receive_until(socket, "done")
+    prompt, first_answer = (sent[0], sent[-1])
+    assert prompt["type"] == "accepted"
+    assert prompt["message_id"] == saved_messages(admin, chat_id)[0].id
+    assert regenerated[0] == {"type": "accepted", "removed_message_id": first_answer["message_id"]}

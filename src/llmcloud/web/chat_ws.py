@@ -11,7 +11,8 @@ both sides exchange JSON text messages. From the browser:
 
 From the server, while an answer is generated:
 
-    {"type": "accepted", "message_id": 7}      the prompt is saved (no id for regenerate)
+    {"type": "accepted", "message_id": 7}      the prompt is saved
+    {"type": "accepted", "removed_message_id": 8}    regenerating: the answer replaced, or null
     {"type": "queued", "position": 2}          waiting for a free backend
     {"type": "started"}
     {"type": "token", "text": "..."}           one per token, sent as it arrives
@@ -243,11 +244,13 @@ class ChatConversation:
             )
             if not messages:
                 raise InvalidClientMessage(NOTHING_TO_ANSWER)
+            removed = None
             if messages[-1].role == MessageRole.ASSISTANT:
-                await asyncio.to_thread(
+                removed = await asyncio.to_thread(
                     chats.remove_last_answer, self.state.db, self.user_id, self.chat_id
                 )
-            await self.send({"type": "accepted"})
+            removed_id = removed.id if removed is not None else None
+            await self.send({"type": "accepted", "removed_message_id": removed_id})
         except BaseException:
             await claim.release()
             raise

@@ -36,7 +36,7 @@
   let generating = false;
   let closedByServer = false; // set by a 44xx close: session ended, account pending, chat gone
   // The send or regenerate that the server has not confirmed yet:
-  // {kind: "send", draft, userArticle} or {kind: "regenerate", oldAnswer}.
+  // {kind: "send", draft, userArticle} or {kind: "regenerate"}.
   let unconfirmed = null;
 
   function connect() {
@@ -77,7 +77,7 @@
   }
 
   function handle(message) {
-    if (unconfirmed && message.type === "accepted") confirmRequest();
+    if (unconfirmed && message.type === "accepted") confirmRequest(message);
     switch (message.type) {
       case "queued":
         status.textContent = `Waiting for a free model server: number ${message.position} in the queue.`;
@@ -102,14 +102,24 @@
     }
   }
 
-  function confirmRequest() {
+  function confirmRequest(message) {
     const request = unconfirmed;
     unconfirmed = null;
     if (request.kind === "send") {
       request.userArticle.classList.remove("unconfirmed");
       storeDraft("", prompt.value);
-    } else if (request.oldAnswer) {
-      request.oldAnswer.remove();
+    } else {
+      // The server names the answer it replaced, which another tab may have written.
+      const removed = message.removed_message_id;
+      const replaced = removed == null ? null : messages.querySelector(
+        `.message[data-message-id="${Number(removed)}"]`,
+      );
+      const last = messages.lastElementChild;
+      if (replaced) replaced.remove();
+      else if (last && last.dataset.role === "assistant" && !last.dataset.messageId) {
+        // A failed answer that was never saved.
+        last.remove();
+      }
     }
     startAnswer();
   }
@@ -211,6 +221,7 @@
   function finishWithError(text, message) {
     if (!current) startAnswer();
     if (message && message.html) current.content.innerHTML = message.html;
+    if (message && message.message_id != null) current.article.dataset.messageId = message.message_id;
     current.content.className = "content markdown";
     const partial = message ? message.partial : current.tokens > 0;
     current.article.classList.add(partial ? "interrupted" : "error");
@@ -286,9 +297,7 @@
 
   regenerateButton.addEventListener("click", () => {
     if (generating) return;
-    const last = messages.lastElementChild;
-    const oldAnswer = last && last.dataset.role === "assistant" ? last : null;
-    unconfirmed = { kind: "regenerate", oldAnswer };
+    unconfirmed = { kind: "regenerate" };
     setBusy(true);
     status.textContent = "Sending…";
     send({ type: "regenerate", model: model.value });
