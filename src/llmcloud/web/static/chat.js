@@ -54,6 +54,7 @@
         rejectRequest(
           "the connection closed before the server confirmed it; " +
             "reload the page to see whether it was saved",
+          { maybeSaved: true },
         );
       } else if (generating) {
         finishWithError("the connection closed during the answer; reload the page");
@@ -124,14 +125,17 @@
     startAnswer();
   }
 
-  function rejectRequest(text) {
+  function rejectRequest(text, { maybeSaved = false } = {}) {
     const request = unconfirmed;
     unconfirmed = null;
     if (request.kind === "send") {
       request.userArticle.remove();
-      // Text typed while the prompt was on its way stays after the returned draft.
-      prompt.value = joinDrafts(request.draft, prompt.value);
-      storeDraft("", prompt.value);
+      // Text typed while the prompt was on its way stays after the returned draft. A
+      // prompt that may have been saved stays marked as sent, so a reload can drop it.
+      const typed = prompt.value;
+      prompt.value = joinDrafts(request.draft, typed);
+      if (maybeSaved) storeDraft(request.draft, typed);
+      else storeDraft("", prompt.value);
     }
     setBusy(false);
     showStatusError(`${request.kind === "send" ? "Not sent" : "Not regenerated"}: ${text}`);
