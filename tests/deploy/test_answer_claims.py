@@ -28,11 +28,14 @@ def test_second_claim_of_a_chat_is_refused_until_release(claims_url: str | None)
         second = answer_claims_for(claims_url) if claims_url else first
         chat_id = _chat_id()
         try:
+            assert not await second.is_claimed(chat_id)
             claim = await first.claim(chat_id)
+            assert await second.is_claimed(chat_id)
             with pytest.raises(AnswerInProgress) as refused:
                 await second.claim(chat_id)
             other = await second.claim(_chat_id())
             await claim.release()
+            assert not await second.is_claimed(chat_id)
             again = await second.claim(chat_id)
             await again.release()
             await other.release()
@@ -96,6 +99,7 @@ def test_unreachable_redis_lets_the_answer_go_ahead(caplog: Any) -> None:
             first = await claims.claim("chat")
             second = await claims.claim("chat")
             await first.release()
+            assert not await claims.is_claimed("chat")
         finally:
             await claims.close()
         assert isinstance(first, UnheldClaim)

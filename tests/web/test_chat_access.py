@@ -49,6 +49,7 @@ def test_second_tab_cannot_answer_while_the_first_does(
         receive_until(first, "token")
         send_prompt(second, "Again")
         sent = receive_until(second, "error")[-1]
+        page_while_answering = admin.get(f"/chats/{chat_id}").text
         second.send_text('{"type": "regenerate"}')
         regenerated = receive_until(second, "error")[-1]
         first.send_text('{"type": "stop"}')
@@ -56,6 +57,8 @@ def test_second_tab_cannot_answer_while_the_first_does(
         fake_backend.stall_after = None
         send_prompt(second, "Later")
         assert receive_until(second, "done", "error")[-1]["type"] == "done"
+    assert "An answer to this chat was being written" in page_while_answering
+    assert "was being written" not in admin.get(f"/chats/{chat_id}").text
     for error in (sent, regenerated):
         assert "already answering a prompt, sent from another tab" in error["message"]
     contents = [message.content for message in saved_messages(admin, chat_id)]

@@ -67,6 +67,9 @@ class AnswerClaims(Protocol):
     async def claim(self, chat_id: str) -> Claim:
         """Claim the chat for one answer, or raise AnswerInProgress."""
 
+    async def is_claimed(self, chat_id: str) -> bool:
+        """Return whether an answer of the chat is running; False when that is unknown."""
+
     async def close(self) -> None: ...
 
 
@@ -88,6 +91,9 @@ class LocalAnswerClaims:
             raise AnswerInProgress()
         self.answering.add(chat_id)
         return LocalClaim(self, chat_id)
+
+    async def is_claimed(self, chat_id: str) -> bool:
+        return chat_id in self.answering
 
     async def close(self) -> None:
         self.answering.clear()
@@ -127,6 +133,13 @@ class RedisAnswerClaims:
         if not claimed:
             raise AnswerInProgress()
         return RedisClaim(self, key, token)
+
+    async def is_claimed(self, chat_id: str) -> bool:
+        try:
+            return bool(await self.client.exists(self.key(chat_id)))
+        except (RedisError, OSError) as exc:
+            self._unreachable(chat_id, exc)
+            return False
 
     def _unreachable(self, chat_id: str, exc: Exception) -> None:
         if not self._failing:

@@ -140,6 +140,7 @@ async def _render_chat_page(
         "models": models,
         "selected_model": pick_model(models, chat.model, state.settings.web_default_model),
         "max_prompt_length": state.settings.web_max_prompt_length,
+        "answering": await request.app.state.answer_claims.is_claimed(chat_id),
         **(form or {}),
     }
     return render(request, "chat.html", context, status_code=422 if form else 200)
