@@ -22,8 +22,8 @@ from llmcloud.units import parse_duration
 BackendKind = Literal["ollama", "openai"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-# What may carry a secret in a URL: everything after the scheme up to the last "@" (a user
-# name and password, however the slashes are written), and the query.
+# The parts of a URL that may carry a secret: the user info, which is everything after the
+# scheme up to the last "@" however the slashes are written, and the query.
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:(?://)?)?[^@]*@")
 _QUERY = re.compile(r"\?[^#]*")
 _PORT = re.compile(r"^[^:]*:(?P<port>[^:]*)$")

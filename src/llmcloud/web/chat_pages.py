@@ -130,7 +130,7 @@ async def _render_chat_page(
     chat_id: str,
     form: dict[str, str] | None = None,
 ) -> Response:
-    """Render a chat; `form` holds a rejected settings form's typed value and error (HTTP 422)."""
+    """Render a chat; `form` has a rejected settings form's typed value and error (HTTP 422)."""
     chat = await run_in_threadpool(chats.get_chat, state.db, active.user.id, chat_id)
     messages = await run_in_threadpool(chats.list_messages, state.db, active.user.id, chat_id)
     models = [model.name for model in await state.models.models()]
