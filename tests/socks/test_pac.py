@@ -19,19 +19,8 @@ from tests.conftest import RunningServer
 from tests.gateway.fake_backend import FakeBackend
 from tests.socks.conftest import ALLOWED_HOST, CHEAP_HASHER, DENIED_HOST, PageServer
 from tests.socks.test_protocol import wait_for
-from tests.web.conftest import FAKE_MODEL, web_settings
+from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS, FAKE_MODEL, web_settings
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ALLOW = [f"{ALLOWED_HOST}:1-65535", "*.internal", "grafana.example.org", "[fd00::/8]:443"]
 
 
