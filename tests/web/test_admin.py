@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from httpx import Response
 
 from llmcloud.auth import api_keys
-from llmcloud.auth.accounts import approve, find_account, get_account
+from llmcloud.auth.accounts import approve, delete_account, find_account, get_account
 from llmcloud.auth.errors import AccountDeactivated
 from llmcloud.db import backends as stored_backends
 from llmcloud.db import chats
@@ -437,3 +437,31 @@ def test_stored_backend_with_password_is_skipped_unshown(
     page = text(admin.get("/admin/backends"))
     assert "remove the user name and password" in page
     assert "s3cretpw" not in page
+
+
+@pytest.mark.parametrize(
+    ("action", "fields"),
+    [
+        ("approve", {}),
+        ("role", {"role": "admin"}),
+        ("deactivate", {}),
+        ("reactivate", {}),
+    ],
+)
+def test_stale_form_does_not_act_on_a_new_account_with_the_old_id(
+    admin: TestClient, make_client: Callable[..., TestClient], action: str, fields: dict[str, str]
+) -> None:
+    state = admin.app.state.web  # type: ignore[attr-defined]
+    zed = make_client()
+    sign_up(zed, "zed")
+    zed_id = account(admin, "zed").id
+    delete_account(state.db, zed_id)
+    mallory = make_client()
+    sign_up(mallory, "mallory")
+    if account(admin, "mallory").id != zed_id:
+        pytest.skip("this database did not reuse the id of the deleted account")
+    response = post(admin, f"/admin/users/{zed_id}/{action}", username="zed", **fields)
+    assert response.status_code == 404
+    assert "is no longer 'zed'" in text(response)
+    assert account(admin, "mallory").role == Role.PENDING
+    assert account(admin, "mallory").is_active

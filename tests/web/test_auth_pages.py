@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
-from llmcloud.auth.accounts import approve, deactivate, find_account, set_role
+from llmcloud.auth.accounts import approve, deactivate, delete_account, find_account, set_role
 from llmcloud.db.models import UserSession, utcnow
 from llmcloud.web import create_app
 from llmcloud.web.deps import AdminUser, WebState
@@ -73,6 +73,32 @@ def test_pending_page_shows_approval(
     approve(db, find_account(db, "bob").id)  # type: ignore[union-attr]
     assert "is approved" in second.get("/pending/status").text
     assert log_in(second, "bob").headers["location"] == "/chats"
+
+
+def test_pending_page_of_deleted_account_names_no_later_account(
+    admin: TestClient, make_client: Callable[..., TestClient]
+) -> None:
+    first = make_client()
+    sign_up(first, "firstn")
+    db = state_of(admin).db
+    delete_account(db, find_account(db, "firstn").id)  # type: ignore[union-attr]
+    sign_up(make_client(), "secondn")
+    approve(db, find_account(db, "secondn").id)  # type: ignore[union-attr]
+    status = first.get("/pending/status").text
+    assert "secondn" not in status
+    assert "Your account is waiting" in status
+
+
+def test_pending_page_says_when_deactivated(
+    admin: TestClient, make_client: Callable[..., TestClient]
+) -> None:
+    second = make_client()
+    sign_up(second, "bob")
+    db = state_of(admin).db
+    deactivate(db, find_account(db, "bob").id)  # type: ignore[union-attr]
+    status = second.get("/pending/status").text
+    assert "is deactivated" in status
+    assert "waiting" not in status
 
 
 def test_login_of_pending_account_shows_waiting_page(

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from llmcloud import __version__
 from llmcloud.auth import accounts
-from llmcloud.auth.errors import InvalidInput, ServiceError
+from llmcloud.auth.errors import InvalidInput, NotFound, ServiceError
 from llmcloud.db.database import Database
 from llmcloud.db.errors import quote_value
 from llmcloud.db.models import Role, User
@@ -85,33 +85,43 @@ async def users_page(
 
 @router.post("/admin/users/{user_id}/approve", dependencies=[CsrfChecked])
 async def approve(
-    request: Request, state: State, active: AdminUser, user_id: AccountId
+    request: Request, state: State, active: AdminUser, user_id: AccountId, username: str = Form("")
 ) -> Response:
-    return await _act(request, state, active.user, user_id, "approved", accounts.approve)
+    return await _act(
+        request, state, active.user, (user_id, username), "approved", accounts.approve
+    )
 
 
 @router.post("/admin/users/{user_id}/role", dependencies=[CsrfChecked])
 async def change_role(
-    request: Request, state: State, active: AdminUser, user_id: AccountId, role: str = Form("")
+    request: Request,
+    state: State,
+    active: AdminUser,
+    user_id: AccountId,
+    role: str = Form(""),
+    username: str = Form(""),
 ) -> Response:
     def set_role(db: Database, target: int) -> User:
         return accounts.set_role(db, target, role)
 
-    return await _act(request, state, active.user, user_id, f"given role {role!r}", set_role)
+    target = (user_id, username)
+    return await _act(request, state, active.user, target, f"given role {role!r}", set_role)
 
 
 @router.post("/admin/users/{user_id}/deactivate", dependencies=[CsrfChecked])
 async def deactivate(
-    request: Request, state: State, active: AdminUser, user_id: AccountId
+    request: Request, state: State, active: AdminUser, user_id: AccountId, username: str = Form("")
 ) -> Response:
-    return await _act(request, state, active.user, user_id, "deactivated", accounts.deactivate)
+    target = (user_id, username)
+    return await _act(request, state, active.user, target, "deactivated", accounts.deactivate)
 
 
 @router.post("/admin/users/{user_id}/reactivate", dependencies=[CsrfChecked])
 async def reactivate(
-    request: Request, state: State, active: AdminUser, user_id: AccountId
+    request: Request, state: State, active: AdminUser, user_id: AccountId, username: str = Form("")
 ) -> Response:
-    return await _act(request, state, active.user, user_id, "reactivated", accounts.reactivate)
+    target = (user_id, username)
+    return await _act(request, state, active.user, target, "reactivated", accounts.reactivate)
 
 
 @router.get("/admin/users/{user_id}/delete", response_class=HTMLResponse)
@@ -168,13 +178,28 @@ async def _act(
     request: Request,
     state: WebState,
     admin: User,
-    user_id: int,
+    target: tuple[int, str],
     done: str,
     action: Callable[[Database, int], User],
 ) -> Response:
-    """Run one account action; on success go back to the list, else show it with the reason."""
+    """Run one account action; on success go back to the list, else show it with the reason.
+
+    `target` is the account's id and, from the users page, its username. A form
+    rendered before the account was deleted could otherwise act on a later
+    account that got the same id, as SQLite can reuse the largest id.
+    """
+    user_id, username = target
+
+    def checked_action(db: Database, user_id: int) -> User:
+        if username and accounts.get_account(db, user_id).username != username:
+            raise NotFound(
+                f"account {user_id} is no longer {quote_value(username)}; it was deleted, "
+                "so reload the users page"
+            )
+        return action(db, user_id)
+
     try:
-        await run_in_threadpool(action, state.db, user_id)
+        await run_in_threadpool(checked_action, state.db, user_id)
     except ServiceError as exc:
         log.info("admin %s: action on account %s rejected: %s", admin.id, user_id, exc.message)
         return await _render_users(request, state, error=exc.message, status=exc.status_code)

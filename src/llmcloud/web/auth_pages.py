@@ -33,7 +33,7 @@ from llmcloud.web.deps import (
 from llmcloud.web.security import (
     PENDING_COOKIE,
     SESSION_COOKIE,
-    pending_user_id,
+    pending_account_ref,
     session_token,
     set_pending_cookie,
     set_session_cookie,
@@ -178,18 +178,20 @@ def logged_in_response(request: Request, state: State, user: User, target: str) 
 def pending_response(request: Request, state: State, user: User | None) -> Response:
     response = RedirectResponse("/pending", 303)
     if user is not None:
-        set_pending_cookie(response, request, state.settings, state.signer, user.id)
+        set_pending_cookie(response, request, state.settings, state.signer, user.id, user.username)
     return response
 
 
 def _pending_account(request: Request, state: State) -> User | None:
-    user_id = pending_user_id(request, state.signer)
-    if user_id is None:
+    ref = pending_account_ref(request, state.signer)
+    if ref is None:
         return None
+    user_id, username = ref
     try:
-        return get_account(state.db, user_id)
+        user = get_account(state.db, user_id)
     except NotFound:
         return None
+    return user if user.username == username else None
 
 
 def _audit_local_login(

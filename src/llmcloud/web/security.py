@@ -100,8 +100,11 @@ def set_pending_cookie(
     settings: Settings,
     signer: CookieSigner,
     user_id: int,
+    username: str,
 ) -> None:
-    value = f"{user_id}:{int(time.time())}"
+    # The username goes along, so that the cookie never names a later account that
+    # got the same id after this one was deleted.
+    value = f"{user_id}:{int(time.time())}:{username}"
     response.set_cookie(
         PENDING_COOKIE,
         signer.sign(value, PENDING_COOKIE),
@@ -113,17 +116,18 @@ def set_pending_cookie(
     )
 
 
-def pending_user_id(connection: HTTPConnection, signer: CookieSigner) -> int | None:
-    """Return the account id of a valid, unexpired pending cookie."""
+def pending_account_ref(connection: HTTPConnection, signer: CookieSigner) -> tuple[int, str] | None:
+    """Return the account id and username of a valid, unexpired pending cookie."""
     value = signer.unsign(connection.cookies.get(PENDING_COOKIE), PENDING_COOKIE)
     if value is None:
         return None
-    user_id, _, issued = value.partition(":")
-    if not (user_id.isdigit() and issued.isdigit()):
+    user_id, _, rest = value.partition(":")
+    issued, _, username = rest.partition(":")
+    if not (user_id.isdigit() and issued.isdigit() and username):
         return None
     if time.time() - int(issued) > PENDING_COOKIE_SECONDS:
         return None
-    return int(user_id)
+    return int(user_id), username
 
 
 def app_origin(connection: HTTPConnection, settings: Settings) -> str:
