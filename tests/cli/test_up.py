@@ -20,8 +20,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import typer
 
-from llmcloud.cli.up import Part, Supervisor, parts_for
+from llmcloud.cli.up import Part, Supervisor, lock_data_dir, parts_for
 from llmcloud.settings import Settings
 from llmcloud.socks.protocol import Reply
 
@@ -434,3 +435,29 @@ def test_supervisor_stop_during_restart_delay() -> None:
     finally:
         stopper.cancel()
     assert supervisor.failure is None
+
+
+def test_second_up_on_one_data_dir_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with lock_data_dir(tmp_path / "data") as first:
+        with pytest.raises(typer.Exit) as refused:
+            lock_data_dir(tmp_path / "data")
+        assert first.name == str(tmp_path / "data" / "up.lock")
+    assert refused.value.exit_code == 2
+    message = capsys.readouterr().err
+    assert f"another llmcloud up (process {os.getpid()}) is already running" in message
+    assert "LLMCLOUD_DATA_DIR" in message
+    with lock_data_dir(tmp_path / "data"):
+        pass
+
+
+def test_data_dir_that_cannot_be_made_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(typer.Exit) as refused:
+        lock_data_dir(tmp_path / "file" / "data")
+    assert refused.value.exit_code == 2
+    message = capsys.readouterr().err
+    assert f"cannot use the data dir {tmp_path / 'file' / 'data'}: Not a directory" in message

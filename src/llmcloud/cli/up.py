@@ -22,6 +22,7 @@ the terminal reaches only the supervisor, which then stops them in order.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import logging
 import os
 import signal
@@ -31,7 +32,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
+from typing import IO
 
 import typer
 from sqlalchemy.exc import SQLAlchemyError
@@ -53,6 +56,7 @@ RESTART_LIMIT = 5
 RESTART_WINDOW_SECONDS = 300.0
 RESTART_DELAY_SECONDS = 1.0
 RESTART_DELAY_MAX_SECONDS = 30.0
+LOCK_FILE = "up.lock"
 
 
 def register(app: typer.Typer) -> None:
@@ -67,6 +71,7 @@ def up(
 ) -> None:
     """Start the engine, the web app and the SOCKS proxy; Ctrl-C stops them all."""
     settings = settings_or_exit(web_port=port, engine_port=engine_port)
+    lock = lock_data_dir(settings.data_dir)
     try:
         parts = parts_for(settings)
     except TLSError as exc:
@@ -76,10 +81,47 @@ def up(
             if message := listener.in_use_message(part.name):
                 fail(message, code=2)
     supervisor = Supervisor(parts)
-    code = supervisor.run(on_ready=lambda: print_welcome(settings))
+    with lock:
+        code = supervisor.run(on_ready=lambda: print_welcome(settings))
     if supervisor.failure:
         fail(supervisor.failure, code=code)
     raise typer.Exit(code)
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Lock the data dir for this `up`, or exit naming the problem.
+
+    Two `up` commands on one data dir would share its database, models and
+    secrets while each believes it owns them. The lock is an flock on
+    `up.lock`, which also records the process id; the kernel releases it when
+    the process ends, however it ends.
+    """
+    path = data_dir / LOCK_FILE
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock = path.open("a+", encoding="utf-8")
+    except OSError as exc:
+        fail(
+            f"cannot use the data dir {data_dir}: {exc.strerror or exc}. Make it a writable "
+            "folder for this user, or set data_dir (LLMCLOUD_DATA_DIR) to another one",
+            code=2,
+        )
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        fail(
+            f"another llmcloud up (process {holder}) is already running on the data dir "
+            f"{data_dir}; stop it first, or give this one its own data dir (LLMCLOUD_DATA_DIR)",
+            code=2,
+        )
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 @dataclass
