@@ -746,6 +746,14 @@ class Settings(BaseSettings):
         "gateway_max_queue_per_model and each backend's max_parallel hold for the deployment. "
         "Unset keeps all of these inside each instance.",
     )
+    web_login_rate_limit: int = Field(
+        10,
+        ge=0,
+        description="Password log-ins that may be tried per minute for one account name, and "
+        "ten times as many from one client address; past that the log-in page answers 429 "
+        "naming the seconds to wait. Counted across every web instance that shares redis_url, "
+        "else per instance. 0 means no limit.",
+    )
     web_chat_rate_limit: int = Field(
         0,
         ge=0,

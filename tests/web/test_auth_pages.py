@@ -292,3 +292,30 @@ def test_multipart_login_accepted(client: TestClient) -> None:
     )
 
     assert response.status_code == 303
+
+
+def test_login_attempts_past_the_limit_get_429(make_client: Callable[..., TestClient]) -> None:
+    admin = make_client(web_login_rate_limit=3)
+    sign_up(admin, "admin")
+    visitor = make_client()
+    for _ in range(3):
+        assert log_in(visitor, "admin", "wrong password").status_code == 401
+    blocked = log_in(visitor, "admin")
+    assert blocked.status_code == 429
+    assert 1 <= int(blocked.headers["retry-after"]) <= 60
+    assert "too many log-in attempts" in html.unescape(blocked.text)
+    assert "setting web_login_rate_limit" in blocked.text
+    # The limit is per account name, so another account's log-in goes on.
+    assert log_in(visitor, "someone-else").status_code == 401
+
+
+def test_login_ends_the_session_it_replaces(
+    admin: TestClient, make_client: Callable[..., TestClient]
+) -> None:
+    old_cookie = admin.cookies.get("llmcloud_session")
+    assert old_cookie is not None
+    assert log_in(admin, "admin").status_code == 303
+    assert admin.cookies.get("llmcloud_session") != old_cookie
+    stale = make_client()
+    stale.cookies.set("llmcloud_session", old_cookie)
+    assert stale.get("/chats").headers["location"].startswith("/login")

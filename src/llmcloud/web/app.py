@@ -60,7 +60,7 @@ from llmcloud.web.middleware import (
     SecurityHeadersMiddleware,
 )
 from llmcloud.web.openai_api import OpenAIAPI, is_api_path
-from llmcloud.web.rate_limit import rate_limiter_for
+from llmcloud.web.rate_limit import login_limiters_for, rate_limiter_for
 from llmcloud.web.security import CookieSigner
 from llmcloud.web.templating import STATIC_DIR
 
@@ -128,6 +128,7 @@ def create_app(
             stack.push_async_callback(app.state.live.close)
             stack.push_async_callback(app.state.rate_limiter.close)
             stack.push_async_callback(app.state.answer_claims.close)
+            stack.push_async_callback(app.state.login_limiters.close)
             log.info("web app started (llmcloud %s)", __version__)
             yield
         log.info("web app stopped")
@@ -146,6 +147,7 @@ def create_app(
     app.state.live = live_feed_for(redis_url)
     app.state.rate_limiter = rate_limiter_for(settings.web_chat_rate_limit, redis_url)
     app.state.answer_claims = answer_claims_for(redis_url)
+    app.state.login_limiters = login_limiters_for(settings.web_login_rate_limit, redis_url)
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes(settings))

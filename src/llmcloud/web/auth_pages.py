@@ -6,10 +6,17 @@ import logging
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from llmcloud.auth import audit
 from llmcloud.auth.account_stats import count_accounts
-from llmcloud.auth.accounts import authenticate, find_account, get_account, sign_up
+from llmcloud.auth.accounts import (
+    MAX_USERNAME_LENGTH,
+    authenticate,
+    find_account,
+    get_account,
+    sign_up,
+)
 from llmcloud.auth.errors import (
     AccountDeactivated,
     AccountPending,
@@ -30,6 +37,7 @@ from llmcloud.web.deps import (
     State,
     optional_session,
 )
+from llmcloud.web.rate_limit import LoginLimiters, RateLimitExceeded
 from llmcloud.web.security import (
     PENDING_COOKIE,
     SESSION_COOKIE,
@@ -68,7 +76,7 @@ def login_page(request: Request, state: State, next: str = HOME) -> Response:
 
 
 @router.post("/login", dependencies=[SameOriginChecked, FormBody])
-def log_in(
+async def log_in(
     request: Request,
     state: State,
     username: str = Form(""),
@@ -79,6 +87,32 @@ def log_in(
     if not state.settings.auth_password_login:
         error = "log-in with a password is switched off on this server; use a login provider"
         return render(request, "login.html", {**context, "error": error}, status_code=403)
+    try:
+        await count_login_attempt(request, username)
+    except RateLimitExceeded as exc:
+        logins.labels("local", "rate_limited").inc()
+        error = (
+            f"too many log-in attempts for this account or from this address; retry in "
+            f"{exc.retry_after} s (setting web_login_rate_limit)"
+        )
+        response = render(request, "login.html", {**context, "error": error}, status_code=429)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    return await run_in_threadpool(_check_password, request, state, username, password, next)
+
+
+async def count_login_attempt(request: Request, username: str) -> None:
+    """Count a password log-in per account name and per client address; raise past the limit."""
+    limiters: LoginLimiters = request.app.state.login_limiters
+    await limiters.per_account.hit(f"login:{username.strip().lower()[:MAX_USERNAME_LENGTH]}")
+    client = request.client.host if request.client else "unknown"
+    await limiters.per_address.hit(f"login-from:{client}")
+
+
+def _check_password(
+    request: Request, state: State, username: str, password: str, next: str
+) -> Response:
+    context = _login_context(state, safe_next(next), username=username)
     try:
         user = authenticate(state.db, username, password, hasher=state.hasher)
     except AccountPending:
@@ -166,6 +200,10 @@ def safe_next(target: str) -> str:
 
 
 def logged_in_response(request: Request, state: State, user: User, target: str) -> Response:
+    # A log-in replaces the browser's session, so the one it had before must end too.
+    previous = session_token(request, state.signer)
+    if previous is not None:
+        delete_session(state.db, previous)
     new = create_session(
         state.db, user.id, policy=state.policy, user_agent=request.headers.get("user-agent")
     )

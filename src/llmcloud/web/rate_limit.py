@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -26,6 +27,8 @@ from llmcloud.db.errors import ServiceError
 log = logging.getLogger("llmcloud.web")
 
 WINDOW_SECONDS = 60
+# Many users can share one address, such as a class behind one router.
+ADDRESS_FACTOR = 10
 
 
 class RateLimitExceeded(ServiceError):
@@ -46,6 +49,29 @@ class RateLimiter(Protocol):
         """Count one request for `key`, or raise RateLimitExceeded when over the limit."""
 
     async def close(self) -> None: ...
+
+
+@dataclass
+class LoginLimiters:
+    """Password log-ins counted per account name and, more loosely, per client address."""
+
+    per_account: RateLimiter
+    per_address: RateLimiter
+
+    async def close(self) -> None:
+        await self.per_account.close()
+        await self.per_address.close()
+
+
+def login_limiters_for(limit: int, redis_url: str | None) -> LoginLimiters:
+    """Return limiters of log-ins per minute: `limit` per account name, 10 times that per address.
+
+    A `limit` of 0 means no limit.
+    """
+    return LoginLimiters(
+        per_account=rate_limiter_for(limit, redis_url),
+        per_address=rate_limiter_for(limit * ADDRESS_FACTOR, redis_url),
+    )
 
 
 def rate_limiter_for(limit: int, redis_url: str | None) -> RateLimiter:
