@@ -154,7 +154,8 @@ class Settings(BaseSettings):
         "approval",
         description="Who may sign up: `open` makes new accounts users at once, `approval` "
         "makes them pending until an admin approves them, `closed` rejects sign-ups, so that "
-        "only admins create accounts. In every mode the first account becomes an admin.",
+        "only admins create accounts, with `llmcloud users create`. In every mode the first "
+        "account becomes an admin.",
     )
     session_idle_timeout_seconds: int = Field(
         14 * 24 * 3600,

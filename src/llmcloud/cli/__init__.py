@@ -17,6 +17,7 @@ from llmcloud.cli import (
     socks,
     systemd,
     up,
+    users,
     web,
 )
 
@@ -38,6 +39,7 @@ nginx.register(app)
 systemd.register(app)
 socks.register(app)
 auth.register(app)
+users.register(app)
 backup.register(app)
 
 
