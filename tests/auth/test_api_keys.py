@@ -172,3 +172,12 @@ def test_list_api_keys_newest_first(database: Database, alice: User) -> None:
     api_keys.create_api_key(database, alice.id, "old")
     api_keys.create_api_key(database, alice.id, "new")
     assert [key.name for key in api_keys.list_api_keys(database, alice.id)] == ["new", "old"]
+
+
+def test_second_active_key_of_one_name_is_rejected(database: Database, alice: User) -> None:
+    first = api_keys.create_api_key(database, alice.id, "laptop")
+    with pytest.raises(Conflict, match="an active API key named 'laptop' already exists"):
+        api_keys.create_api_key(database, alice.id, "laptop")
+    assert len(api_keys.list_api_keys(database, alice.id)) == 1
+    api_keys.revoke_api_key(database, alice.id, first.record.id)
+    assert api_keys.create_api_key(database, alice.id, "laptop").record.name == "laptop"

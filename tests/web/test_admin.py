@@ -144,6 +144,14 @@ def test_demoting_last_admin_is_409(admin: TestClient) -> None:
     assert account(admin, "admin").role == Role.ADMIN
 
 
+def test_admin_who_steps_down_goes_to_chats(admin: TestClient, bob: TestClient) -> None:
+    post(admin, f"/admin/users/{account(admin, 'bob').id}/role", role="admin")
+    response = post(admin, f"/admin/users/{account(admin, 'admin').id}/role", role="user")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/chats"
+    assert account(admin, "admin").role == Role.USER
+
+
 def test_deactivate_logs_out_and_blocks_api_key(admin: TestClient, bob: TestClient) -> None:
     bob = approved(admin, bob)
     bob_id = account(admin, "bob").id

@@ -133,6 +133,9 @@ def sign_up(
         else:
             role = Role.PENDING
         user = _insert_user(session, username, email, password_hash, role)
+        if role != Role.PENDING:
+            # The sign-up form logs such an account in at once.
+            user.last_login_at = utcnow()
     log.info("account %s (%s) signed up with role %s", user.id, user.username, user.role)
     return user
 

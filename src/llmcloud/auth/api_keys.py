@@ -70,8 +70,8 @@ def create_api_key(db: Database, user_id: int, name: str) -> NewApiKey:
     """Create a key named `name` for an account that may log in.
 
     Raises InvalidInput for a bad name, Conflict when the account already has
-    the maximum number of active keys, and NotFound, AccountPending or
-    AccountDeactivated for the account.
+    the maximum number of active keys or an active key of that name, and
+    NotFound, AccountPending or AccountDeactivated for the account.
     """
     name = _validate_name(name)
     key = KEY_PREFIX + secrets.token_urlsafe(KEY_BYTES)
@@ -93,6 +93,17 @@ def create_api_key(db: Database, user_id: int, name: str) -> NewApiKey:
             raise Conflict(
                 f"account already has {MAX_ACTIVE_KEYS_PER_USER} active API keys, the maximum; "
                 "revoke one first"
+            )
+        # One active key per name, which also keeps a resent form from making a second key.
+        same_name = session.scalar(
+            sa.select(ApiKey.id).where(
+                ApiKey.user_id == user_id, ApiKey.name == name, ApiKey.revoked_at.is_(None)
+            )
+        )
+        if same_name is not None:
+            raise Conflict(
+                f"an active API key named {quote_value(name)} already exists; pick another "
+                "name, or revoke that key first"
             )
         session.add(record)
     log.info("API key %s (%s) created for account %s", record.id, record.prefix, user_id)

@@ -105,7 +105,11 @@ async def change_role(
         return accounts.set_role(db, target, role)
 
     target = (user_id, username)
-    return await _act(request, state, active.user, target, f"given role {role!r}", set_role)
+    response = await _act(request, state, active.user, target, f"given role {role!r}", set_role)
+    if response.status_code == 303 and user_id == active.user.id and role != Role.ADMIN.value:
+        # The users page is for admins only, so an admin who stepped down goes to the chats.
+        return RedirectResponse("/chats", 303)
+    return response
 
 
 @router.post("/admin/users/{user_id}/deactivate", dependencies=[CsrfChecked])
