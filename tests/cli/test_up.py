@@ -21,7 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 import typer
+from typer.testing import CliRunner
 
+from llmcloud.cli import app
 from llmcloud.cli.up import Part, Supervisor, lock_data_dir, parts_for
 from llmcloud.settings import Settings
 from llmcloud.socks.protocol import Reply
@@ -461,3 +463,11 @@ def test_data_dir_that_cannot_be_made_is_refused(
     assert refused.value.exit_code == 2
     message = capsys.readouterr().err
     assert f"cannot use the data dir {tmp_path / 'file' / 'data'}: Not a directory" in message
+
+
+@pytest.mark.parametrize("option", ["--port", "--engine-port"])
+def test_up_rejects_port_out_of_range_naming_option(option: str) -> None:
+    result = CliRunner().invoke(app, ["up", option, "80000"])
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}'" in result.output
+    assert "65535" in result.output

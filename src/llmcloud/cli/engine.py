@@ -13,7 +13,9 @@ def register(app: typer.Typer) -> None:
 
 def engine(
     host: str | None = typer.Option(None, help="Address to listen on (setting engine_host)."),
-    port: int | None = typer.Option(None, help="TCP port to listen on (setting engine_port)."),
+    port: int | None = typer.Option(
+        None, min=1, max=65535, help="TCP port to listen on (setting engine_port)."
+    ),
 ) -> None:
     """Start the model engine: Ollama's API under /api and OpenAI's under /v1."""
     from llmcloud.engine.server import StartupError, serve

@@ -28,7 +28,9 @@ def _default(context: typer.Context) -> None:
 @app.command("serve")
 def serve(
     host: str | None = typer.Option(None, help="Address to listen on (setting socks_host)."),
-    port: int | None = typer.Option(None, help="TCP port to listen on (setting socks_port)."),
+    port: int | None = typer.Option(
+        None, min=1, max=65535, help="TCP port to listen on (setting socks_port)."
+    ),
 ) -> None:
     """Run the SOCKS5 proxy until Ctrl-C or SIGTERM."""
     from llmcloud.socks.service import serve as serve_proxy

@@ -64,9 +64,11 @@ def register(app: typer.Typer) -> None:
 
 
 def up(
-    port: int | None = typer.Option(None, help="TCP port of the web app (setting web_port)."),
+    port: int | None = typer.Option(
+        None, min=1, max=65535, help="TCP port of the web app (setting web_port)."
+    ),
     engine_port: int | None = typer.Option(
-        None, help="TCP port of the engine (setting engine_port)."
+        None, min=1, max=65535, help="TCP port of the engine (setting engine_port)."
     ),
 ) -> None:
     """Start the engine, the web app and the SOCKS proxy; Ctrl-C stops them all."""

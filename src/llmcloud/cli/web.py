@@ -13,7 +13,9 @@ def register(app: typer.Typer) -> None:
 
 def web(
     host: str | None = typer.Option(None, help="Address to listen on (setting web_host)."),
-    port: int | None = typer.Option(None, help="TCP port to listen on (setting web_port)."),
+    port: int | None = typer.Option(
+        None, min=1, max=65535, help="TCP port to listen on (setting web_port)."
+    ),
 ) -> None:
     """Start the chat web app, which reaches the models through the gateway."""
     from llmcloud.web.server import StartupError, serve
