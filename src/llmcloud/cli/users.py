@@ -31,7 +31,7 @@ def create(
         help="Read the password from the first line of standard input instead of asking.",
     ),
 ) -> None:
-    """Create an account with a password, whatever signup_mode says."""
+    """Create an account with a password, in any signup_mode."""
     settings = settings_or_exit()
     password = _read_password(password_stdin)
     try:

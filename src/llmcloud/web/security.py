@@ -102,7 +102,7 @@ def set_pending_cookie(
     user_id: int,
     username: str,
 ) -> None:
-    # The username goes along, so that the cookie never names a later account that
+    # The cookie also contains the username, so that it never names a later account that
     # got the same id after this one was deleted.
     value = f"{user_id}:{int(time.time())}:{username}"
     response.set_cookie(
