@@ -24,11 +24,12 @@ def test_list_backends_oldest_first(database: Database) -> None:
     assert [row.name for row in list_backends(database)] == ["b", "a"]
 
 
-def test_add_backend_rejects_taken_name(database: Database) -> None:
+@pytest.mark.parametrize("second_name", ["gpu1", "GPU1"])
+def test_add_backend_rejects_taken_name(database: Database, second_name: str) -> None:
     add_backend(database, name="gpu1", kind="ollama", base_url="http://first")
-    with pytest.raises(Conflict, match="'gpu1' is already taken"):
-        add_backend(database, name="gpu1", kind="openai", base_url="http://second")
-    assert list_backends(database)[0].base_url == "http://first"
+    with pytest.raises(Conflict, match=f"'{second_name}' is already taken by 'gpu1'"):
+        add_backend(database, name=second_name, kind="openai", base_url="http://second")
+    assert [row.base_url for row in list_backends(database)] == ["http://first"]
 
 
 def test_add_backend_rejects_unknown_kind(database: Database) -> None:

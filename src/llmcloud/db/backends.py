@@ -52,9 +52,14 @@ def add_backend(
     )
     try:
         with db.transaction() as session:
-            existing_id = session.scalars(sa.select(Backend.id).where(Backend.name == name)).first()
-            if existing_id is not None:
-                raise Conflict(f"backend name {quote_value(name)} is already taken; choose another")
+            # Names differing only in case would read as one backend on the admin pages.
+            same_name = sa.func.lower(Backend.name) == name.lower()
+            existing = session.scalars(sa.select(Backend.name).where(same_name)).first()
+            if existing is not None:
+                raise Conflict(
+                    f"backend name {quote_value(name)} is already taken by "
+                    f"{quote_value(existing)}; choose another"
+                )
             session.add(record)
     except IntegrityError:
         raise Conflict(

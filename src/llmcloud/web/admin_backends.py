@@ -177,7 +177,8 @@ async def add_backend(
     form = {"name": name, "kind": kind, "base_url": hide_userinfo(base_url), "weight": weight}
     try:
         config = _validate_form(name, kind, base_url, api_key, weight)
-        if config.name in {backend.name for backend in default_backends(state.settings)}:
+        configured = {backend.name.lower() for backend in default_backends(state.settings)}
+        if config.name.lower() in configured:
             raise Conflict(
                 f"backend name {quote_value(name)} is already used in the settings "
                 "(gateway_backends); choose another"
