@@ -74,7 +74,7 @@ def test_create_rejects_a_taken_name(database: Database) -> None:
     assert "alice" in output.lower()
 
 
-def test_create_in_a_new_data_dir_says_to_start_first(data_dir: Path) -> None:
+def test_create_before_first_start(data_dir: Path) -> None:
     code, output = create("alice")
     assert code == 1
     assert "start llmcloud up or llmcloud web once" in output

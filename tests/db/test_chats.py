@@ -274,9 +274,7 @@ def test_delete_chat_removes_it(database: Database, alice: int) -> None:
         chats.get_chat(database, alice, chat.id)
 
 
-def test_answer_with_nul_is_kept_with_a_replacement_character(
-    database: Database, alice: int
-) -> None:
+def test_answer_nul_replaced(database: Database, alice: int) -> None:
     chat = chats.create_chat(database, alice)
     chats.add_message(database, alice, chat.id, "assistant", "before\x00after")
     assert chats.list_messages(database, alice, chat.id)[0].content == "before\ufffdafter"

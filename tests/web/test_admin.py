@@ -456,7 +456,7 @@ def test_stored_backend_with_password_is_skipped_unshown(
         ("reactivate", {}),
     ],
 )
-def test_stale_form_does_not_act_on_a_new_account_with_the_old_id(
+def test_stale_form_spares_reused_id(
     admin: TestClient, make_client: Callable[..., TestClient], action: str, fields: dict[str, str]
 ) -> None:
     state = admin.app.state.web  # type: ignore[attr-defined]

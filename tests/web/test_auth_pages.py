@@ -75,7 +75,7 @@ def test_pending_page_shows_approval(
     assert log_in(second, "bob").headers["location"] == "/chats"
 
 
-def test_pending_page_of_deleted_account_names_no_later_account(
+def test_pending_page_ignores_reused_id(
     admin: TestClient, make_client: Callable[..., TestClient]
 ) -> None:
     first = make_client()

@@ -65,7 +65,7 @@ def test_second_tab_cannot_answer_while_the_first_does(
     assert contents == ["Hello", "Hello", "Later", "Hello, world!"]
 
 
-def test_log_out_stops_the_answer_and_closes_the_socket(
+def test_log_out_stops_answer(
     admin: TestClient, fake_backend: FakeBackend, quick_checks: None
 ) -> None:
     fake_backend.stall_after = 1
@@ -133,10 +133,15 @@ def test_live_watcher_is_closed_after_log_out(
     log_in(other, "admin")
     path = f"/ws/chats/{chat_id}/live"
     with admin.websocket_connect(path, headers={"Origin": ORIGIN}) as watcher:
+        # A first answer reaching the watcher shows that it forwards events.
+        with connect(other, chat_id) as socket:
+            send_prompt(socket, "Hello")
+            receive_until(socket, "done")
+        receive_until(watcher, "done")
         admin.post("/logout", data={"csrf_token": csrf_token(admin)})
         time.sleep(0.2)
         with connect(other, chat_id) as socket:
-            send_prompt(socket, "Hello")
+            send_prompt(socket, "Hello again")
             receive_until(socket, "done")
         events = [watcher.receive_json()]
         while events[-1]["type"] != "error":

@@ -121,8 +121,8 @@ def test_rejected_prompt_kept_until_accepted(browser: Browser, web_url: str) -> 
     expect(page.locator(".message.user .content")).to_have_text([draft])
     expect(prompt).to_have_value("")
 
-    # A reload before `accepted` arrived: the prompt that the server saved is not offered
-    # again, only the text typed after it; one that it did not save comes back whole.
+    # After a reload before `accepted`, a prompt that the server saved is not offered again,
+    # only the text typed after it. A prompt that the server did not save comes back whole.
     for sent, restored in ((draft, "typed later"), ("lost", "lost\n\ntyped later")):
         page.evaluate(
             "([key, sent]) => sessionStorage.setItem(key, "

@@ -434,7 +434,7 @@ def test_title_leaves_out_control_characters(prompt: str, title: str) -> None:
     assert shorten_title(prompt) == title
 
 
-def test_prompt_with_control_characters_names_chat_and_is_answered(admin: TestClient) -> None:
+def test_control_characters_prompt_answered(admin: TestClient) -> None:
     chat_id = new_chat(admin)
     with connect(admin, chat_id) as socket:
         send_prompt(socket, "\x1b[1mbold\x1b[0m")
@@ -446,9 +446,7 @@ def test_prompt_with_control_characters_names_chat_and_is_answered(admin: TestCl
 @pytest.mark.parametrize(
     ("count", "stored"), [(None, None), (0, 0), (2**31 - 1, 2**31 - 1), (2**31, None), (-1, None)]
 )
-def test_backend_token_counts_beyond_the_column_are_not_stored(
-    count: int | None, stored: int | None
-) -> None:
+def test_oversized_token_counts_not_stored(count: int | None, stored: int | None) -> None:
     assert storable_count(count) == stored
 
 

@@ -144,7 +144,8 @@ class RedisAnswerClaims:
     def _unreachable(self, chat_id: str, exc: Exception) -> None:
         if not self._failing:
             log.warning(
-                "chat %s: cannot claim the chat in Redis; two tabs may answer at once: %s",
+                "chat %s: claiming the chat in Redis failed, "
+                "so two tabs may run answers at once: %s",
                 chat_id,
                 exc,
             )

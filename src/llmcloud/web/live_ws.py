@@ -4,10 +4,10 @@ A socket here receives the same JSON events as the chat socket that
 generates the answer (see chat_ws.py), on this instance or on another one
 that shares Redis: the current answer from its start, then every later
 answer, until the browser closes it. It checks origin, session and chat
-ownership as the chat socket does, and checks them again before it forwards
-an event when `ACCESS_CHECK_SECONDS` have passed since the last check: once
+ownership as the chat socket does. Before it forwards an event, it checks
+them again if `ACCESS_CHECK_SECONDS` have passed since the last check. Once
 the account logs out or the chat is deleted, the socket gets an error and
-closes, with the chat socket's codes. Messages from the browser are ignored.
+closes with the chat socket's codes. Messages from the browser are ignored.
 """
 
 from __future__ import annotations

@@ -164,9 +164,9 @@ _LIMITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLi
 async def render_answers(texts: Sequence[str]) -> list[str]:
     """Render answers in worker threads, so that a long one does not hold up other requests.
 
-    Answers in the cache come back at once. Of the others, Markdown is rendered for
-    PAGE_RENDER_CHARS characters in all; the rest show as plain text, and a later call
-    renders more of them as the cache fills.
+    Answers in the cache come back at once. Of the others, at most PAGE_RENDER_CHARS
+    characters are rendered as Markdown, and the rest show as plain text. A later call
+    renders more of them, because the cache then holds the first ones.
     """
     rendered: list[str | None] = [_CACHE.get(text) for text in texts]
     budget = PAGE_RENDER_CHARS
