@@ -98,6 +98,10 @@ def test_rejected_prompt_kept_until_accepted(browser: Browser, web_url: str) -> 
     other_tab = page.context.new_page()
     other_tab.goto("/chats")
     other_tab.get_by_role("button", name="Log out").click()
+    # Closing a tab while its navigation commits can leave Chromium's close
+    # unanswered, so the tab closes only once the log-in page has loaded.
+    expect(other_tab.get_by_role("button", name="Log in")).to_be_visible()
+    other_tab.wait_for_load_state()
     other_tab.close()
     prompt.press("Enter")
     login_link = page.get_by_role("link", name="Log in again")
