@@ -62,7 +62,7 @@ def test_watcher_joining_mid_answer_gets_whole_answer(feed_factory: Any) -> None
         await publisher.publish(chat_id, {"type": "started"}, first=True)
         await publisher.publish(chat_id, {"type": "token", "text": "Hel"}, first=False)
         events = watcher.watch(chat_id)
-        collecting = asyncio.create_task(asyncio.wait_for(_collect(events, 4), 10))
+        collecting = asyncio.create_task(asyncio.wait_for(_collect(events, 5), 10))
         await asyncio.sleep(0.2)
         await publisher.publish(chat_id, {"type": "token", "text": "lo"}, first=False)
         await publisher.publish(chat_id, {"type": "done", "status": "complete"}, first=False)
@@ -74,7 +74,8 @@ def test_watcher_joining_mid_answer_gets_whole_answer(feed_factory: Any) -> None
 
     events = asyncio.run(scenario())
 
-    assert [event["type"] for event in events] == ["started", "token", "token", "done"]
+    assert events[0] == {"type": "watching", "answering": True}
+    assert [event["type"] for event in events[1:]] == ["started", "token", "token", "done"]
     assert "".join(event.get("text", "") for event in events) == "Hello"
 
 
@@ -85,7 +86,7 @@ def test_watcher_after_answer_skips_finished_answer(feed_factory: Any) -> None:
         await publisher.publish(chat_id, {"type": "token", "text": "old"}, first=True)
         await publisher.publish(chat_id, {"type": "done", "status": "complete"}, first=False)
         events = watcher.watch(chat_id)
-        collecting = asyncio.create_task(asyncio.wait_for(_collect(events, 2), 10))
+        collecting = asyncio.create_task(asyncio.wait_for(_collect(events, 3), 10))
         await asyncio.sleep(0.2)
         await publisher.publish(chat_id, {"type": "token", "text": "new"}, first=True)
         await publisher.publish(chat_id, {"type": "done", "status": "complete"}, first=False)
@@ -97,8 +98,9 @@ def test_watcher_after_answer_skips_finished_answer(feed_factory: Any) -> None:
 
     events = asyncio.run(scenario())
 
-    assert events[0] == {"type": "token", "text": "new"}
-    assert events[1]["type"] == "done"
+    assert events[0] == {"type": "watching", "answering": False}
+    assert events[1] == {"type": "token", "text": "new"}
+    assert events[2]["type"] == "done"
 
 
 def test_redis_feed_publish_survives_unreachable_redis(caplog: pytest.LogCaptureFixture) -> None:

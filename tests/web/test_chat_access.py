@@ -163,3 +163,35 @@ def test_checks_do_not_end_a_live_session(
         done = receive_until(socket, "done", "error")[-1]
     assert done["type"] == "done"
     assert done["status"] == "complete"
+
+
+def test_live_watcher_is_told_whether_an_answer_runs(
+    admin: TestClient, fake_backend: FakeBackend
+) -> None:
+    chat_id = new_chat(admin)
+    path = f"/ws/chats/{chat_id}/live"
+    with admin.websocket_connect(path, headers={"Origin": ORIGIN}) as watcher:
+        idle = watcher.receive_json()
+
+    fake_backend.stall_after = 1
+    with connect(admin, chat_id) as socket:
+        send_prompt(socket, "Hello")
+        receive_until(socket, "token")
+        with admin.websocket_connect(path, headers={"Origin": ORIGIN}) as watcher:
+            running = receive_until(watcher, "token")
+            socket.send_text('{"type": "stop"}')
+            receive_until(socket, "done")
+            stopped = receive_until(watcher, "done")[-1]
+
+    # A claimed chat counts as answering before its answer's first event.
+    claims = admin.app.state.answer_claims  # type: ignore[attr-defined]
+    claim = admin.portal.call(claims.claim, chat_id)  # type: ignore[union-attr]
+    with admin.websocket_connect(path, headers={"Origin": ORIGIN}) as watcher:
+        claimed = watcher.receive_json()
+    admin.portal.call(claim.release)  # type: ignore[union-attr]
+
+    assert idle == {"type": "watching", "answering": False}
+    assert running[0] == {"type": "watching", "answering": True}
+    assert running[-1]["text"] == "Hello"
+    assert stopped["status"] == "interrupted"
+    assert claimed == {"type": "watching", "answering": True}

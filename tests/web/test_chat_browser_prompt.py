@@ -1,7 +1,8 @@
 """The chat page's prompt form in headless Chromium, against a fake model backend.
 
 The prompt stays a draft until the server confirms it. A rejected prompt or
-regenerate keeps what the user had, and the page fits a phone screen. The
+regenerate keeps what the user had, a second tab shows the first tab's answer
+as it streams, and the page fits a phone screen. The
 app runs in uvicorn on loopback with the fake backend as its only backend,
 which answers "Hello, world!".
 """
@@ -21,7 +22,7 @@ from llmcloud.db import chats
 from llmcloud.db.models import MessageRole
 from llmcloud.web import create_app
 from tests.conftest import RunningServer
-from tests.gateway.fake_backend import FakeBackend
+from tests.gateway.fake_backend import DEFAULT_TOKENS, FakeBackend
 from tests.web.conftest import CHEAP_HASHER, FAKE_MODEL, PASSWORD, needs_chromium, web_settings
 
 ANSWER = "Hello, world!"
@@ -32,12 +33,16 @@ pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def backend() -> Iterator[FakeBackend]:
     backend = FakeBackend((FAKE_MODEL,)).start()
-    data_dir: Path = tmp_path_factory.mktemp("chat-browser-prompt")
-    app = create_app(web_settings(data_dir, backend.url), hasher=CHEAP_HASHER)
-    yield app
+    yield backend
     backend.stop()
+
+
+@pytest.fixture(scope="module")
+def app(backend: FakeBackend, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    data_dir: Path = tmp_path_factory.mktemp("chat-browser-prompt")
+    return create_app(web_settings(data_dir, backend.url), hasher=CHEAP_HASHER)
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +103,8 @@ def test_rejected_prompt_kept_until_accepted(browser: Browser, web_url: str) -> 
     other_tab = page.context.new_page()
     other_tab.goto("/chats")
     other_tab.get_by_role("button", name="Log out").click()
-    # Closing a tab while its navigation commits can leave Chromium's close
-    # unanswered, so the tab closes only once the log-in page has loaded.
+    # Chromium may never finish closing a tab whose navigation is committing,
+    # so the tab closes only once the log-in page has loaded.
     expect(other_tab.get_by_role("button", name="Log in")).to_be_visible()
     other_tab.wait_for_load_state()
     other_tab.close()
@@ -149,6 +154,40 @@ def test_rejected_prompt_kept_until_accepted(browser: Browser, web_url: str) -> 
     expect(answers).to_have_attribute("data-tokens", re.compile(r"^\d+$"))
     expect(answers).to_have_attribute("data-message-id", re.compile(r"^\d+$"))
     expect(answers).to_have_count(1)
+    page.context.close()
+
+
+def test_second_tab_follows_answer(browser: Browser, web_url: str, backend: FakeBackend) -> None:
+    words = [f"word{index} " for index in range(30)]
+    backend.tokens = words
+    backend.token_interval = 0.1
+    try:
+        page = open_new_chat(browser, web_url)
+        page.get_by_label("Message").fill("Count slowly")
+        page.get_by_label("Message").press("Enter")
+        expect(page.locator(".message.assistant .content")).to_contain_text("word2")
+
+        other_tab = page.context.new_page()
+        other_tab.goto(page.url)
+        notice = other_tab.get_by_role("note").filter(has_text="another tab")
+        expect(notice).to_contain_text("shows below as it streams")
+        expect(other_tab.get_by_role("button", name="Send")).to_be_disabled()
+        answer = other_tab.locator(".message.assistant")
+        expect(answer.locator(".content")).to_have_text("".join(words).strip())
+        expect(answer).to_have_attribute("data-message-id", re.compile(r"^\d+$"))
+        expect(notice).to_have_count(0)
+        expect(other_tab.get_by_role("button", name="Send")).to_be_enabled()
+        expect(other_tab.locator(".message.user .content")).to_have_text(["Count slowly"])
+
+        # Having shown that answer, the tab stops following: a later answer's prompt is not on it.
+        backend.tokens = ["late"]
+        page.get_by_label("Message").fill("Once more")
+        page.get_by_label("Message").press("Enter")
+        expect(page.locator(".message.assistant .content").last).to_have_text("late")
+        expect(other_tab.locator(".message.assistant")).to_have_count(1)
+    finally:
+        backend.tokens = list(DEFAULT_TOKENS)
+        backend.token_interval = 0.0
     page.context.close()
 
 

@@ -132,6 +132,8 @@ async def _render_chat_page(
 ) -> Response:
     """Render a chat; `form` has a rejected settings form's typed value and error (HTTP 422)."""
     chat = await run_in_threadpool(chats.get_chat, state.db, active.user.id, chat_id)
+    # Checked first, so that an answer which ends meanwhile is in the messages or announced.
+    answering = await request.app.state.answer_claims.is_claimed(chat_id)
     messages = await run_in_threadpool(chats.list_messages, state.db, active.user.id, chat_id)
     models = [model.name for model in await state.models.models()]
     context = {
@@ -140,7 +142,7 @@ async def _render_chat_page(
         "models": models,
         "selected_model": pick_model(models, chat.model, state.settings.web_default_model),
         "max_prompt_length": state.settings.web_max_prompt_length,
-        "answering": await request.app.state.answer_claims.is_claimed(chat_id),
+        "answering": answering,
         **(form or {}),
     }
     return render(request, "chat.html", context, status_code=422 if form else 200)

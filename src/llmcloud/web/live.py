@@ -48,7 +48,12 @@ class LiveFeed(Protocol):
         """Publish one event of the chat's answer; `first` starts a new answer."""
 
     def watch(self, chat_id: str) -> AsyncGenerator[dict[str, Any], None]:
-        """Yield the chat's events: the current answer from its start, then every later one."""
+        """Yield the chat's events: the current answer from its start, then every later one.
+
+        The first event, `{"type": "watching", "answering": bool}`, comes once
+        the watcher receives every later event, and says whether an answer had
+        started and not ended by then.
+        """
 
     async def close(self) -> None: ...
 
@@ -105,6 +110,7 @@ class LocalFeed:
             queue.put_nowait(event)
         self._watchers[chat_id].add(queue)
         try:
+            yield watching_event(chat_id in self._current)
             while True:
                 yield await queue.get()
         finally:
@@ -156,7 +162,8 @@ class RedisFeed:
 
     async def watch(self, chat_id: str) -> AsyncGenerator[dict[str, Any], None]:
         key = self.key(chat_id)
-        last_id = await self._start_id(key)
+        last_id, answering = await self._start(key)
+        yield watching_event(answering)
         while True:
             # redis-py types replies loosely: [[key, [(entry id, {field: value})]]].
             replies: Any = await self.client.xread({key: last_id}, block=READ_BLOCK_MILLISECONDS)
@@ -165,19 +172,26 @@ class RedisFeed:
                     last_id = _text(entry_id)
                     yield json.loads(_text(fields[b"event"]))
 
-    async def _start_id(self, key: str) -> str:
-        """Return the id to read after: the start of a running answer, else the newest event."""
+    async def _start(self, key: str) -> tuple[str, bool]:
+        """Return the id to read after and whether an answer is running.
+
+        The id is the start of a running answer, else the newest event.
+        """
         newest: Any = await self.client.xrevrange(key, count=1)
         if not newest:
-            return "0-0"
+            return "0-0", False
         entry_id, fields = newest[0]
         event = json.loads(_text(fields[b"event"]))
         if event.get("type") in TERMINAL_TYPES:
-            return _text(entry_id)
-        return "0-0"
+            return _text(entry_id), False
+        return "0-0", True
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def watching_event(answering: bool) -> dict[str, Any]:
+    return {"type": "watching", "answering": answering}
 
 
 def _text(value: bytes | str) -> str:

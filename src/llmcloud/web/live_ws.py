@@ -3,11 +3,16 @@
 A socket here receives the same JSON events as the chat socket that
 generates the answer (see chat_ws.py), on this instance or on another one
 that shares Redis: the current answer from its start, then every later
-answer, until the browser closes it. It checks origin, session and chat
-ownership as the chat socket does. Before it forwards an event, it checks
-them again if `ACCESS_CHECK_SECONDS` have passed since the last check. Once
-the account logs out or the chat is deleted, the socket gets an error and
-closes with the chat socket's codes. Messages from the browser are ignored.
+answer, until the browser closes it. The first event,
+`{"type": "watching", "answering": true}`, says whether an answer is running;
+with `false`, the events that follow belong to answers not yet begun. The
+chat page uses it to show an answer that another tab is writing.
+
+The socket checks origin, session and chat ownership as the chat socket
+does. Before it forwards an event, it checks them again if
+`ACCESS_CHECK_SECONDS` have passed since the last check. Once the account
+logs out or the chat is deleted, the socket gets an error and closes with
+the chat socket's codes. Messages from the browser are ignored.
 """
 
 from __future__ import annotations
@@ -71,6 +76,11 @@ async def _forward(conversation: ChatConversation, feed: LiveFeed, chat_id: str)
     checked = time.monotonic()
     try:
         async for event in events:
+            if event["type"] == "watching" and not event["answering"]:
+                # An answer can hold the chat's claim before its first event. The claim
+                # ends before the answer's last event, which this watcher then receives.
+                claims = conversation.websocket.app.state.answer_claims
+                event = {**event, "answering": await claims.is_claimed(chat_id)}
             if time.monotonic() - checked >= chat_ws.ACCESS_CHECK_SECONDS:
                 await asyncio.to_thread(conversation.check_access)
                 checked = time.monotonic()

@@ -7,6 +7,9 @@
 // prompt rejected before that goes back into the prompt box. The draft is also
 // kept per chat in sessionStorage, which lasts through a reload or a log-in round trip in
 // the same tab. Regenerate likewise keeps the old answer in view until the server accepts.
+//
+// A page that loads while another tab's answer to the chat streams follows that answer
+// through the live socket, from its start, and shows it as if it were its own.
 "use strict";
 
 (() => {
@@ -26,6 +29,7 @@
   const title = document.getElementById("chat-title");
   const titleField = document.getElementById("title");
   const loginNotice = document.getElementById("chat-login");
+  const answeringNotice = document.getElementById("chat-answering");
   const draftKey = `llmcloud.draft.${chatId}`;
   // The close code of chat_ws.py for a session that ended: 4000 + HTTP 401.
   const LOGIN_AGAIN = 4401;
@@ -39,9 +43,13 @@
   // {kind: "send", draft, userArticle} or {kind: "regenerate"}.
   let unconfirmed = null;
 
-  function connect() {
+  function socketUrl(suffix) {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    socket = new WebSocket(`${scheme}//${location.host}/ws/chats/${encodeURIComponent(chatId)}`);
+    return `${scheme}//${location.host}/ws/chats/${encodeURIComponent(chatId)}${suffix}`;
+  }
+
+  function connect() {
+    socket = new WebSocket(socketUrl(""));
     socket.addEventListener("open", () => {
       for (const payload of pending) socket.send(payload);
       pending = [];
@@ -307,7 +315,64 @@
     send({ type: "regenerate", model: model.value });
   });
 
+  // Follows the answer that another tab was writing when this page loaded, then stops:
+  // a later answer's prompt is not on this page.
+  function follow() {
+    const live = new WebSocket(socketUrl("/live"));
+    let following = false;
+    let ended = false;
+    function end(text) {
+      ended = true;
+      live.close();
+      answeringNotice.replaceChildren(text);
+      if (!text) answeringNotice.remove();
+    }
+    live.addEventListener("message", (event) => {
+      const message = JSON.parse(event.data);
+      if (ended) return;
+      if (message.type === "watching") {
+        if (!message.answering) {
+          const reload = document.createElement("a");
+          reload.href = location.pathname;
+          reload.textContent = "Reload";
+          end("The answer that was being written when this page loaded has ended. ");
+          answeringNotice.append(reload, " to see it.");
+          return;
+        }
+        following = true;
+        answeringNotice.textContent =
+          "An answer to this chat is being written in another tab; it shows below as it streams.";
+        setBusy(true);
+        stopButton.disabled = true;
+        status.textContent = "Answering in another tab…";
+        return;
+      }
+      if (!following) return;
+      if (message.type === "token") {
+        appendToken(message.text);
+        status.textContent = "Answering in another tab…";
+      } else if (message.type === "title") {
+        showTitle(message.title);
+      } else if (message.type === "done") {
+        finish(message);
+        end("");
+      } else if (message.type === "error") {
+        finishWithError(message.message, message);
+        end("");
+      }
+    });
+    live.addEventListener("close", (event) => {
+      if (ended) return;
+      if (following) {
+        finishWithError("the connection closed during the answer; reload the page");
+      }
+      end("Following the other tab's answer stopped. Reload the page to see it.");
+      if (event.code === LOGIN_AGAIN) loginNotice.hidden = false;
+    });
+  }
+
   restoreDraft();
   connect();
+  if (answeringNotice) follow();
   messages.lastElementChild?.scrollIntoView({ block: "end" });
 })();
