@@ -158,9 +158,8 @@ def test_rejected_prompt_kept_until_accepted(browser: Browser, web_url: str) -> 
 
 
 def test_second_tab_follows_answer(browser: Browser, web_url: str, backend: FakeBackend) -> None:
-    words = [f"word{index} " for index in range(30)]
-    backend.tokens = words
-    backend.token_interval = 0.1
+    backend.tokens = [f"word{index} " for index in range(5)]
+    backend.stall_after = 3
     try:
         page = open_new_chat(browser, web_url)
         page.get_by_label("Message").fill("Count slowly")
@@ -171,15 +170,20 @@ def test_second_tab_follows_answer(browser: Browser, web_url: str, backend: Fake
         other_tab.goto(page.url)
         notice = other_tab.get_by_role("note").filter(has_text="another tab")
         expect(notice).to_contain_text("shows below as it streams")
-        expect(other_tab.get_by_role("button", name="Send")).to_be_disabled()
         answer = other_tab.locator(".message.assistant")
-        expect(answer.locator(".content")).to_have_text("".join(words).strip())
+        expect(answer.locator(".content")).to_have_text("word0 word1 word2")
+        expect(other_tab.get_by_role("button", name="Send")).to_be_disabled()
+        expect(other_tab.get_by_role("button", name="Stop")).to_be_disabled()
+
+        page.get_by_role("button", name="Stop").click()
         expect(answer).to_have_attribute("data-message-id", re.compile(r"^\d+$"))
+        expect(answer).to_have_class(re.compile(r"\binterrupted\b"))
         expect(notice).to_have_count(0)
         expect(other_tab.get_by_role("button", name="Send")).to_be_enabled()
         expect(other_tab.locator(".message.user .content")).to_have_text(["Count slowly"])
 
         # Having shown that answer, the tab stops following: a later answer's prompt is not on it.
+        backend.stall_after = None
         backend.tokens = ["late"]
         page.get_by_label("Message").fill("Once more")
         page.get_by_label("Message").press("Enter")
@@ -187,7 +191,7 @@ def test_second_tab_follows_answer(browser: Browser, web_url: str, backend: Fake
         expect(other_tab.locator(".message.assistant")).to_have_count(1)
     finally:
         backend.tokens = list(DEFAULT_TOKENS)
-        backend.token_interval = 0.0
+        backend.stall_after = None
     page.context.close()
 
 
