@@ -101,6 +101,13 @@ CASES: list[tuple[str, str, Any, int, str]] = [
         "context",
     ),
     (
+        "truncate_as_string",
+        "/api/chat",
+        {"model": M, "messages": USER, "truncate": "yes"},
+        400,
+        "truncate",
+    ),
+    (
         "bad_keep_alive",
         "/api/generate",
         {"model": M, "prompt": "x", "keep_alive": "forever"},

@@ -119,7 +119,9 @@ async def chat(request: Request) -> Response:
         entry,
         options=merged_options(entry, body.options),
         keep_alive=keep_alive,
-        render=PromptRenderer(messages=messages, tools=body.tools),
+        render=PromptRenderer(
+            messages=messages, tools=body.tools, truncate=body.truncate is not False
+        ),
         grammar=grammar_for(body.format),
     )
     return _respond(

@@ -49,6 +49,11 @@ router = APIRouter(prefix="/v1")
 
 FINGERPRINT = "fp_llmcloud"
 
+# The advice that ends the error for a prompt that does not fit the context. OpenAI's API
+# has no field for the context size, so the advice names none.
+CHAT_CONTEXT_HINT = "shorten the messages or use a model with a longer context"
+COMPLETION_CONTEXT_HINT = "shorten the prompt or use a model with a longer context"
+
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
@@ -66,13 +71,15 @@ async def chat_completions(request: Request) -> Response:
     ]
     if entry.system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": entry.system})
+    # As on Ollama's /v1, a chat that does not fit the context always loses its oldest messages.
     generation = await _start(
         request,
         entry,
         body,
-        PromptRenderer(messages=messages, tools=body.tools),
+        PromptRenderer(messages=messages, tools=body.tools, truncate=True),
         body.max_completion_tokens or body.max_tokens,
         _format_grammar(body.response_format),
+        CHAT_CONTEXT_HINT,
     )
     reply = _Reply(generation, entry.name.display, chat=True, include_usage=_usage(body))
     reply.tools = tool_names(body.tools)
@@ -89,7 +96,13 @@ async def completions(request: Request) -> Response:
     if body.suffix:
         raise InvalidRequest(f"suffix: model '{entry.name.display}' does not support insert")
     generation = await _start(
-        request, entry, body, PromptRenderer(raw_prompt=prompts[0]), body.max_tokens, None
+        request,
+        entry,
+        body,
+        PromptRenderer(raw_prompt=prompts[0]),
+        body.max_tokens,
+        None,
+        COMPLETION_CONTEXT_HINT,
     )
     reply = _Reply(generation, entry.name.display, chat=False, include_usage=_usage(body))
     if body.echo:
@@ -139,6 +152,7 @@ async def _start(
     renderer: PromptRenderer,
     limit: int | None,
     grammar: str | None,
+    context_hint: str,
 ) -> Generation:
     options = merged_options(entry, None)
     for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "stop"):
@@ -153,6 +167,7 @@ async def _start(
         render=renderer,
         grammar=grammar,
         max_new_tokens=limit,
+        context_hint=context_hint,
     )
 
 

@@ -92,6 +92,9 @@ class OllamaChatRequest(_Body):
     keep_alive: KeepAlive = None
     tools: Tools = None
     think: StrictBool | None = None
+    # Whether to drop the oldest messages of a prompt that does not fit the context. Absent
+    # or null means true, as in Ollama's ChatRequest.
+    truncate: StrictBool | None = None
 
 
 class OllamaGenerateRequest(_Body):

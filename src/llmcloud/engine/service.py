@@ -4,12 +4,18 @@ Both the Ollama routes and the OpenAI routes come through here, so limits and
 errors are the same on both. Everything that can fail with a 4xx (unknown
 model, prompt longer than the context, invalid format schema, full queue)
 fails in `start_generation`, before a streamed response has begun.
+
+A chat that truncates its history drops its oldest messages until the prompt
+leaves room for the answer (`answer_room`). The runner has no context shift, so
+generation stops when the context is full. Ollama drops messages only until the
+prompt fits the context, and shifts the context while it generates.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +24,7 @@ from llama_cpp import llama_grammar
 
 from llmcloud.engine.errors import InvalidRequest
 from llmcloud.engine.names import parse_model_name
+from llmcloud.engine.prompt import FittedPrompt, Message, fit_messages
 from llmcloud.engine.runtime import Event, Finished, Job, Sampling
 from llmcloud.engine.scheduler import LoadedModel, Scheduler
 from llmcloud.engine.schemas import FormatSpec, Options
@@ -25,6 +32,11 @@ from llmcloud.engine.store import ModelEntry, ModelStore
 from llmcloud.monitoring.llm_metrics import GenerationMetrics
 from llmcloud.settings import Settings
 from llmcloud.units import parse_duration
+
+logger = logging.getLogger("llmcloud.engine")
+
+# The advice that ends the error for a prompt that does not fit the context, on Ollama's API.
+OLLAMA_CONTEXT_HINT = "shorten it or raise options.num_ctx"
 
 
 class Generation:
@@ -152,6 +164,15 @@ def max_tokens(options: dict[str, Any], num_ctx: int) -> int:
     return num_ctx if num_predict < 0 else num_predict
 
 
+def answer_room(max_new_tokens: int, num_ctx: int) -> int:
+    """Tokens that a truncated chat keeps free for the answer.
+
+    The request's maximum of new tokens, but at most a quarter of the context
+    and at least one token.
+    """
+    return max(1, min(max_new_tokens, num_ctx // 4))
+
+
 async def start_generation(
     scheduler: Scheduler,
     entry: ModelEntry,
@@ -161,18 +182,27 @@ async def start_generation(
     render: PromptRenderer,
     grammar: str | None,
     max_new_tokens: int | None = None,
+    context_hint: str = OLLAMA_CONTEXT_HINT,
 ) -> Generation:
-    """Load the model, build and check the prompt, and queue the job."""
+    """Load the model, build and check the prompt, and queue the job.
+
+    `context_hint` ends the error for a prompt that does not fit the context,
+    saying what the client can do in the terms of its API.
+    """
     started = time.perf_counter()
     num_ctx = context_length(scheduler.settings, options)
+    if max_new_tokens is None:
+        max_new_tokens = max_tokens(options, num_ctx)
     model, load_ns = await scheduler.acquire(entry, num_ctx=num_ctx, keep_alive=keep_alive)
     try:
-        prompt = render(model)
-        _check_prompt_length(prompt, num_ctx)
+        prompt = render(model, limit=num_ctx - answer_room(max_new_tokens, num_ctx))
+        if prompt.dropped:
+            _log_dropped(model.name, prompt, num_ctx)
+        _check_prompt_length(prompt, num_ctx, context_hint)
         job = Job(
-            prompt=prompt,
+            prompt=prompt.tokens,
             sampling=sampling_from(options, grammar),
-            max_tokens=max_tokens(options, num_ctx) if max_new_tokens is None else max_new_tokens,
+            max_tokens=max_new_tokens,
             num_ctx=num_ctx,
             stop=stop_strings(options),
             loop=asyncio.get_running_loop(),
@@ -185,22 +215,28 @@ async def start_generation(
 
 
 class PromptRenderer:
-    """Turns a request into prompt tokens once the model (and so its tokenizer) is loaded."""
+    """Turns a request into prompt tokens once the model (and so its tokenizer) is loaded.
+
+    With `truncate`, a chat whose prompt is longer than the limit given at render
+    time loses its oldest messages (see `fit_messages`).
+    """
 
     def __init__(
         self,
         *,
-        messages: list[dict[str, Any]] | None = None,
+        messages: list[Message] | None = None,
         raw_prompt: str | None = None,
         context: list[int] | None = None,
         tools: list[dict[str, Any]] | None = None,
+        truncate: bool = False,
     ) -> None:
         self.messages = messages
         self.raw_prompt = raw_prompt
         self.context = context or []
         self.tools = tools
+        self.truncate = truncate
 
-    def __call__(self, model: LoadedModel) -> list[int]:
+    def __call__(self, model: LoadedModel, *, limit: int) -> FittedPrompt:
         runner = model.runner
         for token in self.context:
             if not 0 <= token < runner.n_vocab:
@@ -209,18 +245,39 @@ class PromptRenderer:
                     f"{runner.n_vocab} tokens; send the context returned by this model"
                 )
         if self.raw_prompt is not None:
-            text = self.raw_prompt
-            add_special = not self.context
-        else:
-            text = model.template.render(self.messages or [], tools=self.tools)
-            bos = model.template.bos_token
-            add_special = not (bos and text.startswith(bos)) and not self.context
-        return self.context + runner.tokenize(text, add_special=add_special)
+            tokens = runner.tokenize(self.raw_prompt, add_special=not self.context)
+            return FittedPrompt(self.context + tokens, [])
+
+        messages = self.messages or []
+        if self.truncate:
+            return fit_messages(messages, lambda kept: self._chat_tokens(model, kept), limit)
+        return FittedPrompt(self._chat_tokens(model, messages), messages)
+
+    def _chat_tokens(self, model: LoadedModel, messages: list[Message]) -> list[int]:
+        text = model.template.render(messages, tools=self.tools)
+        bos = model.template.bos_token
+        add_special = not (bos and text.startswith(bos)) and not self.context
+        return self.context + model.runner.tokenize(text, add_special=add_special)
 
 
-def _check_prompt_length(prompt: list[int], num_ctx: int) -> None:
-    if len(prompt) >= num_ctx:
-        raise InvalidRequest(
-            f"the prompt is {len(prompt)} tokens, which does not fit the context of {num_ctx} "
-            "tokens; shorten it or raise options.num_ctx"
-        )
+def _log_dropped(model: str, prompt: FittedPrompt, num_ctx: int) -> None:
+    logger.info(
+        "dropped the oldest %d of %d chat messages for model %s: the prompt is now %d tokens "
+        "with num_ctx %d",
+        prompt.dropped,
+        prompt.dropped + len(prompt.messages),
+        model,
+        len(prompt.tokens),
+        num_ctx,
+    )
+
+
+def _check_prompt_length(prompt: FittedPrompt, num_ctx: int, hint: str) -> None:
+    size = len(prompt.tokens)
+    if size < num_ctx:
+        return
+    dropped = f" after dropping the oldest {prompt.dropped} messages" if prompt.dropped else ""
+    raise InvalidRequest(
+        f"the prompt is {size} tokens{dropped}, which does not fit the context of {num_ctx} "
+        f"tokens; {hint}"
+    )
