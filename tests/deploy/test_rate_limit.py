@@ -6,15 +6,19 @@ import asyncio
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
+from llmcloud.web import rate_limit
 from llmcloud.web.rate_limit import (
     LocalRateLimiter,
     RateLimiter,
     RateLimitExceeded,
+    RedisRateLimiter,
     rate_limiter_for,
 )
 from tests.deploy.conftest import free_port, start_web
@@ -54,23 +58,63 @@ def _hit_all(limiters: list[RateLimiter], key: str) -> list[int | None]:
     return asyncio.run(run())
 
 
-def test_local_limiter_rejects_past_limit() -> None:
-    clock = FakeClock(1000 * 60 + 15.5)
-    limiter = LocalRateLimiter(2, clock)
+@pytest.fixture(params=["local", "redis"])
+def make_limiter(request: pytest.FixtureRequest) -> Callable[[int, FakeClock], RateLimiter]:
+    """A factory of limiters on a fake clock, counting in this process or in Redis."""
+    if request.param == "local":
+        return LocalRateLimiter
+    url = request.getfixturevalue("redis_url")
+    prefix = f"test-{secrets.token_hex(6)}"
 
-    assert _hit_all([limiter, limiter, limiter], "chat:1") == [None, None, 45]
+    class PrefixedRedisLimiter(RedisRateLimiter):
+        async def hit(self, key: str) -> None:
+            await super().hit(f"{prefix}:{key}")
+
+    def make(limit: int, clock: FakeClock) -> RateLimiter:
+        return PrefixedRedisLimiter(aioredis.Redis.from_url(url), limit, clock)
+
+    return make
 
 
-def test_local_limiter_resets_in_next_window() -> None:
-    clock = FakeClock(1000 * 60 + 59.0)
-    limiter = LocalRateLimiter(1, clock)
+def _hits_at(limiter: RateLimiter, clock: FakeClock, times: list[float]) -> list[int | None]:
+    """Hit the limiter at each of `times`; return None for a pass, else the Retry-After."""
 
-    async def run() -> None:
-        await limiter.hit("chat:1")
-        clock.now += 2
-        await limiter.hit("chat:1")
+    async def run() -> list[int | None]:
+        outcomes: list[int | None] = []
+        for now in times:
+            clock.now = now
+            try:
+                await limiter.hit("chat:1")
+                outcomes.append(None)
+            except RateLimitExceeded as exc:
+                outcomes.append(exc.retry_after)
+        await limiter.close()
+        return outcomes
 
-    asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_limiter_rejects_past_limit(make_limiter: Callable[..., RateLimiter]) -> None:
+    clock = FakeClock(0)
+    limiter = make_limiter(2, clock)
+
+    assert _hits_at(limiter, clock, [60_015.5, 60_016.0, 60_020.0]) == [None, None, 56]
+
+
+def test_limiter_window_slides(make_limiter: Callable[..., RateLimiter]) -> None:
+    clock = FakeClock(0)
+    limiter = make_limiter(2, clock)
+    # Fixed one-minute windows would let the third request through: it opens a new window.
+    times = [59_970.0, 59_990.0, 60_000.0, 60_030.0, 60_050.5, 60_051.0]
+
+    assert _hits_at(limiter, clock, times) == [None, None, 30, None, None, 39]
+
+
+def test_rejected_requests_not_counted(make_limiter: Callable[..., RateLimiter]) -> None:
+    clock = FakeClock(0)
+    limiter = make_limiter(1, clock)
+
+    assert _hits_at(limiter, clock, [100.0, 130.0, 159.0, 160.0]) == [None, 30, 1, None]
 
 
 def test_local_limiter_counts_keys_apart() -> None:
@@ -83,6 +127,21 @@ def test_local_limiter_counts_keys_apart() -> None:
             await limiter.hit("chat:1")
 
     asyncio.run(run())
+
+
+def test_local_limiter_forgets_idle_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rate_limit, "SWEEP_EVERY", 3)
+    clock = FakeClock(1_000.0)
+    limiter = LocalRateLimiter(5, clock)
+
+    async def run() -> list[str]:
+        await limiter.hit("login:address:192.0.2.1")
+        await limiter.hit("login:address:192.0.2.2")
+        clock.now += 61
+        await limiter.hit("login:address:192.0.2.3")
+        return sorted(limiter._times)
+
+    assert asyncio.run(run()) == ["login:address:192.0.2.3"]
 
 
 def test_limit_message_names_setting() -> None:

@@ -1,9 +1,11 @@
 """Per-account limits on chat prompts, shared by every web instance through Redis.
 
 `web_chat_rate_limit` caps the prompts (sends and regenerations) that one
-account may start per minute on the chat page. The count uses fixed
-one-minute windows. With `redis_url` set, every instance increments the same
-counter, `llmcloud:rate:<key>:<window>`, so the limit holds however the load
+account may start per minute on the chat page. The minute slides: a request
+counts against the limit for 60 seconds after it was let through, so no
+window boundary lets a burst of twice the limit pass. Rejected requests do
+not count. With `redis_url` set, every instance records the requests in the
+same sorted set, `llmcloud:rate:<key>`, so the limit holds however the load
 balancer spreads a user's sockets. Without it, each instance counts alone.
 
 An unreachable Redis lets prompts through, logged once per outage, because a
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,6 +31,8 @@ from llmcloud.db.errors import ServiceError
 log = logging.getLogger("llmcloud.web")
 
 WINDOW_SECONDS = 60
+# Every this many requests, keys with no request in the last window are dropped.
+SWEEP_EVERY = 1000
 # Many users can share one address, such as a class behind one router.
 ADDRESS_FACTOR = 10
 
@@ -97,21 +103,47 @@ class LocalRateLimiter:
     def __init__(self, limit: int, clock: Callable[[], float] = time.time) -> None:
         self.limit = limit
         self.clock = clock
-        self._counts: dict[str, tuple[int, int]] = {}
+        self._times: dict[str, deque[float]] = {}
+        self._hits = 0
 
     async def hit(self, key: str) -> None:
         now = self.clock()
-        window = int(now // WINDOW_SECONDS)
-        counted_window, count = self._counts.get(key, (window, 0))
-        if counted_window != window:
-            count = 0
-        count += 1
-        self._counts[key] = (window, count)
-        if count > self.limit:
-            raise RateLimitExceeded(self.limit, _seconds_left(now))
+        self._hits += 1
+        if self._hits % SWEEP_EVERY == 0:
+            self._sweep(now)
+        times = self._times.setdefault(key, deque())
+        while times and times[0] <= now - WINDOW_SECONDS:
+            times.popleft()
+        if len(times) >= self.limit:
+            raise RateLimitExceeded(self.limit, _seconds_left(times[0], now))
+        times.append(now)
+
+    def _sweep(self, now: float) -> None:
+        for key in [
+            key
+            for key, times in self._times.items()
+            if not times or times[-1] <= now - WINDOW_SECONDS
+        ]:
+            del self._times[key]
 
     async def close(self) -> None:
-        self._counts.clear()
+        self._times.clear()
+
+
+# Drops the requests older than the window, then records this one if the limit allows.
+# Returns 1, or 0 and the time of the oldest request still counted.
+_SLIDING_WINDOW_SCRIPT = """
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {0, oldest[2]}
+end
+redis.call('ZADD', KEYS[1], now, ARGV[4])
+redis.call('EXPIRE', KEYS[1], math.ceil(window))
+return {1, ARGV[1]}
+"""
 
 
 class RedisRateLimiter:
@@ -124,27 +156,29 @@ class RedisRateLimiter:
         self.limit = limit
         self.clock = clock
         self._failing = False
+        self._script = client.register_script(_SLIDING_WINDOW_SCRIPT)
 
     async def hit(self, key: str) -> None:
         now = self.clock()
-        counter = f"llmcloud:rate:{key}:{int(now // WINDOW_SECONDS)}"
+        # Requests at the same instant stay apart in the set by their random suffix.
+        member = f"{now}:{secrets.token_hex(4)}"
         try:
-            async with self.client.pipeline(transaction=True) as pipeline:
-                pipeline.incr(counter)
-                pipeline.expire(counter, 2 * WINDOW_SECONDS)
-                count, _ = await pipeline.execute()
+            allowed, oldest = await self._script(
+                keys=[f"llmcloud:rate:{key}"], args=[now, WINDOW_SECONDS, self.limit, member]
+            )
         except (RedisError, OSError) as exc:
             if not self._failing:
                 log.warning("cannot count %s in Redis; rate limit not applied: %s", key, exc)
             self._failing = True
             return
         self._failing = False
-        if int(count) > self.limit:
-            raise RateLimitExceeded(self.limit, _seconds_left(now))
+        if not int(allowed):
+            raise RateLimitExceeded(self.limit, _seconds_left(float(oldest), now))
 
     async def close(self) -> None:
         await self.client.aclose()
 
 
-def _seconds_left(now: float) -> int:
-    return max(1, math.ceil(WINDOW_SECONDS - now % WINDOW_SECONDS))
+def _seconds_left(oldest: float, now: float) -> int:
+    """Return the whole seconds until the oldest counted request leaves the window."""
+    return max(1, math.ceil(oldest + WINDOW_SECONDS - now))
