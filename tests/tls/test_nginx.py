@@ -249,7 +249,7 @@ def chat_over_websocket(nginx: Nginx, timeout: float) -> list[tuple[str, float]]
         url,
         ssl=_trust(nginx),
         additional_headers={"Origin": nginx.url, "Cookie": cookies},
-        open_timeout=10,
+        open_timeout=30,
     ) as socket:
         socket.send(json.dumps({"type": "send", "content": "Hello", "model": FAKE_MODEL}))
         while True:
