@@ -41,6 +41,8 @@ class FakeBackend:
         """Send nothing for the model list, as a backend too busy to list its models."""
         self.stall_before_first_token = False
         self.stall_after: int | None = None
+        self.done_reason = "stop"
+        """Why the stream ends: "stop", or "length" for an answer cut short by its limit."""
         """Stop sending after this many tokens, keeping the connection open."""
         self.die_after: int | None = None
         """Abort the connection after this many tokens."""
@@ -153,7 +155,7 @@ class FakeBackend:
     ) -> None:
         if self.burst:
             lines = [*shape.opening(), *map(shape.token, self.tokens)]
-            lines.extend(shape.closing(len(self.tokens)))
+            lines.extend(shape.closing(len(self.tokens), self.done_reason))
             writer.write(b"".join(_chunk(line) for line in lines) + b"0\r\n\r\n")
             await writer.drain()
             self.tokens_sent += len(self.tokens)
@@ -179,7 +181,7 @@ class FakeBackend:
             if self.token_interval:
                 await asyncio.wait([hangup], timeout=self.token_interval)
 
-        for line in shape.closing(len(self.tokens)):
+        for line in shape.closing(len(self.tokens), self.done_reason):
             await _send_chunk(writer, line)
         writer.write(b"0\r\n\r\n")
         await writer.drain()
@@ -198,7 +200,7 @@ class Shape:
     def token(self, text: str) -> bytes:
         raise NotImplementedError
 
-    def closing(self, count: int) -> list[bytes]:
+    def closing(self, count: int, reason: str) -> list[bytes]:
         raise NotImplementedError
 
     def error(self, message: str) -> Any:
@@ -217,9 +219,9 @@ class OpenAIShape(Shape):
     def token(self, text: str) -> bytes:
         return self._event(self._chunk({"content": text}, None))
 
-    def closing(self, count: int) -> list[bytes]:
+    def closing(self, count: int, reason: str) -> list[bytes]:
         usage = {"prompt_tokens": 7, "completion_tokens": count, "total_tokens": 7 + count}
-        final = self._chunk({}, "stop")
+        final = self._chunk({}, reason)
         usage_chunk = {**self._chunk({}, None), "choices": [], "usage": usage}
         return [self._event(final), self._event(usage_chunk), b"data: [DONE]\n\n"]
 
@@ -246,11 +248,11 @@ class OllamaShape(Shape):
     def token(self, text: str) -> bytes:
         return self._line({"message": {"role": "assistant", "content": text}, "done": False})
 
-    def closing(self, count: int) -> list[bytes]:
+    def closing(self, count: int, reason: str) -> list[bytes]:
         final = {
             "message": {"role": "assistant", "content": ""},
             "done": True,
-            "done_reason": "stop",
+            "done_reason": reason,
             "total_duration": 5_000_000,
             "load_duration": 1_000_000,
             "prompt_eval_count": 7,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
@@ -14,7 +15,7 @@ from llmcloud.auth.accounts import deactivate, find_account
 from llmcloud.db.models import MessageStatus
 from llmcloud.web import chat_ws
 from tests.gateway.fake_backend import FakeBackend
-from tests.web.conftest import ORIGIN, csrf_token, log_in, new_chat, sign_up
+from tests.web.conftest import FAKE_MODEL, ORIGIN, csrf_token, log_in, new_chat, sign_up
 from tests.web.test_chat_ws import (
     connect,
     open_signups,
@@ -23,6 +24,8 @@ from tests.web.test_chat_ws import (
     send_prompt,
     state_of,
 )
+
+PROMPT = {"type": "send", "model": FAKE_MODEL}
 
 
 @pytest.fixture
@@ -195,3 +198,30 @@ def test_live_watcher_is_told_whether_an_answer_runs(
     assert running[-1]["text"] == "Hello"
     assert stopped["status"] == "interrupted"
     assert claimed == {"type": "watching", "answering": True}
+
+
+def test_stale_tab_must_reload(admin: TestClient) -> None:
+    chat_id = new_chat(admin)
+    with connect(admin, chat_id) as first, connect(admin, chat_id) as second:
+        first.send_text(json.dumps({**PROMPT, "content": "One", "last_message_id": 0}))
+        accepted = receive_until(first, "accepted")[-1]
+        answer = receive_until(first, "done")[-1]
+        # The second tab still shows the empty chat.
+        second.send_text(json.dumps({**PROMPT, "content": "Two", "last_message_id": 0}))
+        sent = receive_until(second, "error")[-1]
+        second.send_text(json.dumps({"type": "regenerate", "last_message_id": 0}))
+        regenerated = receive_until(second, "error")[-1]
+        second.send_text(json.dumps({**PROMPT, "content": "Two", "last_message_id": "7"}))
+        mistyped = receive_until(second, "error")[-1]
+        newest = answer["message_id"]
+        second.send_text(json.dumps({**PROMPT, "content": "Two", "last_message_id": newest}))
+        current = receive_until(second, "accepted", "error")[-1]
+        receive_until(second, "done")
+
+    assert accepted["message_id"] < newest
+    assert sent["message"] == chat_ws.CHAT_CHANGED
+    assert regenerated["message"] == chat_ws.CHAT_CHANGED
+    assert "last_message_id" in mistyped["message"]
+    assert current["type"] == "accepted"
+    contents = [message.content for message in saved_messages(admin, chat_id)]
+    assert contents == ["One", "Hello, world!", "Two", "Hello, world!"]

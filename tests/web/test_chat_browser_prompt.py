@@ -178,6 +178,7 @@ def test_second_tab_follows_answer(browser: Browser, web_url: str, backend: Fake
         page.get_by_role("button", name="Stop").click()
         expect(answer).to_have_attribute("data-message-id", re.compile(r"^\d+$"))
         expect(answer).to_have_class(re.compile(r"\binterrupted\b"))
+        expect(answer.get_by_role("note")).to_have_text("Interrupted: stopped by the user")
         expect(notice).to_have_count(0)
         expect(other_tab.get_by_role("button", name="Send")).to_be_enabled()
         expect(other_tab.locator(".message.user .content")).to_have_text(["Count slowly"])
@@ -192,6 +193,63 @@ def test_second_tab_follows_answer(browser: Browser, web_url: str, backend: Fake
     finally:
         backend.tokens = list(DEFAULT_TOKENS)
         backend.stall_after = None
+    page.context.close()
+
+
+def test_reload_during_answer_shows_it(
+    browser: Browser, web_url: str, backend: FakeBackend
+) -> None:
+    backend.tokens = [f"word{index} " for index in range(5)]
+    backend.stall_after = 3
+    try:
+        page = open_new_chat(browser, web_url)
+        page.get_by_label("Message").fill("Count slowly")
+        page.get_by_label("Message").press("Enter")
+        expect(page.locator(".message.assistant .content")).to_contain_text("word2")
+        page.reload()
+        # The answer stops with the page's socket. The reloaded page may have been
+        # rendered before it was saved, and then fetches the conversation again.
+        answer = page.locator(".message.assistant")
+        expect(answer.locator(".content")).to_have_text("word0 word1 word2")
+        expect(answer.get_by_role("note")).to_have_text(
+            "Interrupted: the browser disconnected during the answer"
+        )
+        expect(page.get_by_role("note").filter(has_text="has ended")).to_have_count(0)
+        expect(page.get_by_role("button", name="Send")).to_be_enabled()
+    finally:
+        backend.tokens = list(DEFAULT_TOKENS)
+        backend.stall_after = None
+    page.context.close()
+
+
+def test_stale_tab_asked_to_reload(browser: Browser, web_url: str) -> None:
+    page = open_new_chat(browser, web_url)
+    prompt = page.get_by_label("Message")
+    prompt.fill("First")
+    prompt.press("Enter")
+    expect(page.locator(".message.assistant[data-message-id] .content")).to_have_text(ANSWER)
+
+    stale_tab = page.context.new_page()
+    stale_tab.goto(page.url)
+    prompt.fill("Second")
+    prompt.press("Enter")
+    expect(page.locator(".message.assistant[data-message-id]")).to_have_count(2)
+
+    stale_tab.get_by_role("button", name="Regenerate").click()
+    expect(stale_tab.get_by_role("status")).to_contain_text(
+        "Not regenerated: this chat has new messages from another tab"
+    )
+    stale_prompt = stale_tab.get_by_label("Message")
+    stale_prompt.fill("Third")
+    stale_prompt.press("Enter")
+    expect(stale_tab.get_by_role("status")).to_contain_text("Not sent: this chat has new messages")
+    expect(stale_prompt).to_have_value("Third")
+
+    stale_tab.reload()
+    expect(stale_prompt).to_have_value("Third")
+    stale_prompt.press("Enter")
+    expect(stale_tab.locator(".message.assistant[data-message-id]")).to_have_count(3)
+    expect(stale_tab.locator(".message.user .content")).to_have_text(["First", "Second", "Third"])
     page.context.close()
 
 

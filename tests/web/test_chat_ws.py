@@ -14,7 +14,7 @@ from starlette.websockets import WebSocketDisconnect
 from llmcloud.auth.accounts import deactivate, find_account
 from llmcloud.db import chats
 from llmcloud.db.models import MessageStatus
-from llmcloud.web.chat_stream import storable_count
+from llmcloud.web.chat_stream import LENGTH_LIMIT, storable_count
 from llmcloud.web.chat_ws import shorten_title
 from llmcloud.web.deps import WebState
 from tests.gateway.fake_backend import FakeBackend
@@ -229,10 +229,27 @@ def test_stop_saves_partial_answer(admin: TestClient, fake_backend: FakeBackend)
         socket.send_text('{"type": "stop"}')
         done = receive_until(socket, "done")[-1]
     assert done["status"] == "interrupted"
+    assert done["reason"] == "stopped by the user"
     answer = saved_messages(admin, chat_id)[-1]
     assert answer.status == MessageStatus.INTERRUPTED
     assert answer.content.startswith("word0 ")
     assert answer.error == "stopped by the user"
+
+
+def test_answer_cut_at_length_limit(admin: TestClient, fake_backend: FakeBackend) -> None:
+    fake_backend.done_reason = "length"
+    chat_id = new_chat(admin)
+    with connect(admin, chat_id) as socket:
+        send_prompt(socket, "Talk")
+        done = receive_until(socket, "done")[-1]
+    page = admin.get(f"/chats/{chat_id}").text
+    assert done["status"] == "complete"
+    assert done["done_reason"] == "length"
+    assert done["reason"] == LENGTH_LIMIT
+    answer = saved_messages(admin, chat_id)[-1]
+    assert answer.status == MessageStatus.COMPLETE
+    assert answer.error == LENGTH_LIMIT
+    assert f"Cut off: {LENGTH_LIMIT}" in page
 
 
 def test_backend_dying_saves_partial_answer(admin: TestClient, fake_backend: FakeBackend) -> None:

@@ -177,6 +177,14 @@ def list_messages(db: Database, user_id: int, chat_id: str) -> Sequence[Message]
         return session.scalars(query).all()
 
 
+def last_message_id(db: Database, user_id: int, chat_id: str) -> int:
+    """Return the id of the chat's newest message, or 0 for a chat without messages."""
+    with db.session() as session:
+        _owned_chat(session, user_id, chat_id)
+        query = sa.select(sa.func.max(Message.id)).where(Message.chat_id == chat_id)
+        return session.scalar(query) or 0
+
+
 def remove_last_answer(db: Database, user_id: int, chat_id: str) -> Message | None:
     """Delete the chat's last message if it is from the assistant, so it can be regenerated.
 

@@ -40,6 +40,8 @@ SendJson = Callable[[dict[str, Any]], Awaitable[None]]
 
 STOPPED = "stopped by the user"
 DISCONNECTED = "the browser disconnected during the answer"
+# Saved with a complete answer that the token limit or the model's context cut short.
+LENGTH_LIMIT = "the answer reached its length limit; ask the model to continue"
 INTERNAL_ERROR = "internal error while generating the answer; the server log has the details"
 
 
@@ -138,9 +140,10 @@ class AnswerStream:
             await self._failed(event)
 
     async def _finished(self, event: Done) -> None:
+        reason = LENGTH_LIMIT if event.done_reason == "length" else None
         saved = self._save(
             MessageStatus.COMPLETE,
-            None,
+            reason,
             prompt_tokens=storable_count(event.prompt_tokens),
             completion_tokens=storable_count(event.completion_tokens),
         )
@@ -151,6 +154,7 @@ class AnswerStream:
                 "message_id": saved.id if saved else None,
                 "html": await render_answer(self.answer.text),
                 "done_reason": event.done_reason,
+                "reason": reason,
                 "prompt_tokens": event.prompt_tokens,
                 "completion_tokens": event.completion_tokens,
             }
@@ -226,12 +230,13 @@ def storable_count(count: int | None) -> int | None:
     return None
 
 
-async def stopped_message(answer: Answer) -> dict[str, Any]:
-    """Return the `done` message that describes what was kept of a stopped answer."""
-    saved = answer.saved
+async def stopped_message(stream: AnswerStream) -> dict[str, Any]:
+    """Return the `done` message that describes what was kept of a stopped answer, and why."""
+    saved = stream.answer.saved
     return {
         "type": "done",
         "status": MessageStatus.INTERRUPTED.value,
         "message_id": saved.id if saved else None,
-        "html": await render_answer(answer.text),
+        "html": await render_answer(stream.answer.text),
+        "reason": stream.cancel_reason,
     }

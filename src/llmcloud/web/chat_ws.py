@@ -5,9 +5,14 @@ handshake must come from the app's own origin (checked before the socket is
 accepted, so another site learns nothing) and carry a session cookie. Then
 both sides exchange JSON text messages. From the browser:
 
-    {"type": "send", "content": "...", "model": "..."}
-    {"type": "regenerate", "model": "..."}     model optional
+    {"type": "send", "content": "...", "model": "...", "last_message_id": 6}
+    {"type": "regenerate", "model": "...", "last_message_id": 7}
     {"type": "stop"}
+
+`model` is optional for a regenerate. `last_message_id`, also optional, is
+the newest message the page shows (0 for none). When the chat has changed
+since, in another tab, the prompt or regenerate gets an error that asks for
+a reload, because the answer would build on messages the page does not show.
 
 From the server, while an answer is generated:
 
@@ -16,13 +21,16 @@ From the server, while an answer is generated:
     {"type": "queued", "position": 2}          waiting for a free backend
     {"type": "started"}
     {"type": "token", "text": "..."}           one per token, sent as it arrives
-    {"type": "done", "status": "complete" | "interrupted", "message_id", "html", ...}
+    {"type": "done", "status": "complete" | "interrupted", "message_id", "html", "reason", ...}
     {"type": "error", "message": "...", "partial": bool, ...}
     {"type": "title", "title": "..."}          the chat was named after its first prompt
 
 `html` is the whole answer rendered as sanitised Markdown, which replaces
-the streamed text. A malformed message, or a model that no backend lists,
-gets an `error` before anything is saved, and the socket stays open. The
+the streamed text. `reason` says why an answer was interrupted, or why a
+complete one was cut short, and is null otherwise.
+
+A malformed message, or a model that no backend lists, gets an `error`
+before anything is saved, and the socket stays open. The
 session is checked again with every prompt, so a logged-out account gets
 an error and the socket closes with code 4401 (4403 for a deactivated or
 pending account, 4404 for a chat that is not the account's).
@@ -45,7 +53,7 @@ import unicodedata
 from typing import Any, Literal
 
 from fastapi import APIRouter, WebSocket
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
 from llmcloud.auth import accounts
@@ -56,7 +64,7 @@ from llmcloud.gateway import GatewayStatus, UnknownModel
 from llmcloud.text import json_type_name, may_have_surrogate, number_too_long, surrogate_problem
 from llmcloud.web.answer_claims import AnswerClaims, Claim
 from llmcloud.web.chat_stream import DISCONNECTED, AnswerStream, stopped_message
-from llmcloud.web.deps import WebState, current_session, web_state
+from llmcloud.web.deps import MAX_ROW_ID, WebState, current_session, web_state
 from llmcloud.web.live import TERMINAL_TYPES, Publisher
 from llmcloud.web.security import check_same_origin
 
@@ -68,6 +76,10 @@ TITLE_LENGTH = 60
 POLICY_VIOLATION = 1008
 ACCESS_CHECK_SECONDS = 10.0
 NOTHING_TO_ANSWER = "the chat has no message to answer yet; send a prompt"
+CHAT_CHANGED = (
+    "this chat has new messages from another tab that this page does not show; "
+    "reload the page, then send again"
+)
 
 # Why an answer stopped, saved with it, by the status of the failed access check.
 ACCESS_LOST = {
@@ -83,6 +95,7 @@ class SendPrompt(BaseModel):
     type: Literal["send"]
     content: str
     model: str
+    last_message_id: StrictInt | None = Field(None, ge=0, le=MAX_ROW_ID)
 
 
 class Regenerate(BaseModel):
@@ -90,6 +103,7 @@ class Regenerate(BaseModel):
 
     type: Literal["regenerate"]
     model: str | None = None
+    last_message_id: StrictInt | None = Field(None, ge=0, le=MAX_ROW_ID)
 
 
 class InvalidClientMessage(Exception):
@@ -202,6 +216,7 @@ class ChatConversation:
         chat = await asyncio.to_thread(chats.get_chat, self.state.db, self.user_id, self.chat_id)
         claim = await self.claims.claim(self.chat_id)
         try:
+            await self._check_current(prompt.last_message_id)
             saved = await asyncio.to_thread(
                 chats.add_message,
                 self.state.db,
@@ -239,6 +254,7 @@ class ChatConversation:
 
         claim = await self.claims.claim(self.chat_id)
         try:
+            await self._check_current(request.last_message_id)
             messages = await asyncio.to_thread(
                 chats.list_messages, self.state.db, self.user_id, self.chat_id
             )
@@ -262,7 +278,7 @@ class ChatConversation:
         if self.task is None or self.task.done() or stream is None:
             return
         await self._cancel(stream.cancel_reason)
-        await self.send(await stopped_message(stream.answer))
+        await self.send(await stopped_message(stream))
 
     def _start(self, model: str, claim: Claim) -> None:
         # Watchers of /ws/chats/{chat_id}/live receive the same events (web/live.py).
@@ -311,7 +327,7 @@ class ChatConversation:
                 with contextlib.suppress(Exception):
                     if stream is not None:
                         # Show what was kept of the answer, as Stop does.
-                        await self.send(await stopped_message(stream.answer))
+                        await self.send(await stopped_message(stream))
                     await self._error(exc.message)
                     await self.websocket.close(code=4000 + exc.status_code)
                 return
@@ -325,7 +341,17 @@ class ChatConversation:
         task.cancel()
         await asyncio.wait([task])
         if stream is not None and self.publisher is not None:
-            await self.publisher.publish(await stopped_message(stream.answer))
+            await self.publisher.publish(await stopped_message(stream))
+
+    async def _check_current(self, last_message_id: int | None) -> None:
+        """Raise InvalidClientMessage when the chat has messages newer than the page shows."""
+        if last_message_id is None:
+            return
+        newest = await asyncio.to_thread(
+            chats.last_message_id, self.state.db, self.user_id, self.chat_id
+        )
+        if newest != last_message_id:
+            raise InvalidClientMessage(CHAT_CHANGED)
 
     def _check_idle(self) -> None:
         if self.task is not None and not self.task.done():

@@ -116,6 +116,7 @@
     unconfirmed = null;
     if (request.kind === "send") {
       request.userArticle.classList.remove("unconfirmed");
+      request.userArticle.dataset.messageId = message.message_id ?? "";
       storeDraft("", prompt.value);
     } else {
       // The server names the answer it replaced, which another tab may have written.
@@ -188,6 +189,17 @@
     if (!prompt.value) prompt.value = joinDrafts(sent, typed);
   }
 
+  // The newest saved message on the page. The server checks it against the chat's own, so
+  // that a tab which missed another tab's messages reloads before it sends.
+  function lastMessageId() {
+    const articles = messages.querySelectorAll(".message[data-message-id]");
+    for (let index = articles.length - 1; index >= 0; index -= 1) {
+      const id = Number(articles[index].dataset.messageId);
+      if (id) return id;
+    }
+    return 0;
+  }
+
   function addMessage(role, text) {
     const article = document.createElement("article");
     article.className = `message ${role}`;
@@ -224,7 +236,9 @@
     current.article.dataset.messageId = message.message_id ?? "";
     if (message.status !== "complete") {
       current.article.classList.add("interrupted");
-      addNote(current.article, "Interrupted: stopped by the user");
+      addNote(current.article, `Interrupted: ${message.reason || "stopped by the user"}`);
+    } else if (message.reason) {
+      addNote(current.article, `Cut off: ${message.reason}`);
     }
     endAnswer();
     status.textContent = "";
@@ -282,6 +296,7 @@
       showStatusError(`prompt has ${content.length} characters; expected at most ${maxPrompt}`);
       return;
     }
+    const lastId = lastMessageId();
     const userArticle = addMessage("user", content).article;
     userArticle.classList.add("unconfirmed");
     prompt.value = "";
@@ -289,7 +304,7 @@
     storeDraft(content, "");
     setBusy(true);
     status.textContent = "Sending…";
-    send({ type: "send", content, model: model.value });
+    send({ type: "send", content, model: model.value, last_message_id: lastId });
   });
 
   prompt.addEventListener("keydown", (event) => {
@@ -312,7 +327,7 @@
     unconfirmed = { kind: "regenerate" };
     setBusy(true);
     status.textContent = "Sending…";
-    send({ type: "regenerate", model: model.value });
+    send({ type: "regenerate", model: model.value, last_message_id: lastMessageId() });
   });
 
   // Follows the answer that another tab was writing when this page loaded, then stops:
@@ -332,11 +347,9 @@
       if (ended) return;
       if (message.type === "watching") {
         if (!message.answering) {
-          const reload = document.createElement("a");
-          reload.href = location.pathname;
-          reload.textContent = "Reload";
+          // The answer ended between the page's render and now, so it may be missing.
           end("The answer that was being written when this page loaded has ended. ");
-          answeringNotice.append(reload, " to see it.");
+          showSavedMessages();
           return;
         }
         following = true;
@@ -369,6 +382,26 @@
       end("Following the other tab's answer stopped. Reload the page to see it.");
       if (event.code === LOGIN_AGAIN) loginNotice.hidden = false;
     });
+  }
+
+  // Replaces the conversation with the one saved now, or asks for a reload if that fails
+  // or the user has started a new request meanwhile.
+  async function showSavedMessages() {
+    try {
+      const response = await fetch(location.pathname, { headers: { Accept: "text/html" } });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const page = new DOMParser().parseFromString(await response.text(), "text/html");
+      const saved = page.getElementById("messages");
+      if (!saved || generating || unconfirmed) throw new Error("the page has changed");
+      messages.replaceChildren(...saved.children);
+      answeringNotice.remove();
+      setBusy(false);
+    } catch {
+      const reload = document.createElement("a");
+      reload.href = location.pathname;
+      reload.textContent = "Reload";
+      answeringNotice.append(reload, " to see it.");
+    }
   }
 
   restoreDraft();
