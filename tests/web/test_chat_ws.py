@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,7 +15,8 @@ from starlette.websockets import WebSocketDisconnect
 from llmcloud.auth.accounts import deactivate, find_account
 from llmcloud.db import chats
 from llmcloud.db.models import MessageStatus
-from llmcloud.web.chat_stream import LENGTH_LIMIT, storable_count
+from llmcloud.gateway import NoBackendAvailable
+from llmcloud.web.chat_stream import LENGTH_LIMIT, AnswerStream, storable_count
 from llmcloud.web.chat_ws import shorten_title
 from llmcloud.web.deps import WebState
 from tests.gateway.fake_backend import FakeBackend
@@ -264,6 +266,7 @@ def test_backend_dying_saves_partial_answer(admin: TestClient, fake_backend: Fak
     assert answer.content == "Hello,"
     assert answer.status == MessageStatus.INTERRUPTED
     assert answer.error == error["message"]
+    assert error["message"].endswith("; press Regenerate to try again")
 
 
 def test_interrupted_answer_shown_after_reload(
@@ -386,6 +389,11 @@ def test_full_queue_answers_busy_at_once(
         receive_until(first, "done")
     assert "retry_after" in error
     assert error["partial"] is False
+    retry_after = error["retry_after"]
+    assert error["message"] == (
+        f"model '{FAKE_MODEL}' is busy with other requests; "
+        f"press Regenerate in {retry_after} s to try again"
+    )
 
 
 def test_waiting_prompt_told_queue_position(
@@ -478,3 +486,27 @@ def test_accepted_names_saved_prompt_and_replaced_answer(admin: TestClient) -> N
     assert prompt["type"] == "accepted"
     assert prompt["message_id"] == saved_messages(admin, chat_id)[0].id
     assert regenerated[0] == {"type": "accepted", "removed_message_id": first_answer["message_id"]}
+
+
+def test_unavailable_backend_message_says_regenerate() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def send(payload: dict[str, Any]) -> None:
+        sent.append(payload)
+
+    stream = AnswerStream(cast(Any, None), cast(Any, None), 1, "chat", FAKE_MODEL, send)
+    error = NoBackendAvailable(
+        f"model '{FAKE_MODEL}' is served by fake, and none of them is healthy now; retry in 5 s",
+        5,
+    )
+    asyncio.run(stream._rejected(error))
+
+    assert sent == [
+        {
+            "type": "error",
+            "message": f"model '{FAKE_MODEL}' is served by fake, and none of them is healthy "
+            "now; press Regenerate to try again",
+            "partial": False,
+            "retry_after": 5,
+        }
+    ]

@@ -26,6 +26,7 @@ from llmcloud.gateway import (
     Done,
     Failed,
     Gateway,
+    GatewayBusy,
     GatewayError,
     Queued,
     ServiceUnavailable,
@@ -43,6 +44,8 @@ DISCONNECTED = "the browser disconnected during the answer"
 # Saved with a complete answer that the token limit or the model's context cut short.
 LENGTH_LIMIT = "the answer reached its length limit; ask the model to continue"
 INTERNAL_ERROR = "internal error while generating the answer; the server log has the details"
+# The prompt is saved before the answer starts, so sending it again would save it twice.
+TRY_AGAIN = "press Regenerate to try again"
 
 
 class ClientGone(Exception):
@@ -162,12 +165,13 @@ class AnswerStream:
 
     async def _failed(self, event: Failed) -> None:
         status = MessageStatus.INTERRUPTED if self.answer.parts else MessageStatus.ERROR
-        saved = self._save(status, event.message)
+        message = f"{event.message}; {TRY_AGAIN}"
+        saved = self._save(status, message)
         log.warning("chat %s: answer failed (%s): %s", self.chat_id, status, event.message)
         await self._send(
             {
                 "type": "error",
-                "message": event.message,
+                "message": message,
                 "partial": bool(self.answer.parts),
                 "message_id": saved.id if saved else None,
                 "html": await render_answer(self.answer.text),
@@ -176,7 +180,16 @@ class AnswerStream:
 
     async def _rejected(self, exc: GatewayError) -> None:
         log.info("chat %s: gateway rejected the chat: %s", self.chat_id, exc.message)
-        payload: dict[str, Any] = {"type": "error", "message": exc.message, "partial": False}
+        message = exc.message
+        if isinstance(exc, GatewayBusy):
+            # The gateway's message names its queue setting, which is for operators.
+            message = (
+                f"model '{self.answer.model}' is busy with other requests; "
+                f"press Regenerate in {exc.retry_after} s to try again"
+            )
+        elif isinstance(exc, ServiceUnavailable):
+            message = f"{exc.message.removesuffix(f'; retry in {exc.retry_after} s')}; {TRY_AGAIN}"
+        payload: dict[str, Any] = {"type": "error", "message": message, "partial": False}
         if isinstance(exc, ServiceUnavailable):
             payload["retry_after"] = exc.retry_after
         await self._send(payload)
