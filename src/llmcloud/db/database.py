@@ -101,14 +101,45 @@ class Database:
     def upgrade(self, revision: str = "head") -> None:
         """Migrate the schema to `revision`, creating every table on an empty database."""
         before = self.current_revision()
-        with self._write_sessions() as session, session.begin():
-            self.lock(session, "llmcloud.db.migrations")
-            config = _alembic_config()
-            config.attributes["connection"] = session.connection()
-            command.upgrade(config, revision)
+        config = _alembic_config()
+        if self.dialect == "sqlite":
+            self._upgrade_sqlite(config, revision)
+        else:
+            with self._write_sessions() as session, session.begin():
+                self.lock(session, "llmcloud.db.migrations")
+                config.attributes["connection"] = session.connection()
+                command.upgrade(config, revision)
         after = self.current_revision()
         if before != after:
             log.info("database %s migrated from %s to %s", self.safe_url, before, after)
+
+    def _upgrade_sqlite(self, config: Config, revision: str) -> None:
+        """Migrate with foreign keys off, as SQLite requires for rebuilding a table.
+
+        Dropping a table, even to rename its copy into place, would otherwise
+        delete the rows that reference it. Keys are checked before the commit.
+        """
+        with self.engine.connect() as connection:
+            # The pragma has no effect inside a transaction, so it goes before BEGIN.
+            raw = connection.connection.dbapi_connection
+            assert raw is not None
+            raw.execute("PRAGMA foreign_keys=OFF")
+            try:
+                connection.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+                with connection.begin():
+                    config.attributes["connection"] = connection
+                    command.upgrade(config, revision)
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        tables = sorted({str(row[0]) for row in broken})
+                        log.warning(
+                            "database %s has %d rows whose foreign key names no row, in %s",
+                            self.safe_url,
+                            len(broken),
+                            ", ".join(tables),
+                        )
+            finally:
+                raw.execute("PRAGMA foreign_keys=ON")
 
     def current_revision(self) -> str | None:
         """Return the schema revision the database is at, or None when it is empty."""

@@ -105,6 +105,10 @@ def _enum(members: type[StrEnum], name: str) -> sa.Enum:
     )
 
 
+# SQLite otherwise gives the id of a deleted newest row to the next one (migration 0003).
+NEVER_REUSE_IDS: dict[str, Any] = {"sqlite_autoincrement": True}
+
+
 class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UtcDateTime()}
@@ -115,6 +119,7 @@ class User(Base):
     NULL for accounts that only log in through an identity provider."""
 
     __tablename__ = "users"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(sa.String(64))
@@ -154,6 +159,7 @@ class ApiKey(Base):
     shown in lists; the whole key is stored only as its SHA-256."""
 
     __tablename__ = "api_keys"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -185,7 +191,7 @@ class Message(Base):
     keeps its partial `content` with status `interrupted`."""
 
     __tablename__ = "messages"
-    __table_args__ = (sa.Index("ix_messages_chat_id_id", "chat_id", "id"),)
+    __table_args__ = (sa.Index("ix_messages_chat_id_id", "chat_id", "id"), NEVER_REUSE_IDS)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     chat_id: Mapped[str] = mapped_column(sa.ForeignKey("chats.id", ondelete="CASCADE"))
@@ -205,7 +211,10 @@ class Backend(Base):
     """A model server that the gateway routes to."""
 
     __tablename__ = "backends"
-    __table_args__ = (sa.CheckConstraint("weight >= 0", name="weight_not_negative"),)
+    __table_args__ = (
+        sa.CheckConstraint("weight >= 0", name="weight_not_negative"),
+        NEVER_REUSE_IDS,
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(64), unique=True)
