@@ -1,4 +1,7 @@
-"""Every kind of bad request gets a 4xx naming the problem, and the next request still works."""
+"""Every kind of bad request gets a 4xx naming the problem, and the next request still works.
+
+Input that OpenAI's API accepts, such as null for an optional field, is accepted too.
+"""
 
 from __future__ import annotations
 
@@ -157,6 +160,70 @@ CASES: list[tuple[str, str, Any, int, str]] = [
         404,
         "gpt-9",
     ),
+    (
+        "openai_stream_as_string",
+        "/v1/chat/completions",
+        {"model": M, "messages": USER, "stream": "yes"},
+        400,
+        "stream: Input should be a valid boolean",
+    ),
+    (
+        "openai_text_part_null",
+        "/v1/chat/completions",
+        {"model": M, "messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]},
+        400,
+        "messages.0.content.0.text: Input should be a valid string, not null",
+    ),
+    (
+        "openai_text_part_number",
+        "/v1/chat/completions",
+        {"model": M, "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+        400,
+        "messages.0.content.0.text: Input should be a valid string",
+    ),
+    (
+        "openai_text_part_without_text",
+        "/v1/chat/completions",
+        {"model": M, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+        400,
+        "messages.0.content.0.text: Field required",
+    ),
+    (
+        "openai_image_part",
+        "/v1/chat/completions",
+        {
+            "model": M,
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+            ],
+        },
+        400,
+        "messages.0.content.0.type: part type 'image_url' is not supported in user messages; "
+        "send parts of type 'text'",
+    ),
+    (
+        "openai_refusal_part_in_user_message",
+        "/v1/chat/completions",
+        {
+            "model": M,
+            "messages": [{"role": "user", "content": [{"type": "refusal", "refusal": "No"}]}],
+        },
+        400,
+        "part type 'refusal' is not supported in user messages",
+    ),
+    (
+        "openai_refusal_part_null",
+        "/v1/chat/completions",
+        {
+            "model": M,
+            "messages": [
+                *USER,
+                {"role": "assistant", "content": [{"type": "refusal", "refusal": None}]},
+            ],
+        },
+        400,
+        "messages.1.content.0.refusal: Input should be a valid string, not null",
+    ),
     ("unknown_route", "/api/nothing", {"model": M}, 404, "/api/nothing"),
     (
         "tool_without_name_ollama",
@@ -221,6 +288,92 @@ def test_openai_error_has_openai_shape(engine_url: str) -> None:
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error"
     assert error["param"] == "messages"
+
+
+def test_openai_part_error_names_part(engine_url: str) -> None:
+    content = [{"type": "text", "text": "Hi"}, {"type": "input_audio", "input_audio": {}}]
+    body = {"model": M, "messages": [{"role": "user", "content": content}]}
+
+    error = _send(engine_url, "/v1/chat/completions", body).json()["error"]
+
+    assert error["param"] == "messages.0.content.1.type"
+    assert "'input_audio'" in error["message"]
+
+
+# The optional fields of OpenAI's chat completions request, each sent as null. The engine
+# ignores tool_choice and top_logprobs.
+NULLABLE_FIELDS = [
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "max_tokens",
+    "n",
+    "user",
+    "response_format",
+    "tools",
+    "logprobs",
+    "tool_choice",
+    "top_logprobs",
+]
+
+
+def test_openai_null_fields_mean_absent(engine_url: str) -> None:
+    # max_completion_tokens keeps the output short, so it is the one field not sent as null.
+    body = {"model": M, "messages": USER, "max_completion_tokens": 2}
+    body.update(dict.fromkeys(NULLABLE_FIELDS))
+
+    response = _send(engine_url, "/v1/chat/completions", body)
+
+    assert response.status_code == 200
+    # "stream": null is no stream, and "n": null one choice.
+    assert response.headers["content-type"].startswith("application/json")
+    assert len(response.json()["choices"]) == 1
+
+
+def test_openai_null_max_tokens_is_default(engine_url: str) -> None:
+    body = {
+        "model": M,
+        "prompt": "Once upon a time",
+        "max_tokens": None,
+        "echo": None,
+        "stream": None,
+        "stream_options": {"include_usage": None},
+        "temperature": 0,
+    }
+
+    response = _send(engine_url, "/v1/completions", body)
+
+    assert response.status_code == 200
+    # OpenAI's default for /v1/completions is 16 tokens.
+    assert response.json()["usage"]["completion_tokens"] <= 16
+    assert response.json()["choices"][0]["text"]
+
+
+def _prompt_tokens(url: str, assistant_content: Any) -> int:
+    messages = [
+        {"role": "user", "content": "Help me."},
+        {"role": "assistant", "content": assistant_content},
+        {"role": "user", "content": "Why not?"},
+    ]
+    body = {"model": M, "messages": messages, "max_tokens": 1}
+    response = _send(url, "/v1/chat/completions", body)
+    assert response.status_code == 200, response.text
+    tokens: int = response.json()["usage"]["prompt_tokens"]
+    return tokens
+
+
+def test_openai_refusal_part_is_assistant_text(engine_url: str) -> None:
+    refusal = "I can't help with that."
+    as_part = _prompt_tokens(engine_url, [{"type": "refusal", "refusal": refusal}])
+    as_string = _prompt_tokens(engine_url, refusal)
+    empty = _prompt_tokens(engine_url, "")
+    assert as_part == as_string
+    assert as_part > empty
 
 
 def test_oversized_body_gets_413(engine_url: str) -> None:

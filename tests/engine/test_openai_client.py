@@ -94,3 +94,48 @@ def test_json_response_format(client: openai.OpenAI) -> None:
         temperature=0,
     )
     assert (completion.choices[0].message.content or "").lstrip().startswith("{")
+
+
+def test_null_fields_mean_absent(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=BUNDLED_MODEL,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=None,
+        max_completion_tokens=2,
+        n=None,
+        stream=None,
+        stream_options=None,
+        temperature=None,
+        top_p=None,
+        seed=None,
+        stop=None,
+        presence_penalty=None,
+        frequency_penalty=None,
+        logprobs=None,
+        top_logprobs=None,
+        extra_body={"user": None, "response_format": None, "tools": None, "tool_choice": None},
+    )
+    assert len(completion.choices) == 1
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens <= 2
+
+
+def test_assistant_refusal_part(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=BUNDLED_MODEL,
+        messages=[
+            {"role": "user", "content": "Help me."},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "text", "text": "Part of it: "},
+                    {"type": "refusal", "refusal": "the rest I can't do."},
+                ],
+            },
+            {"role": "user", "content": "Why not?"},
+        ],
+        max_tokens=2,
+    )
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens > 0

@@ -331,6 +331,220 @@ def test_invalid_body_gets_400_naming_field(
     assert error["param"] == param
 
 
+# The optional fields of OpenAI's chat completions request that this API reads or rejects,
+# and two that it ignores. Each takes null as absent.
+NULLABLE_FIELDS = [
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "user",
+    "response_format",
+    "tools",
+    "logprobs",
+    "tool_choice",
+    "top_logprobs",
+]
+
+
+def test_null_field_means_absent(web: Web, key: str) -> None:
+    rejected = []
+    for field in NULLABLE_FIELDS:
+        response = web.post(key, {"model": FAKE_MODEL, "messages": HELLO, field: None})
+        if response.status_code != 200:
+            rejected.append((field, response.json()["error"]["message"]))
+    assert rejected == []
+
+
+def test_null_fields_take_defaults(web: Web, key: str, fake_backend: FakeBackend) -> None:
+    body = {"model": FAKE_MODEL, "messages": HELLO, **dict.fromkeys(NULLABLE_FIELDS)}
+
+    response = web.post(key, body)
+
+    assert response.status_code == 200
+    # "stream": null is no stream, and "n": null one choice.
+    assert response.headers["content-type"].startswith("application/json")
+    assert len(response.json()["choices"]) == 1
+    sent = fake_backend.chat_requests()[-1].body
+    for option in ("temperature", "top_p", "seed", "stop", "max_tokens"):
+        assert option not in sent, option
+
+
+def test_null_include_usage_means_no_usage(web: Web, key: str) -> None:
+    body = {
+        "model": FAKE_MODEL,
+        "messages": HELLO,
+        "stream": True,
+        "stream_options": {"include_usage": None},
+    }
+
+    response = web.post(key, body)
+
+    assert response.status_code == 200
+    assert response.text.endswith("data: [DONE]\n\n")
+    assert '"usage":{' not in response.text.replace(" ", "")
+
+
+def test_openai_client_sends_null_fields(web: Web, key: str) -> None:
+    completion = web.client(key).chat.completions.create(
+        model=FAKE_MODEL,
+        messages=HELLO,
+        n=None,
+        stream=None,
+        stream_options=None,
+        temperature=None,
+        top_p=None,
+        seed=None,
+        stop=None,
+        max_tokens=None,
+        max_completion_tokens=None,
+        logprobs=None,
+        extra_body={"user": None, "response_format": None, "tools": None},
+    )
+    assert completion.choices[0].message.content == "Hello, world!"
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "expected"),
+    [
+        (
+            {"model": FAKE_MODEL, "messages": HELLO, "n": 2},
+            "n",
+            "n: Input should be less than or equal to 1, not 2",
+        ),
+        (
+            {"model": FAKE_MODEL, "messages": HELLO, "stream": "yes"},
+            "stream",
+            'stream: Input should be a valid boolean, not "yes"',
+        ),
+        (
+            {"model": FAKE_MODEL, "messages": HELLO, "stream_options": {"include_usage": 1}},
+            "stream_options.include_usage",
+            "stream_options.include_usage: Input should be a valid boolean, not 1",
+        ),
+        (
+            {"model": FAKE_MODEL, "messages": HELLO, "temperature": "x" * 100},
+            "temperature",
+            "not a string of 102 characters",
+        ),
+        (
+            {
+                "model": FAKE_MODEL,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": None}]}],
+            },
+            "messages.0.content.0.text",
+            "messages.0.content.0.text must be a string, not null",
+        ),
+        (
+            {
+                "model": FAKE_MODEL,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}],
+            },
+            "messages.0.content.0.text",
+            "messages.0.content.0.text: Input should be a valid string, not 5",
+        ),
+        (
+            {"model": FAKE_MODEL, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "messages.0.content.0.text",
+            "messages.0.content.0.text is missing",
+        ),
+        (
+            {
+                "model": FAKE_MODEL,
+                "messages": [{"role": "assistant", "content": [{"type": "refusal"}]}],
+            },
+            "messages.0.content.0.refusal",
+            "messages.0.content.0.refusal is missing",
+        ),
+        (
+            {
+                "model": FAKE_MODEL,
+                "messages": [
+                    {"role": "assistant", "content": [{"type": "refusal", "refusal": None}]}
+                ],
+            },
+            "messages.0.content.0.refusal",
+            "messages.0.content.0.refusal must be a string, not null",
+        ),
+        (
+            {
+                "model": FAKE_MODEL,
+                "messages": [{"role": "user", "content": [{"type": "refusal", "refusal": "No"}]}],
+            },
+            "messages.0.content.0",
+            "has type 'refusal', which this API does not support in user messages; "
+            "send parts of type 'text'",
+        ),
+        (
+            {
+                "model": FAKE_MODEL,
+                "messages": [{"role": "assistant", "content": [{"type": "image_url"}]}],
+            },
+            "messages.0.content.0",
+            "has type 'image_url', which this API does not support in assistant messages; "
+            "send parts of type 'text' or 'refusal'",
+        ),
+        (
+            {"model": FAKE_MODEL, "messages": [{"role": "user", "content": [5]}]},
+            "messages.0.content.0",
+            "messages.0.content.0: Input should be a valid dictionary",
+        ),
+    ],
+)
+def test_invalid_value_gets_400_naming_it(
+    web: Web, key: str, body: dict[str, Any], param: str, expected: str
+) -> None:
+    response = web.post(key, body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert expected in error["message"]
+
+
+def test_assistant_refusal_part_reaches_backend(
+    web: Web, key: str, fake_backend: FakeBackend
+) -> None:
+    refusal = {"type": "refusal", "refusal": "I can't help with that."}
+    messages = [
+        *HELLO,
+        {"role": "assistant", "content": [refusal]},
+        {"role": "user", "content": "Why not?"},
+    ]
+
+    response = web.post(key, {"model": FAKE_MODEL, "messages": messages})
+
+    assert response.status_code == 200
+    sent = fake_backend.chat_requests()[-1].body["messages"]
+    assert sent[1] == {"role": "assistant", "content": "I can't help with that."}
+
+
+def test_openai_client_sends_refusal_part(web: Web, key: str, fake_backend: FakeBackend) -> None:
+    completion = web.client(key).chat.completions.create(
+        model=FAKE_MODEL,
+        messages=[
+            {"role": "user", "content": "Help me."},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "text", "text": "Part of it: "},
+                    {"type": "refusal", "refusal": "the rest I can't do."},
+                ],
+            },
+            {"role": "user", "content": "Why not?"},
+        ],
+    )
+    assert completion.choices[0].message.content == "Hello, world!"
+    sent = fake_backend.chat_requests()[-1].body["messages"]
+    assert sent[1] == {"role": "assistant", "content": "Part of it: the rest I can't do."}
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
@@ -415,7 +629,8 @@ def test_image_part_gets_400_naming_part(web: Web, key: str) -> None:
 
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "messages.0.content.1"
-    assert "'image_url'" in response.json()["error"]["message"]
+    assert "has type 'image_url'" in response.json()["error"]["message"]
+    assert "send parts of type 'text'" in response.json()["error"]["message"]
 
 
 def test_user_message_without_content_gets_400(web: Web, key: str) -> None:

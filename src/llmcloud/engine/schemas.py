@@ -17,10 +17,13 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
+    TypeAdapter,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 KeepAlive = StrictStr | StrictInt | float | None
 FormatSpec = Literal["json", ""] | dict[str, Any] | None
@@ -129,14 +132,47 @@ class OllamaEmbeddingsRequest(_Body):
     keep_alive: KeepAlive = None
 
 
-class OpenAITextPart(_Body):
-    type: Literal["text"]
-    text: StrictStr
+class _NullableFields(_Body):
+    """A body whose optional fields take null as absent, so that their defaults apply.
+
+    OpenAI's API takes null for its optional request fields, which the `openai`
+    client (3.60) types as Optional: `n`, `stream`, `temperature` and the others.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        # Required fields keep their null, so that its error names the field.
+        required = {name for name, field in cls.model_fields.items() if field.is_required()}
+        return {key: value for key, value in data.items() if value is not None or key in required}
+
+
+class OpenAIContentPart(_Body):
+    """A part of a message's content: text, or in an assistant message also a refusal.
+
+    `text` and `refusal` are typed as optional so that `_check_part` can tell a
+    null value from a missing one.
+    """
+
+    type: StrictStr
+    text: StrictStr | None = None
+    refusal: StrictStr | None = None
+
+    def text_field(self) -> str:
+        """Return the name of the field that carries this part's text."""
+        return "refusal" if self.type == "refusal" else "text"
+
+
+_CONTENT_PARTS = TypeAdapter(list[OpenAIContentPart])
 
 
 class OpenAIMessage(_Body):
+    # role is declared before content because pydantic validates fields in declaration
+    # order, and the check of content's parts needs the role.
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: StrictStr | list[OpenAITextPart] | None
+    content: StrictStr | list[OpenAIContentPart] | None
     name: StrictStr | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: StrictStr | None = None
@@ -150,15 +186,63 @@ class OpenAIMessage(_Body):
             return {**data, "content": None}
         return data
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parse_parts(cls, content: Any, info: ValidationInfo) -> Any:
+        # Parsed here rather than as the union's list member, so that an error in a part is
+        # reported under the part's own path, without an error for the string member too.
+        if not isinstance(content, list):
+            return content
+        parts = _CONTENT_PARTS.validate_python(content)
+        role = info.data.get("role")
+        if role is None:
+            return parts  # The role is invalid, and has an error of its own.
+        for index, part in enumerate(parts):
+            _check_part(part, index, role)
+        return parts
+
     def text(self) -> str:
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(getattr(part, part.text_field()) or "" for part in self.content)
 
 
-class StreamOptions(_Body):
+def _check_part(part: OpenAIContentPart, index: int, role: str) -> None:
+    """Reject a part of a type that `role` cannot have, or without its text as a string.
+
+    The ValidationError raised here is reported under the content's path, so its
+    location `(index, field)` becomes, for example, messages.0.content.1.text.
+    """
+    # OpenAI's assistant messages also take a refusal part, which contains the model's refusal.
+    supported = ("text", "refusal") if role == "assistant" else ("text",)
+    if part.type not in supported:
+        names = " or ".join(repr(name) for name in supported)
+        message = (
+            f"part type {{type}} is not supported in {role} messages; send parts of type {names}"
+        )
+        raise _part_error((index, "type"), message, part.type, type=repr(part.type))
+    field = part.text_field()
+    if getattr(part, field) is not None:
+        return
+    if field in part.model_fields_set:
+        raise _part_error((index, field), "Input should be a valid string, not null", None)
+    raise _part_error((index, field), f"Field required in a {part.type!r} part", part)
+
+
+def _part_error(
+    location: tuple[int, str], template: str, value: Any, **context: str
+) -> ValidationError:
+    # The values in `context` fill the template's {name} fields, so that braces in a value
+    # from the request are not read as fields.
+    error = PydanticCustomError("content_part", template, context)
+    return ValidationError.from_exception_data(
+        "OpenAIMessage", [{"type": error, "loc": location, "input": value}]
+    )
+
+
+class StreamOptions(_NullableFields):
     include_usage: StrictBool = False
 
 
@@ -172,7 +256,7 @@ class ResponseFormat(_Body):
     json_schema: JsonSchemaFormat | None = None
 
 
-class _OpenAISampling(_Body):
+class _OpenAISampling(_NullableFields):
     model: StrictStr
     stream: StrictBool = False
     stream_options: StreamOptions | None = None

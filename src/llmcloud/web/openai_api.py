@@ -46,7 +46,10 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    TypeAdapter,
     ValidationError,
+    field_validator,
+    model_validator,
 )
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -81,6 +84,8 @@ log = logging.getLogger("llmcloud.web")
 # has no setting of its own for it.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 PREFIX = "/v1"
+# The maximum length of a value, written as JSON, that an error message quotes.
+MAX_QUOTED_VALUE = 40
 ENDPOINTS = {"/v1/chat/completions": "POST", "/v1/models": "GET"}
 _OK_REQUESTS = api_key_requests.labels("ok")
 _INVALID_KEY_REQUESTS = api_key_requests.labels("invalid_key")
@@ -110,11 +115,40 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
+class _NullableFields(_Body):
+    """A body whose optional fields take null as absent, so that their defaults apply.
+
+    OpenAI's API takes null for its optional request fields, which the `openai`
+    client (3.60) types as Optional: `n`, `stream`, `temperature` and the others.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        # Required fields keep their null, so that its error names the field.
+        required = {name for name, field in cls.model_fields.items() if field.is_required()}
+        return {key: value for key, value in data.items() if value is not None or key in required}
+
+
 class ContentPart(_Body):
-    """A part of a message's content; only text parts are accepted (see gateway_messages)."""
+    """A part of a message's content, which check_content accepts if it is text or a refusal.
+
+    `text` and `refusal` are typed as optional so that check_content can tell a
+    null value from a missing one, and name the part's index in either error.
+    """
 
     type: StrictStr
     text: StrictStr | None = None
+    refusal: StrictStr | None = None
+
+    def text_field(self) -> str:
+        """Return the name of the field that carries this part's text."""
+        return "refusal" if self.type == "refusal" else "text"
+
+
+_CONTENT_PARTS = TypeAdapter(list[ContentPart])
 
 
 class ChatMessage(_Body):
@@ -122,15 +156,24 @@ class ChatMessage(_Body):
     content: StrictStr | list[ContentPart] | None = None
     name: StrictStr | None = None
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parse_parts(cls, content: Any) -> Any:
+        # Parsed here rather than as the union's list member, so that an error in a part is
+        # reported under the part's own path, without an error for the string member too.
+        if isinstance(content, list):
+            return _CONTENT_PARTS.validate_python(content)
+        return content
+
     def text(self) -> str:
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text or "" for part in self.content)
+        return "".join(getattr(part, part.text_field()) or "" for part in self.content)
 
 
-class StreamOptions(_Body):
+class StreamOptions(_NullableFields):
     include_usage: StrictBool = False
 
 
@@ -138,7 +181,7 @@ class ResponseFormat(_Body):
     type: Literal["text", "json_object", "json_schema"]
 
 
-class ChatCompletionRequest(_Body):
+class ChatCompletionRequest(_NullableFields):
     """The fields of OpenAI's chat completions request that the gateway can honour."""
 
     model: StrictStr
@@ -432,16 +475,46 @@ def parse_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
         # A field of several types gets an error per type, under names like content.str.
         # Their messages are joined under the field's own name.
         messages: dict[str, list[str]] = {}
+        values: dict[str, str] = {}
         for error in exc.errors(include_url=False):
             field = ".".join(str(part) for part in error["loc"] if not _is_type_tag(part))
             messages.setdefault(field, []).append(error["msg"])
+            if error["type"] not in _UNQUOTED_ERRORS:
+                values[field] = describe_value(error["input"])
         problems = [
-            f"{field}: "
-            + " or ".join(_lower_first(text) if index else text for index, text in enumerate(texts))
+            _describe_problem(field, texts, values.get(field))
             for field, texts in list(messages.items())[:5]
         ]
         first = next(iter(messages), None)
         raise InvalidRequest("invalid request: " + "; ".join(problems), param=first) from None
+
+
+# Errors whose input is not the field's value (a missing field's input is the object that
+# lacks it), or whose message already gives the value's size.
+_UNQUOTED_ERRORS = frozenset({"missing", "too_short", "too_long"})
+
+
+def _describe_problem(field: str, texts: list[str], value: str | None) -> str:
+    text = " or ".join(_lower_first(text) if index else text for index, text in enumerate(texts))
+    if value is None:
+        return f"{field}: {text}"
+    return f"{field}: {text}, not {value}"
+
+
+def describe_value(value: Any) -> str:
+    """Describe a parsed JSON value for an error message: short scalars as JSON, others by size.
+
+    Strings longer than a few words are described by their length only, because
+    the message is logged and a string can be part of a prompt.
+    """
+    if isinstance(value, list):
+        return f"an array of {len(value)} items" if value else "an empty array"
+    if isinstance(value, dict):
+        return "an object"
+    text = json.dumps(value, ensure_ascii=False)
+    if len(text) > MAX_QUOTED_VALUE:
+        return f"a {json_type_name(value)} of {len(text)} characters"
+    return text
 
 
 def _is_type_tag(part: str | int) -> bool:
@@ -488,7 +561,7 @@ def gateway_messages(body: ChatCompletionRequest, max_length: int) -> list[dict[
 
 
 def check_content(message: ChatMessage, index: int) -> None:
-    """Reject missing text outside assistant messages, and parts that are not text."""
+    """Reject missing text outside assistant messages, and parts other than text or refusal."""
     if message.content is None and message.role != "assistant":
         raise InvalidRequest(
             f"messages.{index}.content is missing; a {message.role} message needs its text",
@@ -501,17 +574,34 @@ def check_content(message: ChatMessage, index: int) -> None:
             param=f"messages.{index}.content",
         )
     for part_index, part in enumerate(message.content or []):
-        if not isinstance(part, ContentPart):
-            continue
-        where = f"messages.{index}.content.{part_index}"
-        if part.type != "text":
-            raise InvalidRequest(
-                f"{where} has type {part.type!r}; this API takes text parts only, so leave "
-                "out images and other media",
-                param=where,
-            )
-        if part.text is None:
-            raise InvalidRequest(f"{where}.text is missing", param=f"{where}.text")
+        if isinstance(part, ContentPart):
+            check_part(part, message.role, f"messages.{index}.content.{part_index}")
+
+
+def check_part(part: ContentPart, role: str, where: str) -> None:
+    """Reject a part of a type that `role` cannot have, or without its text as a string."""
+    supported = part_types(role)
+    if part.type not in supported:
+        names = " or ".join(repr(name) for name in supported)
+        raise InvalidRequest(
+            f"{where} has type {part.type!r}, which this API does not support in {role} "
+            f"messages; send parts of type {names}",
+            param=where,
+        )
+    field = part.text_field()
+    if getattr(part, field) is not None:
+        return
+    if field in part.model_fields_set:
+        message = f"{where}.{field} must be a string, not null"
+    else:
+        message = f"{where}.{field} is missing; a {part.type!r} part needs its text"
+    raise InvalidRequest(message, param=f"{where}.{field}")
+
+
+def part_types(role: str) -> tuple[str, ...]:
+    """Return the content part types that a message of `role` can have."""
+    # OpenAI's assistant messages also take a refusal part, which contains the model's refusal.
+    return ("text", "refusal") if role == "assistant" else ("text",)
 
 
 def gateway_options(body: ChatCompletionRequest) -> dict[str, Any]:
