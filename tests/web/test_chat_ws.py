@@ -488,6 +488,21 @@ def test_accepted_names_saved_prompt_and_replaced_answer(admin: TestClient) -> N
     assert regenerated[0] == {"type": "accepted", "removed_message_id": first_answer["message_id"]}
 
 
+def test_rejected_prompt_error_names_model(admin: TestClient, fake_backend: FakeBackend) -> None:
+    fake_backend.chat_status = 400
+    chat_id = new_chat(admin)
+    with connect(admin, chat_id) as socket:
+        send_prompt(socket, "Hello")
+        error = receive_until(socket, "error", "done")[-1]
+    answer = saved_messages(admin, chat_id)[-1]
+
+    assert error["message"] == (
+        f"model '{FAKE_MODEL}' cannot answer this chat: the fake backend failed"
+    )
+    assert answer.status == MessageStatus.ERROR
+    assert answer.error == error["message"]
+
+
 def test_unavailable_backend_message_says_regenerate() -> None:
     sent: list[dict[str, Any]] = []
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -46,6 +47,10 @@ LENGTH_LIMIT = "the answer reached its length limit; ask the model to continue"
 INTERNAL_ERROR = "internal error while generating the answer; the server log has the details"
 # The prompt is saved before the answer starts, so sending it again would save it twice.
 TRY_AGAIN = "press Regenerate to try again"
+# Statuses of a backend's answer to a request it will not serve however often it is sent.
+REJECTED_STATUSES = frozenset({400, 404, 413, 422})
+# How the gateway starts the message of a backend's error status (gateway/backend.py).
+_HTTP_STATUS_PREFIX = re.compile(r"^HTTP \d{3} from \S+: ")
 
 
 class ClientGone(Exception):
@@ -165,7 +170,12 @@ class AnswerStream:
 
     async def _failed(self, event: Failed) -> None:
         status = MessageStatus.INTERRUPTED if self.answer.parts else MessageStatus.ERROR
-        message = f"{event.message}; {TRY_AGAIN}"
+        if event.status_code in REJECTED_STATUSES:
+            # The backend rejected the request itself, so the same request fails again.
+            detail = _HTTP_STATUS_PREFIX.sub("", event.message, count=1)
+            message = f"model '{self.answer.model}' cannot answer this chat: {detail}"
+        else:
+            message = f"{event.message}; {TRY_AGAIN}"
         saved = self._save(status, message)
         log.warning("chat %s: answer failed (%s): %s", self.chat_id, status, event.message)
         await self._send(
