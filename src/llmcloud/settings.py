@@ -750,16 +750,16 @@ class Settings(BaseSettings):
     web_login_rate_limit: int = Field(
         10,
         ge=0,
-        description="Password log-ins that may be tried per minute for one account name, and "
-        "ten times as many from one client address; past that the log-in page answers 429 "
-        "naming the seconds to wait. Counted across every web instance that shares redis_url, "
-        "else per instance. 0 means no limit.",
+        description="Password log-ins that may be tried in any 60 seconds for one account "
+        "name, and ten times as many from one client address; past that the log-in page "
+        "answers 429 naming the seconds to wait. Counted across every web instance that "
+        "shares redis_url, else per instance. 0 means no limit.",
     )
     web_chat_rate_limit: int = Field(
         0,
         ge=0,
-        description="Prompts (sends and regenerations) that one account may start per minute "
-        "on the chat page; past that it gets an error naming the seconds to wait. Counted "
+        description="Prompts (sends and regenerations) that one account may start in any 60 "
+        "seconds on the chat page; past that it gets an error naming the seconds to wait. Counted "
         "across every web instance that shares redis_url, else per instance. 0 means no limit.",
     )
 
