@@ -188,9 +188,9 @@ async def _act(
 ) -> Response:
     """Run one account action; on success go back to the list, else show it with the reason.
 
-    `target` is the account's id and, from the users page, its username. A form
-    rendered before the account was deleted could otherwise act on a later
-    account that got the same id, as SQLite can reuse the largest id.
+    `target` is the account's id and, from the users page, its username, which
+    must still match. Ids are never reused (migration 0003), so this second
+    check only guards against a form that names the wrong account.
     """
     user_id, username = target
 

@@ -102,8 +102,8 @@ def set_pending_cookie(
     user_id: int,
     username: str,
 ) -> None:
-    # The cookie also contains the username, so that it never names a later account that
-    # got the same id after this one was deleted.
+    # The cookie also contains the username, which must match the account's, as a second
+    # check besides ids that are never reused (migration 0003).
     value = f"{user_id}:{int(time.time())}:{username}"
     response.set_cookie(
         PENDING_COOKIE,
