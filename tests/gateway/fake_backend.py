@@ -34,6 +34,8 @@ class FakeBackend:
         self.tokens: list[str] = list(DEFAULT_TOKENS)
         self.token_interval = 0.0
         self.chat_status = 200
+        self.chat_error = "the fake backend failed"
+        """The error message sent with a `chat_status` other than 200."""
         self.models_status = 200
         self.stall_models = False
         self.burst = False
@@ -136,7 +138,7 @@ class FakeBackend:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, shape: Shape
     ) -> None:
         if self.chat_status != 200:
-            await _send_json(writer, self.chat_status, shape.error("the fake backend failed"))
+            await _send_json(writer, self.chat_status, shape.error(self.chat_error))
             return
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: " + shape.media_type + b"\r\n"

@@ -5,17 +5,31 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
 from llmcloud.auth.accounts import deactivate, find_account
+from llmcloud.db import chats
 from llmcloud.db.models import MessageStatus
-from llmcloud.web import chat_ws
+from llmcloud.web import chat_ws, create_app
+from tests.conftest import RunningServer
+from tests.deploy.test_live_streams import _sign_up_and_create_chat, _socket
 from tests.gateway.fake_backend import FakeBackend
-from tests.web.conftest import FAKE_MODEL, ORIGIN, csrf_token, log_in, new_chat, sign_up
+from tests.web.conftest import (
+    CHEAP_HASHER,
+    FAKE_MODEL,
+    ORIGIN,
+    csrf_token,
+    log_in,
+    new_chat,
+    sign_up,
+    web_settings,
+)
 from tests.web.test_chat_ws import (
     connect,
     open_signups,
@@ -225,3 +239,26 @@ def test_stale_tab_must_reload(admin: TestClient) -> None:
     assert current["type"] == "accepted"
     contents = [message.content for message in saved_messages(admin, chat_id)]
     assert contents == ["One", "Hello, world!", "Two", "Hello, world!"]
+
+
+def test_server_stop_saves_reason(tmp_path: Path, fake_backend: FakeBackend) -> None:
+    fake_backend.stall_after = 1
+    app = create_app(web_settings(tmp_path / "data", fake_backend.url), hasher=CHEAP_HASHER)
+    server = RunningServer(app).start()
+    try:
+        with httpx.Client(timeout=10.0) as client:
+            chat_id = _sign_up_and_create_chat(client, server.url)
+            with _socket(server.url, f"/ws/chats/{chat_id}", client) as socket:
+                socket.send(json.dumps({**PROMPT, "content": "Hello"}))
+                while json.loads(socket.recv(timeout=15))["type"] != "token":
+                    pass
+                server.stop()
+    finally:
+        server.stop()
+    db = app.state.web.db
+    account = find_account(db, "alice")
+    assert account is not None
+    answer = list(chats.list_messages(db, account.id, chat_id))[-1]
+
+    assert answer.status == MessageStatus.INTERRUPTED
+    assert answer.error == "the web server stopped during the answer"

@@ -222,6 +222,22 @@ def test_reload_during_answer_shows_it(
     page.context.close()
 
 
+def test_failure_note_scrolled_into_view(
+    browser: Browser, web_url: str, backend: FakeBackend
+) -> None:
+    page = open_new_chat(browser, web_url)
+    backend.chat_status = 400
+    try:
+        page.get_by_label("Message").fill("A line of a long prompt.\n" * 400)
+        page.get_by_label("Message").press("Enter")
+        note = page.locator(".message.assistant").get_by_role("note")
+        expect(note).to_contain_text("Failed: model")
+        expect(note).to_be_in_viewport()
+    finally:
+        backend.chat_status = 200
+    page.context.close()
+
+
 def test_stale_tab_asked_to_reload(browser: Browser, web_url: str) -> None:
     page = open_new_chat(browser, web_url)
     prompt = page.get_by_label("Message")

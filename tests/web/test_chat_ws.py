@@ -503,6 +503,24 @@ def test_rejected_prompt_error_names_model(admin: TestClient, fake_backend: Fake
     assert answer.error == error["message"]
 
 
+def test_context_overflow_told_in_chat_terms(admin: TestClient, fake_backend: FakeBackend) -> None:
+    fake_backend.chat_status = 400
+    fake_backend.chat_error = (
+        "the prompt is 6160 tokens even without the oldest 4 messages, which does not fit the "
+        "context of 2048 tokens; shorten it or raise options.num_ctx"
+    )
+    chat_id = new_chat(admin)
+    with connect(admin, chat_id) as socket:
+        send_prompt(socket, "A very long prompt")
+        error = receive_until(socket, "error", "done")[-1]
+
+    assert error["message"] == (
+        f"model '{FAKE_MODEL}' cannot answer this chat: your message, with the chat's system "
+        "prompt, is 6160 tokens, more than the 2048 tokens that the model reads at once; "
+        "shorten it and send it again"
+    )
+
+
 def test_unavailable_backend_message_says_regenerate() -> None:
     sent: list[dict[str, Any]] = []
 

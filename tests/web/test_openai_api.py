@@ -849,3 +849,29 @@ def test_accepted_request_passes_gateway_checks(fields: dict[str, Any]) -> None:
     )
     checked = build_chat_request(body.model, sent.messages, sent.options, None)
     assert checked == sent
+
+
+def test_context_overflow_gets_api_advice(web: Web, key: str, fake_backend: FakeBackend) -> None:
+    fake_backend.chat_status = 400
+    fake_backend.chat_error = (
+        "the prompt is 6160 tokens, which does not fit the context of 2048 tokens; "
+        "shorten it or raise options.num_ctx"
+    )
+    response = web.post(key, {"model": FAKE_MODEL, "messages": [{"role": "user", "content": "x"}]})
+    error = response.json()["error"]
+
+    assert response.status_code == 400
+    assert error["code"] == "context_length_exceeded"
+    assert error["param"] == "messages"
+    assert "options.num_ctx" not in error["message"]
+    assert error["message"].endswith("use a model with a longer context")
+
+
+def test_backend_rejection_without_status_line(
+    web: Web, key: str, fake_backend: FakeBackend
+) -> None:
+    fake_backend.chat_status = 400
+    response = web.post(key, {"model": FAKE_MODEL, "messages": [{"role": "user", "content": "x"}]})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "the fake backend failed"

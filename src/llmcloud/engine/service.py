@@ -276,7 +276,7 @@ def _check_prompt_length(prompt: FittedPrompt, num_ctx: int, hint: str) -> None:
     size = len(prompt.tokens)
     if size < num_ctx:
         return
-    dropped = f" after dropping the oldest {prompt.dropped} messages" if prompt.dropped else ""
+    dropped = f" even without the oldest {prompt.dropped} messages" if prompt.dropped else ""
     raise InvalidRequest(
         f"the prompt is {size} tokens{dropped}, which does not fit the context of {num_ctx} "
         f"tokens; {hint}"

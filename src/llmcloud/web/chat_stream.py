@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from llmcloud.gateway import (
     Token,
 )
 from llmcloud.web.markdown import render_answer
+from llmcloud.web.rejections import REJECTED_STATUSES, context_overflow, rejection_detail
 
 log = logging.getLogger("llmcloud.web")
 
@@ -42,15 +42,12 @@ SendJson = Callable[[dict[str, Any]], Awaitable[None]]
 
 STOPPED = "stopped by the user"
 DISCONNECTED = "the browser disconnected during the answer"
+SERVER_STOPPED = "the web server stopped during the answer"
 # Saved with a complete answer that the token limit or the model's context cut short.
-LENGTH_LIMIT = "the answer reached its length limit; ask the model to continue"
+LENGTH_LIMIT = "the answer reached its length limit"
 INTERNAL_ERROR = "internal error while generating the answer; the server log has the details"
 # The prompt is saved before the answer starts, so sending it again would save it twice.
 TRY_AGAIN = "press Regenerate to try again"
-# Statuses of a backend's answer to a request it will not serve however often it is sent.
-REJECTED_STATUSES = frozenset({400, 404, 413, 422})
-# How the gateway starts the message of a backend's error status (gateway/backend.py).
-_HTTP_STATUS_PREFIX = re.compile(r"^HTTP \d{3} from \S+: ")
 
 
 class ClientGone(Exception):
@@ -170,9 +167,17 @@ class AnswerStream:
 
     async def _failed(self, event: Failed) -> None:
         status = MessageStatus.INTERRUPTED if self.answer.parts else MessageStatus.ERROR
-        if event.status_code in REJECTED_STATUSES:
+        overflow = context_overflow(event.message)
+        if overflow is not None:
+            message = (
+                f"model '{self.answer.model}' cannot answer this chat: your message, with the "
+                f"chat's system prompt, is {overflow.size} tokens, more than the "
+                f"{overflow.context} tokens that the model reads at once; shorten it and send "
+                "it again"
+            )
+        elif event.status_code in REJECTED_STATUSES:
             # The backend rejected the request itself, so the same request fails again.
-            detail = _HTTP_STATUS_PREFIX.sub("", event.message, count=1)
+            detail = rejection_detail(event.message)
             message = f"model '{self.answer.model}' cannot answer this chat: {detail}"
         else:
             message = f"{event.message}; {TRY_AGAIN}"

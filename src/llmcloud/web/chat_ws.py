@@ -63,7 +63,7 @@ from llmcloud.db.models import MessageRole
 from llmcloud.gateway import GatewayStatus, UnknownModel
 from llmcloud.text import json_type_name, may_have_surrogate, number_too_long, surrogate_problem
 from llmcloud.web.answer_claims import AnswerClaims, Claim
-from llmcloud.web.chat_stream import DISCONNECTED, AnswerStream, stopped_message
+from llmcloud.web.chat_stream import DISCONNECTED, SERVER_STOPPED, AnswerStream, stopped_message
 from llmcloud.web.deps import MAX_ROW_ID, WebState, current_session, web_state
 from llmcloud.web.live import TERMINAL_TYPES, Publisher
 from llmcloud.web.security import check_same_origin
@@ -74,6 +74,8 @@ router = APIRouter()
 
 TITLE_LENGTH = 60
 POLICY_VIOLATION = 1008
+# The close code, Service Restart in IANA's registry, that uvicorn gives sockets at shutdown.
+SERVICE_RESTART = 1012
 ACCESS_CHECK_SECONDS = 10.0
 NOTHING_TO_ANSWER = "the chat has no message to answer yet; send a prompt"
 CHAT_CHANGED = (
@@ -154,18 +156,20 @@ class ChatConversation:
         return True
 
     async def run(self) -> None:
+        reason = DISCONNECTED
         try:
             while True:
                 text = await self._receive_text()
                 if text is None:
                     continue
                 await self._dispatch(text)
-        except WebSocketDisconnect:
-            pass
+        except WebSocketDisconnect as exc:
+            if exc.code == SERVICE_RESTART:
+                reason = SERVER_STOPPED
         finally:
             if self.guard is not None:
                 self.guard.cancel()
-            await self._cancel(DISCONNECTED)
+            await self._cancel(reason)
 
     async def send(self, payload: dict[str, Any]) -> None:
         await self.websocket.send_text(json.dumps(payload, ensure_ascii=False))

@@ -39,6 +39,7 @@ from llmcloud.gateway import (
     Token,
 )
 from llmcloud.tls.asgi import BODY_SEND
+from llmcloud.web.rejections import REJECTED_STATUSES, context_overflow, rejection_detail
 
 log = logging.getLogger("llmcloud.web")
 
@@ -89,6 +90,21 @@ def error_response(
 ) -> JSONResponse:
     body = error_body(status, message, param=param, code=code)
     return JSONResponse(body, status, headers=headers)
+
+
+def failure_response(failed: Failed) -> JSONResponse:
+    """Return a backend's refusal of a chat in the backend's own words."""
+    overflow = context_overflow(failed.message)
+    if overflow is not None:
+        message = (
+            f"the prompt is {overflow.size} tokens, which does not fit the model's context of "
+            f"{overflow.context} tokens even without the oldest messages; shorten the messages "
+            "or use a model with a longer context"
+        )
+        return error_response(400, message, param="messages", code="context_length_exceeded")
+    if failed.status_code in REJECTED_STATUSES:
+        return error_response(failed.status_code, rejection_detail(failed.message))
+    return error_response(failed.status_code, failed.message)
 
 
 def gateway_error_response(exc: GatewayError) -> JSONResponse:
@@ -155,8 +171,7 @@ class CompletionResponse:
             await gateway_error_response(exc)(scope, receive, send)
             return
         if isinstance(first, Failed):
-            response = error_response(first.status_code, first.message)
-            await response(scope, receive, send)
+            await failure_response(first)(scope, receive, send)
         elif self.stream:
             await self._send_stream(send, scope.get(BODY_SEND, send), first)
         else:

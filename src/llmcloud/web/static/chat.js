@@ -215,14 +215,27 @@
     return { article, content, tokens: 0 };
   }
 
+  // Keeps the end of the conversation in view while it grows, unless the user has
+  // scrolled up to read something else.
+  function atEnd() {
+    return window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 80;
+  }
+
+  function reveal(element) {
+    element.scrollIntoView({ block: "end" });
+  }
+
   function startAnswer() {
     current = addMessage("assistant", "");
     current.article.setAttribute("aria-busy", "true");
+    reveal(current.article);
   }
 
   function appendToken(text) {
     if (!current) startAnswer();
+    const following = atEnd();
     current.content.append(document.createTextNode(text));
+    if (following) reveal(current.article);
     current.tokens += 1;
     current.article.dataset.tokens = String(current.tokens);
     status.textContent = "Answering…";
@@ -253,6 +266,7 @@
     current.article.classList.add(partial ? "interrupted" : "error");
     if (!partial && !current.content.textContent) current.content.remove();
     addNote(current.article, `${partial ? "Interrupted" : "Failed"}: ${text}`);
+    reveal(current.article);
     endAnswer();
     showStatusError(text);
   }
@@ -299,6 +313,7 @@
     const lastId = lastMessageId();
     const userArticle = addMessage("user", content).article;
     userArticle.classList.add("unconfirmed");
+    reveal(userArticle);
     prompt.value = "";
     unconfirmed = { kind: "send", draft: content, userArticle };
     storeDraft(content, "");
