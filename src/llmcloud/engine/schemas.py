@@ -25,6 +25,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from llmcloud.openai_fields import NullMeansDefault
+
 KeepAlive = StrictStr | StrictInt | float | None
 FormatSpec = Literal["json", ""] | dict[str, Any] | None
 
@@ -132,21 +134,8 @@ class OllamaEmbeddingsRequest(_Body):
     keep_alive: KeepAlive = None
 
 
-class _NullableFields(_Body):
-    """A body whose optional fields take null as absent, so that their defaults apply.
-
-    OpenAI's API takes null for its optional request fields, which the `openai`
-    client (3.60) types as Optional: `n`, `stream`, `temperature` and the others.
-    """
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_nulls(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        # Required fields keep their null, so that its error names the field.
-        required = {name for name, field in cls.model_fields.items() if field.is_required()}
-        return {key: value for key, value in data.items() if value is not None or key in required}
+class _NullableFields(_Body, NullMeansDefault):
+    """A body of OpenAI's API, whose optional fields take null as absent."""
 
 
 class OpenAIContentPart(_Body):

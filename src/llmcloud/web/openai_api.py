@@ -49,7 +49,6 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -68,6 +67,7 @@ from llmcloud.gateway import (
 )
 from llmcloud.monitoring.http_metrics import record_request
 from llmcloud.monitoring.metrics import api_key_requests
+from llmcloud.openai_fields import NullMeansDefault
 from llmcloud.text import json_type_name, may_have_surrogate, number_too_long, surrogate_problem
 from llmcloud.tls.asgi import BODY_SEND
 from llmcloud.web.deps import WebState, web_state
@@ -115,21 +115,8 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
-class _NullableFields(_Body):
-    """A body whose optional fields take null as absent, so that their defaults apply.
-
-    OpenAI's API takes null for its optional request fields, which the `openai`
-    client (3.60) types as Optional: `n`, `stream`, `temperature` and the others.
-    """
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_nulls(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        # Required fields keep their null, so that its error names the field.
-        required = {name for name, field in cls.model_fields.items() if field.is_required()}
-        return {key: value for key, value in data.items() if value is not None or key in required}
+class _NullableFields(_Body, NullMeansDefault):
+    """A body of OpenAI's API, whose optional fields take null as absent."""
 
 
 class ContentPart(_Body):
