@@ -157,68 +157,69 @@ def test_rejected_prompt_kept_until_accepted(browser: Browser, web_url: str) -> 
     page.context.close()
 
 
-def test_second_tab_follows_answer(browser: Browser, web_url: str, backend: FakeBackend) -> None:
+@pytest.fixture
+def stalled_backend(backend: FakeBackend) -> Iterator[FakeBackend]:
+    """The backend, sending three words of five and then nothing until the client leaves."""
     backend.tokens = [f"word{index} " for index in range(5)]
     backend.stall_after = 3
-    try:
-        page = open_new_chat(browser, web_url)
-        page.get_by_label("Message").fill("Count slowly")
-        page.get_by_label("Message").press("Enter")
-        expect(page.locator(".message.assistant .content")).to_contain_text("word2")
+    yield backend
+    backend.tokens = list(DEFAULT_TOKENS)
+    backend.stall_after = None
 
-        other_tab = page.context.new_page()
-        other_tab.goto(page.url)
-        notice = other_tab.get_by_role("note").filter(has_text="another tab")
-        expect(notice).to_contain_text("shows below as it streams")
-        answer = other_tab.locator(".message.assistant")
-        expect(answer.locator(".content")).to_have_text("word0 word1 word2")
-        expect(other_tab.get_by_role("button", name="Send")).to_be_disabled()
-        expect(other_tab.get_by_role("button", name="Stop")).to_be_disabled()
 
-        page.get_by_role("button", name="Stop").click()
-        expect(answer).to_have_attribute("data-message-id", re.compile(r"^\d+$"))
-        expect(answer).to_have_class(re.compile(r"\binterrupted\b"))
-        expect(answer.get_by_role("note")).to_have_text("Interrupted: stopped by the user")
-        expect(notice).to_have_count(0)
-        expect(other_tab.get_by_role("button", name="Send")).to_be_enabled()
-        expect(other_tab.locator(".message.user .content")).to_have_text(["Count slowly"])
+def start_stalled_answer(browser: Browser, web_url: str) -> Page:
+    page = open_new_chat(browser, web_url)
+    page.get_by_label("Message").fill("Count slowly")
+    page.get_by_label("Message").press("Enter")
+    expect(page.locator(".message.assistant .content")).to_contain_text("word2")
+    return page
 
-        # Having shown that answer, the tab stops following: a later answer's prompt is not on it.
-        backend.stall_after = None
-        backend.tokens = ["late"]
-        page.get_by_label("Message").fill("Once more")
-        page.get_by_label("Message").press("Enter")
-        expect(page.locator(".message.assistant .content").last).to_have_text("late")
-        expect(other_tab.locator(".message.assistant")).to_have_count(1)
-    finally:
-        backend.tokens = list(DEFAULT_TOKENS)
-        backend.stall_after = None
+
+def test_second_tab_follows_answer(
+    browser: Browser, web_url: str, stalled_backend: FakeBackend
+) -> None:
+    page = start_stalled_answer(browser, web_url)
+    other_tab = page.context.new_page()
+    other_tab.goto(page.url)
+    notice = other_tab.get_by_role("note").filter(has_text="another tab")
+    expect(notice).to_contain_text("shows below as it streams")
+    answer = other_tab.locator(".message.assistant")
+    expect(answer.locator(".content")).to_have_text("word0 word1 word2")
+    expect(other_tab.get_by_role("button", name="Send")).to_be_disabled()
+    expect(other_tab.get_by_role("button", name="Stop")).to_be_disabled()
+
+    page.get_by_role("button", name="Stop").click()
+    expect(answer).to_have_attribute("data-message-id", re.compile(r"^\d+$"))
+    expect(answer).to_have_class(re.compile(r"\binterrupted\b"))
+    expect(answer.get_by_role("note")).to_have_text("Interrupted: stopped by the user")
+    expect(notice).to_have_count(0)
+    expect(other_tab.get_by_role("button", name="Send")).to_be_enabled()
+    expect(other_tab.locator(".message.user .content")).to_have_text(["Count slowly"])
+
+    # Having shown that answer, the tab stops following: a later answer's prompt is not on it.
+    stalled_backend.stall_after = None
+    stalled_backend.tokens = ["late"]
+    page.get_by_label("Message").fill("Once more")
+    page.get_by_label("Message").press("Enter")
+    expect(page.locator(".message.assistant .content").last).to_have_text("late")
+    expect(other_tab.locator(".message.assistant")).to_have_count(1)
     page.context.close()
 
 
 def test_reload_during_answer_shows_it(
-    browser: Browser, web_url: str, backend: FakeBackend
+    browser: Browser, web_url: str, stalled_backend: FakeBackend
 ) -> None:
-    backend.tokens = [f"word{index} " for index in range(5)]
-    backend.stall_after = 3
-    try:
-        page = open_new_chat(browser, web_url)
-        page.get_by_label("Message").fill("Count slowly")
-        page.get_by_label("Message").press("Enter")
-        expect(page.locator(".message.assistant .content")).to_contain_text("word2")
-        page.reload()
-        # The answer stops with the page's socket. The reloaded page may have been
-        # rendered before it was saved, and then fetches the conversation again.
-        answer = page.locator(".message.assistant")
-        expect(answer.locator(".content")).to_have_text("word0 word1 word2")
-        expect(answer.get_by_role("note")).to_have_text(
-            "Interrupted: the browser disconnected during the answer"
-        )
-        expect(page.get_by_role("note").filter(has_text="has ended")).to_have_count(0)
-        expect(page.get_by_role("button", name="Send")).to_be_enabled()
-    finally:
-        backend.tokens = list(DEFAULT_TOKENS)
-        backend.stall_after = None
+    page = start_stalled_answer(browser, web_url)
+    page.reload()
+    # The answer stops with the page's socket. The reloaded page may have been
+    # rendered before it was saved, and then fetches the conversation again.
+    answer = page.locator(".message.assistant")
+    expect(answer.locator(".content")).to_have_text("word0 word1 word2")
+    expect(answer.get_by_role("note")).to_have_text(
+        "Interrupted: the browser disconnected during the answer"
+    )
+    expect(page.get_by_role("note").filter(has_text="has ended")).to_have_count(0)
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
     page.context.close()
 
 
