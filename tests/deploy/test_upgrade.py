@@ -14,6 +14,7 @@ from llmcloud.db import database as database_module
 from llmcloud.db.errors import ServiceError
 from llmcloud.deploy.upgrade import UpgradeError, migrate_with_backup
 from llmcloud.settings import Settings
+from tests.db.read_only import read_only
 
 NEWER_REVISION = "9001"
 _MIGRATION = '''"""A migration that only a test adds."""
@@ -115,6 +116,24 @@ def test_failed_migration_leaves_database_unchanged(
     assert old_database.current_revision() == before
     assert "upgrade_probe" not in _table_names(old_database)
     assert _user_count(old_database) == 1
+
+
+def test_read_only_migration_advises_making_it_writable(
+    old_database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = old_database.current_revision()
+    _add_migration(tmp_path, monkeypatch, fails=False)
+    url = old_database.engine.url.render_as_string(hide_password=False)
+
+    with read_only(url, old_database), pytest.raises(UpgradeError) as caught:
+        migrate_with_backup(Settings(data_dir=tmp_path), old_database, backup=lambda s, d: None)
+
+    message = str(caught.value)
+    assert "failed because the database is read-only" in message
+    assert f"still at revision {before}" in message
+    assert "writable" in message
+    assert "Run the previous llmcloud version" not in message
+    assert old_database.current_revision() == before
 
 
 def test_failed_backup_stops_before_migration(

@@ -13,11 +13,12 @@ import uvicorn
 from typer.testing import CliRunner
 
 from llmcloud.cli import app as cli_app
-from llmcloud.monitoring.probes import Status, run_probes, serves_tls, worst
+from llmcloud.monitoring.probes import Status, probe_database, run_probes, serves_tls, worst
 from llmcloud.settings import Settings
 from llmcloud.tls.serving import localhost_certificate
 from llmcloud.web import create_app
 from tests.conftest import RunningServer
+from tests.db.read_only import read_only
 from tests.gateway.fake_backend import FakeBackend
 from tests.web.conftest import CHEAP_HASHER, web_settings
 
@@ -75,6 +76,7 @@ def test_check_reports_each_part(deployment: dict[str, object]) -> None:
     statuses = by_name(results)
 
     assert statuses["login page"] == Status.OK
+    assert statuses["database"] == Status.OK
     assert statuses["backend fake"] == Status.OK
     assert statuses[f"SOCKS proxy 127.0.0.1:{deployment['socks_port']}"] == Status.OK
     assert statuses["disk free"] in (Status.OK, Status.WARNING, Status.CRITICAL)
@@ -95,6 +97,20 @@ def test_check_cli_json_and_exit_code(
     assert result.exit_code == 1
     assert report["status"] == "warning"
     assert {"name": "login page", "status": "ok"}.items() <= report["checks"][0].items()
+
+
+def test_check_reports_read_only_database(tmp_path: Path, fake_backend: FakeBackend) -> None:
+    app = create_app(web_settings(tmp_path / "data", fake_backend.url), hasher=CHEAP_HASHER)
+    server = RunningServer(app).start()
+    database = app.state.web.db
+    try:
+        with read_only(f"sqlite:///{tmp_path / 'data' / 'llmcloud.db'}", database):
+            result = probe_database(server.url)
+    finally:
+        server.stop()
+
+    assert result.status == Status.CRITICAL
+    assert f"database {database.safe_url} is read-only" in result.detail
 
 
 def test_check_reports_unreachable_parts_critical(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ import pytest
 from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from playwright.sync_api import Browser, sync_playwright
+from sqlalchemy.engine import make_url
 
+from llmcloud.db.testing import PostgresUnavailable, postgres_server_url, scratch_postgres_database
 from llmcloud.settings import Settings
 from llmcloud.web import create_app
 from tests.gateway.fake_backend import FakeBackend
@@ -57,6 +60,22 @@ def fake_backend() -> Iterator[FakeBackend]:
     backend = FakeBackend((FAKE_MODEL,)).start()
     yield backend
     backend.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a SQLite file in the data dir, not yet created, or of a new PostgreSQL one."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'data' / 'llmcloud.db'}"
+        return
+    server = postgres_server_url()
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(scratch_postgres_database(server))
+        except PostgresUnavailable as exc:
+            safe_url = make_url(server).render_as_string(hide_password=True)
+            pytest.skip(f"no PostgreSQL server reachable at {safe_url}: {exc}")
+        yield url
 
 
 @pytest.fixture

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from llmcloud.backup import operations
+from llmcloud.cli import app as cli_app
+from llmcloud.db.errors import DatabaseReadOnly
 from llmcloud.instance import read_instance
 from llmcloud.settings import Settings
 from llmcloud.web import create_app
@@ -20,6 +24,7 @@ from llmcloud.web.server import (
     prepare_garbage_collector,
     serve,
 )
+from tests.db.read_only import read_only
 
 
 def test_serve_rejects_unsupported_database(tmp_path: Path) -> None:
@@ -69,6 +74,60 @@ def test_open_and_migrate_rejects_forgotten_backups(tmp_path: Path) -> None:
         open_and_migrate(lost)
 
     assert not (tmp_path / "lost" / "llmcloud.db").exists()
+
+
+def test_open_and_migrate_rejects_read_only_database(tmp_path: Path, database_url: str) -> None:
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
+    database = open_and_migrate(settings)
+    safe_url = database.safe_url
+    database.dispose()
+
+    with read_only(database_url), pytest.raises(StartupError) as caught:
+        open_and_migrate(settings)
+
+    assert f"the database {safe_url} is read-only" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_open_and_migrate_names_sqlite_fix(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    open_and_migrate(settings).dispose()
+
+    with read_only(f"sqlite:///{tmp_path / 'llmcloud.db'}"), pytest.raises(StartupError) as caught:
+        open_and_migrate(settings)
+
+    assert f"make {tmp_path / 'llmcloud.db'}, its folder {tmp_path}" in str(caught.value)
+    assert "-wal and -shm files writable by the user that runs llmcloud" in str(caught.value)
+
+
+def test_app_start_rejects_read_only_database(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, gateway_backends=[])
+    open_and_migrate(settings).dispose()
+
+    with (
+        read_only(f"sqlite:///{tmp_path / 'llmcloud.db'}"),
+        pytest.raises(DatabaseReadOnly),
+        TestClient(create_app(settings)),
+    ):
+        pass
+
+
+def test_web_command_exits_on_read_only_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    open_and_migrate(Settings(data_dir=tmp_path)).dispose()
+    monkeypatch.setenv("LLMCLOUD_DATA_DIR", str(tmp_path))
+    # A port in use, so that the command fails instead of serving if the check were missing.
+    occupied = socket.create_server(("127.0.0.1", 0))
+    port = str(occupied.getsockname()[1])
+
+    with occupied, read_only(f"sqlite:///{tmp_path / 'llmcloud.db'}"):
+        result = CliRunner().invoke(cli_app, ["web", "--host", "127.0.0.1", "--port", port])
+
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 2
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith(f"Error: the database sqlite:///{tmp_path / 'llmcloud.db'} is")
 
 
 def test_served_app_schedules_backups(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

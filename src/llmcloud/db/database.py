@@ -13,12 +13,16 @@ PostgreSQL is used when the URL names it, through psycopg 3 (`postgresql://`
 URLs are mapped to the `postgresql+psycopg` driver). `Database.lock()` takes
 a transaction-scoped advisory lock there. On SQLite the write lock of
 `transaction()` already serialises writers.
+
+On either database, a write that fails because the database is read-only
+raises `llmcloud.db.errors.DatabaseReadOnly` (see `llmcloud.db.read_only`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +37,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
+from llmcloud.db.read_only import convert_read_only_error
 from llmcloud.settings import ConfigError, Settings
 
 log = logging.getLogger("llmcloud.db")
@@ -41,6 +46,8 @@ DATABASE_FILE = "llmcloud.db"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 _BEGIN_OPTION = "llmcloud_sqlite_begin"
+# A write that changes nothing, for check_writable().
+_WRITE_CHECK = "UPDATE alembic_version SET version_num = version_num"
 
 
 def default_database_url(data_dir: Path) -> str:
@@ -112,6 +119,8 @@ class Database:
         after = self.current_revision()
         if before != after:
             log.info("database %s migrated from %s to %s", self.safe_url, before, after)
+            if self.dialect == "sqlite":
+                self._checkpoint_wal()
 
     def _upgrade_sqlite(self, config: Config, revision: str) -> None:
         """Migrate with foreign keys off, as SQLite requires for rebuilding a table.
@@ -141,6 +150,68 @@ class Database:
             finally:
                 raw.execute("PRAGMA foreign_keys=ON")
 
+    def _checkpoint_wal(self) -> None:
+        """Copy the WAL into the database file and truncate it, once a migration has committed.
+
+        A migration that rebuilds tables leaves a WAL that can be larger than the
+        database, and until a checkpoint the database file alone still reads as the
+        old revision.
+        """
+        with self.engine.connect() as connection:
+            raw = connection.connection.dbapi_connection
+            assert raw is not None
+            try:
+                busy, frames, copied = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as exc:
+                log.warning(
+                    "database %s: checkpoint after the migration failed: %s", self.safe_url, exc
+                )
+                return
+        if busy:
+            log.warning(
+                "database %s: checkpoint after the migration did not complete because another "
+                "connection was using the database (%s of %s WAL frames copied); SQLite copies "
+                "the rest at a later checkpoint",
+                self.safe_url,
+                copied,
+                frames,
+            )
+            return
+        log.info("database %s: WAL checkpointed after the migration", self.safe_url)
+
+    def check_writable(self, lock_timeout: float | None = None) -> None:
+        """Run a write that changes nothing, in a transaction that is rolled back.
+
+        Raises DatabaseReadOnly when the database rejects writes. `lock_timeout`,
+        in seconds, limits the wait for a lock that another connection holds
+        (SQLite's busy timeout, PostgreSQL's lock_timeout). When it runs out,
+        OperationalError is raised. Without it the check waits as any write does.
+        The schema must exist, because the write is to `alembic_version`.
+        """
+        with self.engine.connect() as connection:
+            if self.dialect == "sqlite":
+                self._check_writable_sqlite(connection, lock_timeout)
+                return
+            with connection.begin() as transaction:
+                if lock_timeout is not None:
+                    milliseconds = max(1, int(lock_timeout * 1000))
+                    connection.exec_driver_sql(f"SET LOCAL lock_timeout = {milliseconds}")
+                connection.exec_driver_sql(_WRITE_CHECK)
+                transaction.rollback()
+
+    def _check_writable_sqlite(self, connection: sa.Connection, lock_timeout: float | None) -> None:
+        raw = connection.connection.dbapi_connection
+        assert raw is not None
+        if lock_timeout is not None:
+            raw.execute(f"PRAGMA busy_timeout={max(1, int(lock_timeout * 1000))}")
+        try:
+            connection.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+            with connection.begin() as transaction:
+                connection.exec_driver_sql(_WRITE_CHECK)
+                transaction.rollback()
+        finally:
+            raw.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")
+
     def current_revision(self) -> str | None:
         """Return the schema revision the database is at, or None when it is empty."""
         with self.engine.connect() as connection:
@@ -158,13 +229,15 @@ def open_database(url: str, *, echo: bool = False) -> Database:
 
     The schema is not touched; call `Database.upgrade()` for that. A SQLite
     file's folder is created when missing. Raises ConfigError for a URL that
-    cannot be parsed or names another database.
+    cannot be parsed or names another database. A read-only database is
+    noticed at the first write, which raises DatabaseReadOnly.
     """
     parsed = _parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = _sqlite_engine(parsed, echo)
     else:
         engine = sa.create_engine(parsed, echo=echo, pool_pre_ping=True)
+    sa.event.listen(engine, "handle_error", convert_read_only_error)
     database = Database(engine)
     log.info("database %s opened", database.safe_url)
     return database

@@ -47,6 +47,30 @@ class Conflict(ServiceError):
     status_code = 409
 
 
+class DatabaseReadOnly(ServiceError):
+    """The database rejected a write because it, or the connection to it, is read-only.
+
+    `message` is for clients and names nothing on the server. `operator_message`
+    names the database (`safe_url`, without its password) and the driver's
+    message, and gives the change to make, for start-up errors.
+    """
+
+    status_code = 503
+
+    def __init__(self, safe_url: str, driver_message: str, advice: str) -> None:
+        super().__init__(
+            "the server's database is read-only, so this request failed; "
+            "an operator must make the database writable"
+        )
+        self.safe_url = safe_url
+        self.driver_message = driver_message
+        self.advice = advice
+
+    @property
+    def operator_message(self) -> str:
+        return f"the database {self.safe_url} is read-only ({self.driver_message}); {self.advice}"
+
+
 def quote_value(value: str, limit: int = 64) -> str:
     """Quote a user-supplied value for an error message, cut to `limit` characters."""
     if len(value) > limit:

@@ -6,7 +6,8 @@ runs the migrations. A failed backup stops the start-up before anything is
 changed. `Database.upgrade()` runs every pending migration in one
 transaction, so a failed migration is rolled back and the database stays at
 its old revision. PostgreSQL and SQLite both roll back DDL inside a
-transaction.
+transaction. A migration that fails because the database is read-only gets
+the advice to make it writable instead of the advice to go back a version.
 
 Several web instances that start at once on one PostgreSQL database would
 each back up and migrate it. So the backup and the migration run under the
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import SQLAlchemyError
 
 from llmcloud.db import Database
-from llmcloud.db.errors import ServiceError
+from llmcloud.db.errors import DatabaseReadOnly, ServiceError
 from llmcloud.settings import Settings
 
 log = logging.getLogger("llmcloud.deploy")
@@ -51,7 +52,8 @@ def migrate_with_backup(
 
     A new, empty database is migrated without a backup. `backup` defaults to
     `default_backup_hook()`. Raises UpgradeError when the backup or the
-    migration fails; in both cases the schema is left as it was.
+    migration fails; in both cases the schema is left as it was. Raises
+    DatabaseReadOnly when a read-only database cannot even be opened.
     """
     before = database.current_revision()
     head = database.head_revision()
@@ -68,6 +70,8 @@ def migrate_with_backup(
     try:
         with wait_for_deployment_lock(settings, "backup", "the backup and migration at start-up"):
             return _migrate_locked(settings, database, backup)
+    except DatabaseReadOnly:
+        raise
     except ServiceError as exc:
         log.error("cannot migrate %s: %s", database.safe_url, exc.message)
         raise UpgradeError(f"{exc.message}. Nothing was migrated") from None
@@ -94,6 +98,12 @@ def _upgrade(
 ) -> MigrationResult:
     try:
         database.upgrade()
+    except DatabaseReadOnly as exc:
+        raise UpgradeError(
+            f"the migration of {database.safe_url} from revision {before} to {head} failed "
+            f"because the database is read-only ({exc.driver_message}), so it is still at "
+            f"revision {before}. To migrate it, {exc.advice}"
+        ) from None
     except SQLAlchemyError as exc:
         first_line = str(exc).strip().splitlines()[0]
         log.error("migration of %s from %s to %s failed: %s", database.safe_url, before, head, exc)

@@ -1,10 +1,11 @@
 """Probes of a running deployment from outside, for `llmcloud check`.
 
 Each probe returns a `ProbeResult` with a status (ok, warning, critical) and
-one line of detail. Probes only read: the login page, a one-token generation
-per backend, /metrics for backup and disk figures, a TLS handshake for the
-certificate, and a SOCKS greeting when socks_allow lists destinations. Exit
-codes follow the Nagios plugin convention: 0 ok, 1 warning, 2 critical.
+one line of detail. Probes only read: the login page, the database check of
+/readyz, a one-token generation per backend, /metrics for backup and disk
+figures, a TLS handshake for the certificate, and a SOCKS greeting when
+socks_allow lists destinations. Exit codes follow the Nagios plugin
+convention: 0 ok, 1 warning, 2 critical.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def run_probes(
     bundle path (such as llmcloud's internal CA), or False to skip it.
     """
     base = (url or web_url(settings)).rstrip("/")
-    results = [probe_login_page(base, verify)]
+    results = [probe_login_page(base, verify), probe_database(base, verify)]
     if urlsplit(base).scheme == "https":
         results.append(probe_certificate(base))
     results.extend(probe_backend(backend) for backend in backends_of(settings))
@@ -133,6 +134,28 @@ def probe_login_page(base: str, verify: bool | str = True) -> ProbeResult:
         )
 
     return _guard("login page", probe)
+
+
+def probe_database(base: str, verify: bool | str = True) -> ProbeResult:
+    """Report the database part of the web app's /readyz: reachable and accepting writes.
+
+    The web app runs the check itself, so this probe needs no database
+    credentials. A 503 from /readyz for another reason (no healthy backend,
+    a full disk) leaves the database ok, because other probes report those.
+    """
+
+    def probe() -> ProbeResult:
+        response = httpx.get(f"{base}/readyz", timeout=TIMEOUT_SECONDS, verify=verify)
+        if response.status_code not in (200, 503):
+            return ProbeResult("database", Status.CRITICAL, f"/readyz: HTTP {response.status_code}")
+        body = response.json()
+        failed = body.get("failed") if isinstance(body, dict) else None
+        problem = failed.get("database") if isinstance(failed, dict) else None
+        if problem:
+            return ProbeResult("database", Status.CRITICAL, str(problem))
+        return ProbeResult("database", Status.OK, "reachable and accepts writes")
+
+    return _guard("database", probe)
 
 
 def probe_certificate(base: str) -> ProbeResult:

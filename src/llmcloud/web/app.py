@@ -1,9 +1,9 @@
 """The web app's ASGI application: the chat pages, accounts pages and health checks.
 
-`create_app()` builds it. At start-up it opens the database and migrates it
-to the newest schema, and starts a gateway to the model backends, unless the
-caller passes its own (tests pass both). Routers live in their own modules
-and are listed in ROUTERS.
+`create_app()` builds it. At start-up it opens the database, migrates it
+to the newest schema and checks that it accepts writes, and starts a gateway
+to the model backends, unless the caller passes its own (tests pass both).
+Routers live in their own modules and are listed in ROUTERS.
 """
 
 from __future__ import annotations
@@ -221,7 +221,12 @@ def prepare_data_dir(settings: Settings) -> None:
 def _open_database(settings: Settings) -> Database:
     prepare_data_dir(settings)
     database = open_database(database_url_from_settings(settings))
-    # Backs up and migrates under the deployment-wide backup lock, so that instances
-    # starting at once take one backup and run the migration once.
-    migrate_with_backup(settings, database)
+    try:
+        # Backs up and migrates under the deployment-wide backup lock, so that instances
+        # starting at once take one backup and run the migration once.
+        migrate_with_backup(settings, database)
+        database.check_writable()
+    except BaseException:
+        database.dispose()
+        raise
     return database

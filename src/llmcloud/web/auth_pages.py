@@ -28,6 +28,7 @@ from llmcloud.auth.errors import (
 )
 from llmcloud.auth.providers import configured_providers
 from llmcloud.auth.sessions import create_session, delete_session
+from llmcloud.db.errors import DatabaseReadOnly
 from llmcloud.db.models import Outcome, Role, User
 from llmcloud.monitoring.metrics import logins
 from llmcloud.web.deps import (
@@ -120,6 +121,9 @@ def _check_password(
         pending = find_account(state.db, username)
         _audit_local_login(state, Outcome.FAILURE, pending, "pending")
         return pending_response(request, state, pending)
+    except DatabaseReadOnly:
+        # The audit event of the failure could not be written either.
+        raise
     except ServiceError as exc:
         invalid = isinstance(exc, InvalidCredentials)
         logins.labels("local", "invalid_credentials" if invalid else "rejected").inc()

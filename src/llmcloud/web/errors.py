@@ -5,7 +5,8 @@ Domain errors carry their HTTP status (`llmcloud.db.errors.ServiceError`,
 redirected to the log-in page, and one from a pending account to the
 waiting page. Every other error keeps its status and shows its message.
 Validation errors name the fields. A database on a full disk is answered with
-507 and a message for the admin. Anything unexpected is caught by
+507 and a message for the admin, and a read-only database (`DatabaseReadOnly`)
+with 503 and a message for the operator. Anything unexpected is caught by
 `UnexpectedErrorMiddleware`, logged once with its traceback, route and a
 request id, and gets a 500 response that shows only that id. The error is not
 re-raised, so the server does not log it a second time.
@@ -25,6 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmcloud.auth.errors import AccountPending, ServiceError, Unauthorized
+from llmcloud.db.errors import DatabaseReadOnly
 from llmcloud.gateway import GatewayError, ServiceUnavailable
 from llmcloud.web.templating import render
 
@@ -42,6 +44,7 @@ _POSTGRES_DISK_FULL = "53100"
 
 def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(DatabaseReadOnly, _database_read_only)
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -82,6 +85,12 @@ async def _service_error(request: Request, exc: Exception) -> Response:
             return RedirectResponse(f"/login?next={quote(_return_path(request))}", 303)
     if exc.status_code >= 500:
         log.warning("%s %s failed: %s", request.method, request.url.path, exc.message)
+    return error_response(request, exc.status_code, exc.message)
+
+
+async def _database_read_only(request: Request, exc: Exception) -> Response:
+    # llmcloud.db.read_only logged the database and the driver's message when it raised this.
+    assert isinstance(exc, DatabaseReadOnly)
     return error_response(request, exc.status_code, exc.message)
 
 

@@ -30,6 +30,7 @@ from llmcloud.auth.oauth import check_callback, finish_login
 from llmcloud.auth.oauth import start_login as start_authorization
 from llmcloud.auth.pending_logins import PENDING_LOGIN_SECONDS, PendingLogins, pending_logins_for
 from llmcloud.auth.providers import configured_providers, find_provider
+from llmcloud.db.errors import DatabaseReadOnly
 from llmcloud.db.models import Outcome
 from llmcloud.monitoring.metrics import logins
 from llmcloud.web.auth_pages import HOME, logged_in_response, pending_response, safe_next
@@ -84,6 +85,9 @@ def callback(request: Request, state: State, name: str) -> Response:
     except AccountPending:
         _audit_failure(state, name, "pending", subject, user.id)
         return _clear_state_cookie(pending_response(request, state, user))
+    except DatabaseReadOnly:
+        # The audit event of the failure could not be written either.
+        raise
     except ServiceError as exc:
         return _failed(request, state, name, exc, subject)
 

@@ -12,6 +12,7 @@ from llmcloud.auth.secret_key import SecretKeyError
 from llmcloud.backup.errors import BackupError
 from llmcloud.backup.schedule import check_schedules
 from llmcloud.db import Database, database_url_from_settings, open_database
+from llmcloud.db.errors import DatabaseReadOnly
 from llmcloud.deploy.shared_keys import SharedKeyMismatchError, check_session_key
 from llmcloud.deploy.upgrade import UpgradeError, migrate_with_backup
 from llmcloud.listen import ListenError, bind_socket
@@ -104,10 +105,11 @@ def prepare_garbage_collector() -> None:
 
 
 def open_and_migrate(settings: Settings) -> Database:
-    """Open the database and migrate it to the newest schema, or raise StartupError.
+    """Open the database, migrate it to the newest schema and check that it accepts writes.
 
     Before the migration the data dir is checked and gets its instance.json
     (`prepare_data_dir`), and a database behind the newest schema is backed up.
+    Raises StartupError naming the problem when any of these steps fails.
     """
     try:
         database = open_database(database_url_from_settings(settings))
@@ -116,9 +118,13 @@ def open_and_migrate(settings: Settings) -> Database:
     try:
         prepare_data_dir(settings)
         migrate_with_backup(settings, database)
+        database.check_writable()
     except UpgradeError as exc:
         database.dispose()
         raise StartupError(str(exc)) from None
+    except DatabaseReadOnly as exc:
+        database.dispose()
+        raise StartupError(exc.operator_message) from None
     except BackupError as exc:
         database.dispose()
         raise StartupError(exc.message) from None
