@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
-from llmcloud.auth import accounts, api_keys
+from llmcloud.auth import accounts, api_key_cache, api_keys
 from llmcloud.db.models import Role
 from llmcloud.web.deps import WebState
 from tests.db.read_only import read_only
@@ -60,6 +61,11 @@ def test_api_gets_openai_error_body(admin: TestClient, database_url: str) -> Non
     key = api_keys.create_api_key(db, user.id, "laptop").key
     body = {"model": FAKE_MODEL, "messages": [{"role": "user", "content": "Hello"}]}
 
+    # An uncached key is checked in the database, which records its use.
+    api_key_cache.invalidate()
+    labels = {"outcome": "invalid_key"}
+    invalid_before = REGISTRY.get_sample_value("llmcloud_api_key_requests_total", labels)
+
     with read_only(database_url, db):
         response = admin.post(
             "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
@@ -69,6 +75,9 @@ def test_api_gets_openai_error_body(admin: TestClient, database_url: str) -> Non
     assert response.status_code == 503
     assert READ_ONLY_MESSAGE in error["message"]
     assert error["type"] == "server_error"
+    # A valid key on a read-only database is not counted as an invalid one.
+    invalid_after = REGISTRY.get_sample_value("llmcloud_api_key_requests_total", labels)
+    assert invalid_after == invalid_before
 
 
 def test_read_only_request_logs_no_traceback(
