@@ -1,4 +1,4 @@
-"""What a model backend's refusal of a chat means for the web app's users.
+"""A model backend's refusal of a chat, put in terms that the web app's users can act on.
 
 The gateway passes a backend's error status on as `HTTP 400 from /api/chat:
 <detail>`, which suits operators' logs. The chat page and the `/v1` API show
