@@ -1,17 +1,21 @@
-"""Fixtures shared by the whole suite: a running engine with the bundled model."""
+"""Fixtures shared by the whole suite: a running engine with the bundled model, and
+scratch PostgreSQL databases."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
 import hypothesis
 import pytest
 import uvicorn
+from sqlalchemy.engine import make_url
 
+from llmcloud.db.testing import PostgresUnavailable, postgres_server_url, scratch_postgres_database
 from llmcloud.engine.app import create_app
 from llmcloud.listen import bind_socket
 from llmcloud.settings import Settings
@@ -22,6 +26,22 @@ BUNDLED_MODEL = "smollm2:135m"
 # which would fail a property test that holds.
 hypothesis.settings.register_profile("llmcloud", deadline=None)
 hypothesis.settings.load_profile("llmcloud")
+
+
+@contextmanager
+def scratch_postgres_or_skip() -> Iterator[str]:
+    """Yield the URL of a new PostgreSQL database, dropped afterwards, or skip the test.
+
+    The skip names the server that could not be reached, without its password.
+    """
+    server = postgres_server_url()
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(scratch_postgres_database(server))
+        except PostgresUnavailable as exc:
+            safe_url = make_url(server).render_as_string(hide_password=True)
+            pytest.skip(f"PostgreSQL half skipped: no server reachable at {safe_url}: {exc}")
+        yield url
 
 
 def engine_settings(data_dir: Path, **overrides: object) -> Settings:

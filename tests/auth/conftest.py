@@ -9,32 +9,22 @@ and is skipped, with the connection error as the reason, when none is reachable.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
-from sqlalchemy.engine import make_url
 
 from llmcloud.db import Database, open_database
 from llmcloud.db.testing import (
-    PostgresUnavailable,
-    postgres_server_url,
     prepare_database,
     reset_database,
-    scratch_postgres_database,
 )
+from tests.conftest import scratch_postgres_or_skip
 
 
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
-    server = postgres_server_url()
-    with ExitStack() as stack:
-        try:
-            url = stack.enter_context(scratch_postgres_database(server))
-        except PostgresUnavailable as exc:
-            safe_url = make_url(server).render_as_string(hide_password=True)
-            pytest.skip(f"PostgreSQL half skipped: no server reachable at {safe_url}: {exc}")
+    with scratch_postgres_or_skip() as url:
         yield url
 
 

@@ -8,22 +8,20 @@ and are skipped, with the connection error as the reason, when none is reachable
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from argon2 import PasswordHasher
-from sqlalchemy.engine import make_url
 
 from llmcloud.auth.accounts import create_account
 from llmcloud.auth.api_keys import create_api_key
 from llmcloud.db import Database, open_database
 from llmcloud.db.chats import add_message, create_chat
 from llmcloud.db.models import Base
-from llmcloud.db.testing import PostgresUnavailable, postgres_server_url, scratch_postgres_database
 from llmcloud.settings import Settings
+from tests.conftest import scratch_postgres_or_skip
 
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
@@ -93,11 +91,5 @@ def filled(settings: Settings) -> Iterator[Database]:
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    server = postgres_server_url()
-    with ExitStack() as stack:
-        try:
-            url = stack.enter_context(scratch_postgres_database(server))
-        except PostgresUnavailable as exc:
-            safe_url = make_url(server).render_as_string(hide_password=True)
-            pytest.skip(f"no PostgreSQL server reachable at {safe_url}: {exc}")
+    with scratch_postgres_or_skip() as url:
         yield url

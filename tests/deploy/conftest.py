@@ -13,16 +13,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
-from sqlalchemy.engine import make_url
 
-from llmcloud.db.testing import PostgresUnavailable, postgres_server_url, scratch_postgres_database
+from tests.conftest import scratch_postgres_or_skip
 
 STARTUP_TIMEOUT_SECONDS = 60.0
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -39,13 +37,7 @@ def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    server = postgres_server_url()
-    with ExitStack() as stack:
-        try:
-            url = stack.enter_context(scratch_postgres_database(server))
-        except PostgresUnavailable as exc:
-            safe_url = make_url(server).render_as_string(hide_password=True)
-            pytest.skip(f"no PostgreSQL server reachable at {safe_url}: {exc}")
+    with scratch_postgres_or_skip() as url:
         yield url
 
 

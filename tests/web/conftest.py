@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,10 @@ import pytest
 from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from playwright.sync_api import Browser, sync_playwright
-from sqlalchemy.engine import make_url
 
-from llmcloud.db.testing import PostgresUnavailable, postgres_server_url, scratch_postgres_database
 from llmcloud.settings import Settings
 from llmcloud.web import create_app
+from tests.conftest import scratch_postgres_or_skip
 from tests.gateway.fake_backend import FakeBackend
 
 ORIGIN = "http://testserver"
@@ -68,13 +66,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'data' / 'llmcloud.db'}"
         return
-    server = postgres_server_url()
-    with ExitStack() as stack:
-        try:
-            url = stack.enter_context(scratch_postgres_database(server))
-        except PostgresUnavailable as exc:
-            safe_url = make_url(server).render_as_string(hide_password=True)
-            pytest.skip(f"no PostgreSQL server reachable at {safe_url}: {exc}")
+    with scratch_postgres_or_skip() as url:
         yield url
 
 

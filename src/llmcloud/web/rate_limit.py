@@ -5,7 +5,7 @@ account may start per minute on the chat page. The minute slides: a request
 counts against the limit for 60 seconds after it was let through, so no
 window boundary lets a burst of twice the limit pass. Rejected requests do
 not count. With `redis_url` set, every instance records the requests in the
-same sorted set, `llmcloud:rate:<key>`, so the limit holds however the load
+same sorted set, `llmcloud:rate:<key>`, so the limit applies however the load
 balancer spreads a user's sockets. Without it, each instance counts alone.
 
 An unreachable Redis lets prompts through, logged once per outage, because a
